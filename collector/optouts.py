@@ -1,0 +1,46 @@
+"""Opted-out IDs: a Redis set read in bulk by the writer, with `crumb.optouts` as the ledger.
+
+The browser's `crumb_optout` cookie stops collection at the door; this set catches the rest —
+events already buffered when the browser opted out, and the same IDs arriving from elsewhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+from clickhouse_connect.driver.client import Client
+
+OPTOUT_KEY = "crumb:{optouts}:ids"  # one slot on Redis Cluster: checked with one SMISMEMBER
+
+
+class OptoutSet:
+    def __init__(self, redis_client: redis.Redis) -> None:
+        self._redis = redis_client
+
+    def add(self, ids: Iterable[str]) -> None:
+        ids = [i for i in ids if i]
+        if ids:
+            self._redis.sadd(OPTOUT_KEY, *ids)
+
+    def contains(self, ids: Sequence[str]) -> list[bool]:
+        if not ids:
+            return []
+        return [bool(flag) for flag in self._redis.smismember(OPTOUT_KEY, list(ids))]
+
+    def keep_rows(self, rows: list[list[Any]], id_columns: Sequence[int]) -> list[list[Any]]:
+        """The rows none of whose IDs opted out. Raises redis errors: the caller retries later."""
+        ids = sorted({row[c] for row in rows for c in id_columns if row[c]})
+        opted_out = {i for i, flag in zip(ids, self.contains(ids)) if flag}
+        if not opted_out:
+            return rows
+        return [row for row in rows if not any(row[c] in opted_out for c in id_columns)]
+
+
+def record_optouts(client: Client, ids: Iterable[str]) -> None:
+    now_ms = int(time.time() * 1000)
+    rows = [[i, now_ms] for i in ids if i]
+    if rows:
+        client.insert("crumb.optouts", rows, column_names=["id", "opted_out_at"])

@@ -1,0 +1,137 @@
+"""`crumb`: the command line. Library code raises typed errors; only this module prints and exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+from crumb.errors import CrumbError
+from crumb.progress import Progress
+from crumb.settings import Settings, SettingsError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        settings = load_settings(host=getattr(args, "host", None), port=getattr(args, "port", None))
+        return int(args.run(settings, args) or 0)
+    except SettingsError as exc:
+        print(f"crumb: bad setting: {exc}", file=sys.stderr)
+        return 2
+    except CrumbError as exc:
+        print(f"crumb: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crumb", description="Cookie-based audience data management platform")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the collector and every other surface in one process")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--verbose", action="store_true")
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the schema (idempotent)")
+    migrate.set_defaults(run=lambda s, a: _print(_run_command(s, "migrate", {})))
+
+    simulate = commands.add_parser("simulate", help="synthetic traffic: via the HTTP collector or bulk-loaded")
+    simulate.add_argument("--cookies", type=int, default=1000)
+    simulate.add_argument("--events", type=int, help="target event count (default: from cookies and days)")
+    simulate.add_argument("--days", type=int, default=7)
+    simulate.add_argument("--seed", type=int, default=1)
+    simulate.add_argument("--via", metavar="URL", help="send through this collector instead of bulk-loading")
+    simulate.add_argument("--truth", metavar="PATH", help="where to write the ground truth (JSON lines)")
+    simulate.add_argument("--concurrency", type=int, default=16)
+    simulate.set_defaults(run=_simulate)
+
+    demo = commands.add_parser("demo", help="the whole pipeline on the embedded default, end to end")
+    demo.add_argument("--serve", action="store_true", help="keep the server running afterwards")
+    demo.add_argument("--cookies", type=int, default=400)
+    demo.add_argument("--days", type=int, default=3)
+    demo.add_argument("--port", type=int)
+    demo.set_defaults(run=_demo)
+
+    privacy = commands.add_parser("privacy", help="erasure and export of one ID").add_subparsers(required=True)
+    erase = privacy.add_parser("erase", help="erase an ID from everything Crumb holds")
+    erase.add_argument("id")
+    erase.set_defaults(run=lambda s, a: _print(_run_command(s, "erase", {"ids": [a.id]})))
+    return parser
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from crumb.app import CrumbServer, build_app
+    from crumb.runtime import Runtime
+
+    app = build_app(CrumbServer(Runtime(settings)))
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler found before it;
+    # a graceful stop is a success, so that handler lets the process exit 0.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info" if args.verbose else "warning",
+                access_log=False, http="httptools", loop="uvloop", timeout_graceful_shutdown=30)
+    return 0
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    spec_args: dict[str, Any] = {"cookies": args.cookies, "days": args.days, "seed": args.seed}
+    if args.events:
+        spec_args["events"] = args.events
+    if args.via:
+        from crumb.simulator import SimulationSpec, send_via_http
+
+        spec = SimulationSpec(**spec_args)
+        result = asyncio.run(send_via_http(args.via.rstrip("/"), spec, Progress(), concurrency=args.concurrency,
+                                           truth_path=args.truth))
+        return _print(result.model_dump(mode="json"))
+    if args.truth:
+        spec_args["truth"] = args.truth
+    return _print(_run_command(settings, "simulate", spec_args))
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from crumb.demo import run_demo
+
+    return run_demo(settings, cookies=args.cookies, days=args.days, keep_serving=args.serve)
+
+
+def _run_command(settings: Settings, name: str, command_args: dict[str, Any]) -> dict[str, Any]:
+    """Run in-process, or through the `crumb serve` that holds the embedded warehouse."""
+    from crumb import control
+    from crumb.commands import COMMANDS, CommandContext
+    from crumb.runtime import Runtime
+    from crumb.warehouse import embedded_warehouse_busy
+
+    progress = Progress()
+    if embedded_warehouse_busy(settings):
+        server = control.find_server(settings)
+        if server is None:
+            raise CrumbError("the embedded warehouse is held by another process that is not `crumb serve`")
+        progress.note(f"crumb serve holds the warehouse: running {name} through {server[0]}")
+        return control.call(server[0], server[1], name, command_args, progress)
+    runtime = Runtime(settings)
+    try:
+        return COMMANDS[name](CommandContext(runtime), command_args, progress)
+    finally:
+        runtime.close()
+
+
+def _print(result: dict[str, Any]) -> int:
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""`crumb demo`: the whole pipeline on the embedded default, end to end, then a summary."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from typing import Any
+
+import anyio
+import httpx
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from collector.report import events_summary
+from crumb.app import CrumbServer, build_app
+from crumb.progress import Progress
+from crumb.runtime import Runtime
+from crumb.settings import Settings
+
+console = Console()
+
+
+def run_demo(settings: Settings, *, cookies: int, days: int, keep_serving: bool) -> int:
+    port = settings.port if keep_serving else _free_port()
+    settings = settings.model_copy(update={"port": port, "host": "127.0.0.1"})
+    return asyncio.run(_demo(settings, cookies, days, keep_serving))
+
+
+async def _demo(settings: Settings, cookies: int, days: int, keep_serving: bool) -> int:
+    from crumb.simulator import SimulationSpec, send_via_http
+
+    server = CrumbServer(Runtime(settings))
+    uv = uvicorn.Server(uvicorn.Config(build_app(server), host=settings.host, port=settings.port,
+                                       log_level="warning", access_log=False))
+    serving = asyncio.create_task(uv.serve())
+    while not uv.started:
+        if serving.done():
+            return serving.result() or 1
+        await asyncio.sleep(0.05)  # waiting for the listener to come up
+    url = f"http://{settings.host}:{settings.port}"
+    console.print(f"[bold]Crumb demo[/bold] — collector at {url}, data in {settings.data_dir}")
+    spec = SimulationSpec(cookies=cookies, days=min(days, settings.max_event_age_hours // 24 or 1))
+    result = await send_via_http(url, spec, Progress(), truth_path=str(settings.data_dir / "demo-truth.jsonl"))
+    console.print(f"sent {result.events:,} events from {result.cookies:,} simulated browsers through HTTP")
+    await _send_bad_hits(url)
+    await anyio.to_thread.run_sync(server.writer.flush)
+    summary = await anyio.to_thread.run_sync(events_summary, server.runtime.client)
+    _print_summary(summary, dict(server.stats.rejected))
+    if keep_serving:
+        console.print(f"serving at {url} (tag: {url}/tag.js, metrics: {url}/metrics); Ctrl-C stops")
+    else:
+        uv.should_exit = True
+    await serving
+    return 0
+
+
+async def _send_bad_hits(url: str) -> None:
+    """A few hits of the kinds the collector must refuse, so the rejection table shows them."""
+    async with httpx.AsyncClient(base_url=url) as client:
+        await client.get("/p.gif", params={"site": "bad site!", "event_id": str(uuid.uuid4())})
+        await client.get("/p.gif", params={"site": "demo", "event_id": "not-a-uuid"})
+        await client.get("/p.gif", params={"site": "demo", "event_id": str(uuid.uuid4())},
+                         headers={"cookie": "crumb_id=0123456789abcdef0123456789abcdef.forgedforgedforg"})
+        await client.post("/e", content=b"{not json", headers={"content-type": "text/plain"})
+        await client.post("/e", content=b"x" * 70_000, headers={"content-type": "text/plain"})
+
+
+def _print_summary(summary: dict[str, Any], rejected: dict[str, int]) -> None:
+    overview = Table(title="What landed in crumb.events", show_header=False)
+    for key in ("events", "cookies", "first_party_ids", "sites", "bot_events", "events_without_ids", "first", "last"):
+        overview.add_row(key.replace("_", " "), f"{summary[key]:,}" if isinstance(summary[key], int) else summary[key])
+    console.print(overview)
+    for key, title in (("by_site", "sites"), ("by_type", "event types"), ("by_device", "devices"),
+                       ("top_categories", "top categories (IAB Content Taxonomy 3.1)")):
+        console.print(_pairs(title, summary[key]))
+    console.print(_pairs("rejected hits by reason", sorted(rejected.items(), key=lambda kv: -kv[1])))
+
+
+def _pairs(title: str, rows: list[tuple[str, int]]) -> Table:
+    table = Table(title=title)
+    table.add_column("value")
+    table.add_column("count", justify="right")
+    for key, count in rows:
+        table.add_row(str(key), f"{count:,}")
+    return table
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

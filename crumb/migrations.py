@@ -1,0 +1,91 @@
+"""Versioned, idempotent schema migrations.
+
+Each package declares its own `MIGRATIONS` (it owns its tables). `apply` runs the ones not yet
+recorded in `crumb.schema_migrations`, in order, so running it twice changes nothing. DDL is
+written once with `{on_cluster}` and engine placeholders; a cluster deployment gets
+`ON CLUSTER` and Replicated engines from the same text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from clickhouse_connect.driver.client import Client
+
+from crumb.progress import Progress
+
+__all__ = ["Dialect", "Migration", "Progress", "apply", "all_migrations"]
+
+DATABASE = "crumb"
+
+
+@dataclass(frozen=True)
+class Migration:
+    id: str  # "<package>_<NNNN>_<what>", sorted within a package
+    statements: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How DDL differs between one embedded/server node and a cluster."""
+
+    cluster: str = ""
+
+    @property
+    def on_cluster(self) -> str:
+        return f"ON CLUSTER `{self.cluster}`" if self.cluster else ""
+
+    def engine(self, name: str, *args: str) -> str:
+        """`MergeTree` family engine, replicated on a cluster."""
+        if self.cluster:
+            zk = ["'/clickhouse/tables/{shard}/{database}/{table}'", "'{replica}'"]
+            return f"Replicated{name}({', '.join(zk + list(args))})"
+        return f"{name}({', '.join(args)})"
+
+    def render(self, statement: str) -> str:
+        return statement.format(
+            db=DATABASE,
+            on_cluster=self.on_cluster,
+            MergeTree=self.engine("MergeTree"),
+            ReplacingMergeTree=self.engine("ReplacingMergeTree"),
+        )
+
+
+def all_migrations() -> list[Migration]:
+    # Imported here so each package stays the owner of its DDL.
+    from audiences.schema import MIGRATIONS as audiences
+    from collector.schema import MIGRATIONS as collector
+    from crumb.schema import MIGRATIONS as core
+
+    return [*core, *collector, *audiences]
+
+
+def apply(
+    client: Client,
+    dialect: Dialect,
+    migrations: Sequence[Migration] | None = None,
+    progress: Progress | None = None,
+    after: Sequence[Callable[[Client, Dialect], None]] = (),
+) -> list[str]:
+    """Apply pending migrations; returns the IDs applied now."""
+    migrations = all_migrations() if migrations is None else migrations
+    client.command(f"CREATE DATABASE IF NOT EXISTS {DATABASE} {dialect.on_cluster}")
+    client.command(dialect.render(
+        "CREATE TABLE IF NOT EXISTS {db}.schema_migrations {on_cluster} "
+        "(id String, applied_at DateTime DEFAULT now()) ENGINE = {ReplacingMergeTree} ORDER BY id"
+    ))
+    done = {row[0] for row in client.query(f"SELECT id FROM {DATABASE}.schema_migrations FINAL").result_rows}
+    applied = []
+    for migration in migrations:
+        if migration.id in done:
+            continue
+        if progress:
+            progress.note(f"migration {migration.id}")
+        for statement in migration.statements:
+            client.command(dialect.render(statement))
+        client.insert(f"{DATABASE}.schema_migrations", [[migration.id]], column_names=["id"])
+        applied.append(migration.id)
+    for hook in after:
+        hook(client, dialect)
+    return applied

@@ -1,0 +1,116 @@
+"""Erasure: remove an ID from everything we hold, and record that we did.
+
+Each package registers what it holds (an `Eraser` per table or key space); `erase` runs them
+all and writes the ledger. Opt-outs queue their IDs here, and the server's privacy worker
+erases them in batches off the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import redis
+from clickhouse_connect.driver.client import Client
+
+log = logging.getLogger("crumb.privacy")
+
+ERASE_QUEUE_KEY = "crumb:{privacy}:erase"
+ERASE_LOCK_KEY = "crumb:{privacy}:erase-lock"  # one worker at a time, across replicas
+
+
+@dataclass(frozen=True)
+class Eraser:
+    name: str  # what it erases from, as the ledger records it, e.g. "crumb.events"
+    erase: Callable[[Client, redis.Redis, list[str]], None]
+
+
+def _erase_events(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
+    client.command(
+        f"DELETE FROM crumb.events {_on_cluster(client)} "
+        "WHERE cookie_id IN {ids:Array(String)} OR fp_id IN {ids:Array(String)}",
+        parameters={"ids": ids},
+    )
+
+
+def _on_cluster(client: Client) -> str:
+    cluster = getattr(client, "crumb_cluster", "")  # set by crumb.warehouse.connect
+    return f"ON CLUSTER `{cluster}`" if cluster else ""
+
+
+ERASERS: list[Eraser] = [Eraser("crumb.events", _erase_events)]
+
+
+def erase(client: Client, redis_client: redis.Redis, ids: Sequence[str], reason: str) -> list[str]:
+    """Erase the IDs everywhere; returns the tables and key spaces erased from."""
+    ids = sorted({i for i in ids if i})
+    if not ids:
+        return []
+    requested_ms = int(time.time() * 1000)
+    for eraser in ERASERS:
+        eraser.erase(client, redis_client, ids)
+    names = [eraser.name for eraser in ERASERS]
+    completed_ms = int(time.time() * 1000)
+    client.insert(
+        "crumb.erasures",
+        [[str(uuid.uuid4()), i, reason, requested_ms, completed_ms, names] for i in ids],
+        column_names=["erasure_id", "id", "reason", "requested_at", "completed_at", "tables"],
+    )
+    return names
+
+
+def queue_erasure(redis_client: redis.Redis, ids: Sequence[str]) -> None:
+    if ids:
+        redis_client.rpush(ERASE_QUEUE_KEY, *ids)
+
+
+class ErasureWorker:
+    """Erases queued IDs in batches. Runs inside `crumb serve`; the queue survives restarts."""
+
+    def __init__(
+        self, client: Client, redis_client: redis.Redis, interval_s: float = 1.0,
+        before_erase: Callable[[list[str]], None] = lambda ids: None,
+    ) -> None:
+        self._client = client
+        self._redis = redis_client
+        self._interval_s = interval_s
+        self._before_erase = before_erase
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="crumb-erasure", daemon=True)
+        self.erased = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def run_once(self, limit: int = 1000) -> int:
+        # Read, erase, then trim: a crash in between erases again, never skips. The lock keeps a
+        # second replica from trimming IDs it has not read.
+        lock = self._redis.lock(ERASE_LOCK_KEY, timeout=600, blocking=False)
+        if not lock.acquire():
+            return 0
+        try:
+            ids = [i.decode() for i in self._redis.lrange(ERASE_QUEUE_KEY, 0, limit - 1)]
+            if ids:
+                self._before_erase(ids)
+                erase(self._client, self._redis, ids, reason="optout")
+                self._redis.ltrim(ERASE_QUEUE_KEY, len(ids), -1)
+        finally:
+            lock.release()
+        self.erased += len(ids)
+        return len(ids)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                while self.run_once():
+                    pass
+            except Exception:  # keep the worker alive; the queue keeps the IDs
+                log.exception("erasure failed; will retry")

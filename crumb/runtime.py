@@ -1,0 +1,76 @@
+"""The running parts a process holds: warehouse, Redis (maybe a child process), secrets."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import redis
+from clickhouse_connect.driver.client import Client
+
+from crumb import migrations, warehouse
+from crumb.redis_server import EmbeddedRedis, connect_redis, existing_embedded
+from crumb.settings import Settings
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: Client | None = None
+        self._redis: redis.Redis | None = None
+        self._embedded_redis: EmbeddedRedis | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = warehouse.connect(self.settings)
+        return self._client
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = connect_redis(self._redis_url(), cluster=self.settings.redis_cluster)
+        return self._redis
+
+    def _redis_url(self) -> str:
+        if self.settings.redis_url:
+            return self.settings.redis_url
+        directory = self.settings.data_dir / "redis"
+        running = existing_embedded(directory)  # another Crumb process's child: share it
+        if running:
+            return running
+        self._embedded_redis = EmbeddedRedis(directory)
+        self._embedded_redis.start()
+        return self._embedded_redis.url
+
+    def migrate(self, progress: migrations.Progress | None = None) -> list[str]:
+        from collector.schema import apply_retention
+
+        dialect = migrations.Dialect(self.settings.clickhouse_cluster)
+        retention = lambda client, d: apply_retention(client, d, self.settings.events_ttl_days)  # noqa: E731
+        return migrations.apply(self.client, dialect, progress=progress, after=[retention])
+
+    def secret(self, name: str, configured: str) -> str:
+        """A configured secret, or one generated once and kept in the data dir (mode 600)."""
+        if configured:
+            return configured
+        path = self.settings.data_dir / name
+        if not path.exists():
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(32))
+        return path.read_text().strip()
+
+    def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
+        if self._embedded_redis is not None:
+            self._embedded_redis.stop()
+        if self._client is not None:
+            self._client.close()
+        self._client = self._redis = self._embedded_redis = None
+
+
+def read_secret_file(data_dir: Path, name: str) -> str | None:
+    path = data_dir / name
+    return path.read_text().strip() if path.exists() else None

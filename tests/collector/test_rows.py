@@ -1,0 +1,45 @@
+"""Enrichment of a hit into its row, with per-site category rules and the real taxonomy."""
+
+from pathlib import Path
+
+from collector.categories import ContentTaxonomy
+from collector.consent import NO_GDPR
+from collector.hits import Hit
+from collector.rows import Enricher
+from collector.schema import EVENT_COLUMNS
+from collector.sites import load_sites
+from tests.conftest import SHARED_DATA
+
+TAXONOMY = ContentTaxonomy.load(SHARED_DATA / "iab-content-taxonomy-3.1.tsv")
+IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+          "Version/17.0 Mobile/15E148 Safari/604.1")
+
+
+def hit(**fields: object) -> Hit:
+    values: dict[str, object] = dict(
+        event_id="3b9d6f1e-6c1a-4b7e-9f0a-2d4c6e8f0a1b", ts_ms=1, received_ms=2, site="shop", type="pageview",
+        cookie_id="a" * 32, fp_id="", url="https://Shop.Example.com/sports/soccer/x?utm_campaign=spring&phone=555",
+        referrer="", categories=(), engaged_ms=0, props={"email": "a@b.co", "plan": "pro"}, ip="203.0.113.0",
+        user_agent=IPHONE, consent=NO_GDPR, source="beacon")
+    values.update(fields)
+    return Hit(**values)  # type: ignore[arg-type]
+
+
+def test_a_row_is_enriched_from_rules_taxonomy_and_user_agent(tmp_path: Path) -> None:
+    sites_file = tmp_path / "sites.yaml"
+    sites_file.write_text("sites:\n  shop:\n    origins: ['https://shop.example.com']\n"
+                          "    categories:\n      - match: '^/sports/soccer'\n        ids: ['533']\n")
+    enricher = Enricher(load_sites(sites_file, TAXONOMY).rules(), TAXONOMY)
+    row = dict(zip(EVENT_COLUMNS, enricher.row(hit(categories=("483", "NOPE9")))))
+    assert row["categories"] == ["483", "533"]  # the tag's known ID, then the rule's; unknown dropped
+    assert (row["host"], row["path"], row["utm_campaign"]) == ("shop.example.com", "/sports/soccer/x", "spring")
+    assert "555" not in row["url"]
+    assert (row["device_type"], row["os"], row["is_bot"]) == ("mobile", "iOS", 0)
+    assert row["props"] == {"plan": "pro"}
+    assert len(row) == len(EVENT_COLUMNS)
+
+
+def test_bots_are_flagged_in_the_device_type() -> None:
+    enricher = Enricher(load_sites(None, None).rules(), None)
+    row = dict(zip(EVENT_COLUMNS, enricher.row(hit(user_agent="Googlebot/2.1 (+http://www.google.com/bot.html)"))))
+    assert (row["device_type"], row["is_bot"]) == ("bot", 1)
