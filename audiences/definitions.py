@@ -1,0 +1,268 @@
+"""Segment definitions: segments as code, one YAML file per segment (or a list per file).
+
+    id: 101
+    name: Soccer fans
+    iab_audience_id: "607"        # optional; checked against the IAB Audience Taxonomy when configured
+    ttl_days: 30                  # how long activation keeps a membership alive
+    lookback_days: 30
+    rule:
+      all:
+        - {where: [{field: category, op: is, value: "533"}], min_count: 3}
+        - not: {where: [{field: host, op: eq, value: shop.example.com}], within_days: 7}
+        - segment: 102
+
+A rule is a condition, `all` / `any` of rules, `not` a rule, or a reference to another segment.
+A condition aggregates the profile's events that match every `where` predicate within its window
+(`within_days`, else the segment's `lookback_days`): it holds when the count, the distinct days
+and the engaged time meet their bounds. "Not seen within N days" is `not` of a condition with
+`within_days: N`.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
+)
+
+from audiences.errors import DefinitionError
+
+MAX_WINDOW_DAYS = 366
+_PROP_FIELD = re.compile(r"prop\.[A-Za-z0-9_.:\-]{1,64}")
+
+
+class Op(enum.StrEnum):
+    EQ = "eq"
+    NEQ = "neq"
+    IN = "in"
+    PREFIX = "prefix"
+    CONTAINS = "contains"
+    REGEX = "regex"
+    IS = "is"  # a category, or any of its descendants in the Content Taxonomy
+
+
+# The fields a predicate may name, and the operators each allows. Anything else is refused.
+STRING_OPS = frozenset({Op.EQ, Op.NEQ, Op.IN, Op.PREFIX, Op.CONTAINS, Op.REGEX})
+EXACT_OPS = frozenset({Op.EQ, Op.NEQ, Op.IN})
+FIELDS: dict[str, frozenset[Op]] = {
+    "type": EXACT_OPS,
+    "url": STRING_OPS,
+    "host": STRING_OPS,
+    "path": STRING_OPS,
+    "referrer_host": STRING_OPS,
+    "utm_source": STRING_OPS,
+    "utm_medium": STRING_OPS,
+    "utm_campaign": STRING_OPS,
+    "utm_term": STRING_OPS,
+    "utm_content": STRING_OPS,
+    "site": EXACT_OPS,
+    "category": frozenset({Op.IS}),
+    "device_type": EXACT_OPS,
+    "os": EXACT_OPS,
+    "browser": EXACT_OPS,
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Predicate(_Model):
+    field: str
+    op: Op
+    value: str | list[str]
+
+    @model_validator(mode="after")
+    def _allowed(self) -> Predicate:
+        ops = FIELDS.get(self.field) or (STRING_OPS if _PROP_FIELD.fullmatch(self.field) else None)
+        if ops is None:
+            raise ValueError(f"unknown field {self.field!r}; fields: {', '.join(FIELDS)}, prop.<name>")
+        if self.op not in ops:
+            raise ValueError(f"{self.field} allows {', '.join(sorted(ops))}, not {self.op.value}")
+        if (self.op is Op.IN) != isinstance(self.value, list):
+            raise ValueError("op 'in' takes a list of values; the other ops take one value")
+        if self.op is Op.IN and not 1 <= len(self.value) <= 1000:
+            raise ValueError("op 'in' takes 1 to 1000 values")
+        if self.op is Op.REGEX:
+            _check_regex(str(self.value))
+        return self
+
+
+def _check_regex(pattern: str) -> None:
+    # ClickHouse uses RE2; Python's re accepts a superset for the common cases, so this catches typos.
+    if len(pattern) > 1000:
+        raise ValueError("regex longer than 1000 characters")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regex: {exc}") from None
+    if re.search(r"\\[1-9]|\(\?[=!<]", pattern):
+        raise ValueError("back-references and look-arounds are not supported (RE2)")
+
+
+class Condition(_Model):
+    where: list[Predicate] = Field(default_factory=list, max_length=20)
+    within_days: int | None = Field(None, ge=1, le=MAX_WINDOW_DAYS)
+    min_count: int = Field(1, ge=1)
+    max_count: int | None = Field(None, ge=1)
+    min_days: int | None = Field(None, ge=1)
+    min_engaged_ms: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Condition:
+        if self.max_count is not None and self.max_count < self.min_count:
+            raise ValueError("max_count is below min_count")
+        return self
+
+
+class All(_Model):
+    all: list[Rule] = Field(min_length=1, max_length=100)
+
+
+class Any_(_Model):
+    any: list[Rule] = Field(min_length=1, max_length=100)
+
+
+class Not(_Model):
+    not_: Rule = Field(alias="not")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SegmentRef(_Model):
+    segment: int = Field(ge=1)
+
+
+def _rule_kind(value: Any) -> str:
+    """Which kind of rule a mapping is, from its keys, so errors speak of that kind alone."""
+    if isinstance(value, dict):
+        for key in ("all", "any", "not", "segment"):
+            if key in value:
+                return key
+        return "condition"
+    return {All: "all", Any_: "any", Not: "not", SegmentRef: "segment"}.get(type(value), "condition")
+
+
+Rule = Annotated[
+    Annotated[Condition, Tag("condition")] | Annotated[All, Tag("all")] | Annotated[Any_, Tag("any")]
+    | Annotated[Not, Tag("not")] | Annotated[SegmentRef, Tag("segment")],
+    Discriminator(_rule_kind),
+]
+for _model in (All, Any_, Not):
+    _model.model_rebuild()
+
+
+class Status(enum.StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    DRAFT = "draft"
+
+
+class Segment(_Model):
+    id: int = Field(ge=1, le=2**31 - 1)
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    iab_audience_id: str | None = None
+    ttl_days: int = Field(30, ge=1, le=540)
+    lookback_days: int = Field(30, ge=1, le=MAX_WINDOW_DAYS)
+    status: Status = Status.ACTIVE
+    kind: Literal["rule"] = "rule"
+    rule: Rule
+
+    @field_validator("iab_audience_id")
+    @classmethod
+    def _iab_form(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9]{1,6}", value):
+            raise ValueError("an IAB Audience Taxonomy ID is 1-6 digits")
+        return value
+
+
+def references(rule: Any) -> Iterator[int]:
+    """Segment IDs a rule refers to, directly."""
+    if isinstance(rule, SegmentRef):
+        yield rule.segment
+    elif isinstance(rule, All):
+        for child in rule.all:
+            yield from references(child)
+    elif isinstance(rule, Any_):
+        for child in rule.any:
+            yield from references(child)
+    elif isinstance(rule, Not):
+        yield from references(rule.not_)
+
+
+class SegmentSet:
+    """Validated segments: unique IDs, references resolved, no cycles."""
+
+    def __init__(self, segments: Iterable[Segment]) -> None:
+        self.by_id: dict[int, Segment] = {}
+        for segment in segments:
+            if segment.id in self.by_id:
+                raise DefinitionError(f"segment id {segment.id} is defined twice")
+            self.by_id[segment.id] = segment
+        self._check_references()
+
+    def active(self) -> list[Segment]:
+        return [s for s in self.by_id.values() if s.status is Status.ACTIVE]
+
+    def _check_references(self) -> None:
+        for segment in self.by_id.values():
+            for ref in references(segment.rule):
+                if ref not in self.by_id:
+                    raise DefinitionError(f"segment {segment.id} refers to unknown segment {ref}")
+        state: dict[int, int] = {}  # 1 = on the current path, 2 = done
+
+        def visit(segment_id: int, path: list[int]) -> None:
+            if state.get(segment_id) == 2:
+                return
+            if state.get(segment_id) == 1:
+                cycle = path[path.index(segment_id):] + [segment_id]
+                raise DefinitionError("segment references form a cycle: " + " -> ".join(map(str, cycle)))
+            state[segment_id] = 1
+            for ref in references(self.by_id[segment_id].rule):
+                visit(ref, [*path, segment_id])
+            state[segment_id] = 2
+
+        for segment_id in sorted(self.by_id):
+            visit(segment_id, [])
+
+
+def parse_segment(data: Any, source: str = "<definition>") -> Segment:
+    try:
+        return Segment.model_validate(data)
+    except ValidationError as exc:
+        raise DefinitionError(f"{source}: {_describe(exc)}") from None
+
+
+def load_segments(directory: Path, audience_ids: frozenset[str] | None = None) -> SegmentSet:
+    """Every `*.yaml` / `*.yml` file of the directory: one segment, or a list of segments."""
+    segments = []
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        try:
+            documents = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise DefinitionError(f"{path}: not valid YAML: {exc}") from None
+        for index, item in enumerate(documents if isinstance(documents, list) else [documents]):
+            source = f"{path}" + (f"[{index}]" if isinstance(documents, list) else "")
+            segment = parse_segment(item, source)
+            if audience_ids is not None and segment.iab_audience_id and segment.iab_audience_id not in audience_ids:
+                raise DefinitionError(f"{source}: iab_audience_id {segment.iab_audience_id!r} is not in the taxonomy")
+            segments.append(segment)
+    try:
+        return SegmentSet(segments)
+    except DefinitionError as exc:
+        raise DefinitionError(f"{directory}: {exc}") from None
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    parts = [str(p) for p in first["loc"]]
+    # Drop the union's kind tags ("all.all" → "all", "condition" → ""), so the path is the YAML's.
+    parts = [p for i, p in enumerate(parts) if p != "condition" and (i + 1 == len(parts) or parts[i + 1] != p)]
+    return f"at {'.'.join(parts) or '(top)'}: {first['msg'].removeprefix('Value error, ')}"

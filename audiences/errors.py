@@ -1,0 +1,17 @@
+"""Errors of the audiences package. Each carries a stable code; messages name what is wrong."""
+
+from __future__ import annotations
+
+
+class AudiencesError(Exception):
+    code = "audiences_error"
+
+
+class DefinitionError(AudiencesError):
+    """A segment definition is invalid: the message names the file, the path in the tree and the problem."""
+
+    code = "invalid_definition"
+
+
+class BuildError(AudiencesError):
+    code = "build_failed"

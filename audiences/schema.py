@@ -1,0 +1,88 @@
+"""The audiences package's tables. `segment_members`, `segment_deltas`, `segment_history` and
+`builds` are public, like `events`."""
+
+from __future__ import annotations
+
+from crumb.migrations import Migration
+
+_MEMBER_COLUMNS = """
+    segment_id UInt32,
+    id String,                          -- a cookie ID (third-party) or a first-party ID
+    id_type LowCardinality(String),     -- 'cookie' or 'fp'
+    profile_id String,                  -- the resolved profile the segment was computed for
+    build_id UInt64
+"""
+
+# Members of the last successful build. A build fills `segment_members_next`, then the two are
+# exchanged atomically: a reader sees the old build or the new one, never half of one.
+_MEMBERS = f"""
+CREATE TABLE IF NOT EXISTS {{db}}.segment_members {{on_cluster}} ({_MEMBER_COLUMNS})
+ENGINE = {{MergeTree}} ORDER BY (segment_id, id)
+"""
+_MEMBERS_NEXT = f"""
+CREATE TABLE IF NOT EXISTS {{db}}.segment_members_next {{on_cluster}} ({_MEMBER_COLUMNS})
+ENGINE = {{MergeTree}} ORDER BY (segment_id, id)
+"""
+
+# What each build changed: activation pushes these to destinations.
+_DELTAS = """
+CREATE TABLE IF NOT EXISTS {db}.segment_deltas {on_cluster} (
+    build_id UInt64,
+    built_at DateTime64(3, 'UTC'),
+    segment_id UInt32,
+    id String,
+    id_type LowCardinality(String),
+    change Enum8('enter' = 1, 'exit' = 2)
+) ENGINE = {MergeTree} PARTITION BY toYYYYMM(built_at) ORDER BY (build_id, segment_id, id)
+"""
+
+# Membership intervals: who was in segment S at time T (entered_at <= T < exited_at). An open
+# interval has exited_at = 2106-01-01; an exit rewrites the row with a later version.
+_HISTORY = """
+CREATE TABLE IF NOT EXISTS {db}.segment_history {on_cluster} (
+    segment_id UInt32,
+    id String,
+    id_type LowCardinality(String),
+    entered_at DateTime64(3, 'UTC'),
+    exited_at DateTime64(3, 'UTC'),
+    version UInt64
+) ENGINE = {ReplacingMergeTree}
+ORDER BY (segment_id, id, entered_at)
+"""
+
+_BUILDS = """
+CREATE TABLE IF NOT EXISTS {db}.builds {on_cluster} (
+    build_id UInt64,
+    started_at DateTime64(3, 'UTC'),
+    finished_at DateTime64(3, 'UTC'),
+    as_of DateTime64(3, 'UTC'),
+    status LowCardinality(String),      -- 'running', 'succeeded', 'failed'
+    segments UInt32,
+    conditions UInt32,
+    profiles UInt64,
+    members UInt64,
+    entered UInt64,
+    exited UInt64,
+    timings Map(String, Float64),
+    error String,
+    version UInt64
+) ENGINE = {ReplacingMergeTree}
+ORDER BY build_id
+"""
+
+# Per-segment sizes of each successful build: the daily trend without rescanning members.
+_SIZES = """
+CREATE TABLE IF NOT EXISTS {db}.segment_sizes {on_cluster} (
+    build_id UInt64,
+    built_at DateTime64(3, 'UTC'),
+    segment_id UInt32,
+    profiles UInt64,
+    ids UInt64
+) ENGINE = {MergeTree} ORDER BY (segment_id, built_at)
+"""
+
+MIGRATIONS = [
+    Migration("audiences_0001_members", [_MEMBERS, _MEMBERS_NEXT]),
+    Migration("audiences_0002_deltas_history", [_DELTAS, _HISTORY]),
+    Migration("audiences_0003_builds", [_BUILDS, _SIZES]),
+]
