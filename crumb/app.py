@@ -33,6 +33,7 @@ from crumb import control
 from crumb.commands import CommandContext
 from crumb.privacy import ErasureWorker, queue_erasure
 from crumb.runtime import Runtime
+from crumb.scheduler import Scheduler
 
 log = logging.getLogger("crumb.app")
 
@@ -70,6 +71,17 @@ class CrumbServer:
             runtime.client, runtime.redis, before_erase=lambda ids: record_optouts(runtime.client, ids)
         )
         self.commands = CommandContext(runtime, flush_events=self.writer.flush)
+        self.scheduler = Scheduler()
+        self.scheduler.every(settings.build_interval_s, "build", self._scheduled_build)
+
+    def _scheduled_build(self) -> None:
+        from audiences.jobs import BuildBusy, build_once
+
+        self.writer.flush()
+        try:
+            build_once(self.runtime.client, self.runtime.redis, self.runtime.settings)
+        except BuildBusy:
+            log.info("a build is already running elsewhere; skipping this one")
 
     def _opt_out(self, ids: list[str]) -> None:
         self.optouts.add(ids)  # from now on the writer drops these IDs, buffered events included
@@ -81,8 +93,10 @@ class CrumbServer:
         self.writer.start(recent_event_ids(
             self.runtime.client, settings.dedup_window_s, settings.max_event_age_hours * 3_600_000))
         self.erasures.start()
+        self.scheduler.start()
 
     def stop(self) -> None:
+        self.scheduler.stop()
         self.writer.close()
         self.erasures.stop()
         self.runtime.close()

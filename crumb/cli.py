@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from crumb.errors import CrumbError
@@ -62,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=int, default=3)
     demo.add_argument("--port", type=int)
     demo.set_defaults(run=_demo)
+
+    audiences = commands.add_parser("audiences", help="segments: build, report, explain, preview")
+    audience_commands = audiences.add_subparsers(required=True, metavar="COMMAND")
+    build = audience_commands.add_parser("build", help="build every active segment now")
+    build.add_argument("--segments", metavar="DIR", help="definitions directory (default: CRUMB_SEGMENTS_DIR)")
+    build.set_defaults(run=lambda s, a: _print(_run_command(s, "build", {"segments_dir": _abs(a.segments)})))
 
     privacy = commands.add_parser("privacy", help="erasure and export of one ID").add_subparsers(required=True)
     erase = privacy.add_parser("erase", help="erase an ID from everything Crumb holds")
@@ -126,6 +133,11 @@ def _run_command(settings: Settings, name: str, command_args: dict[str, Any]) ->
         return COMMANDS[name](CommandContext(runtime), command_args, progress)
     finally:
         runtime.close()
+
+
+def _abs(path: str | None) -> str | None:
+    """Paths travel to the server as absolute ones: it may run in another directory."""
+    return str(Path(path).resolve()) if path else None
 
 
 def _print(result: dict[str, Any]) -> int:

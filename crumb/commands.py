@@ -48,7 +48,19 @@ def summary(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> di
     return events_summary(ctx.runtime.client)
 
 
-COMMANDS: dict[str, Command] = {"migrate": migrate, "simulate": simulate, "summary": summary}
+def build(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Build every active segment now (one build at a time, across processes)."""
+    from audiences.jobs import build_once
+
+    ctx.flush_events()
+    ctx.runtime.migrate()
+    directory = Path(args["segments_dir"]) if args.get("segments_dir") else None
+    result = build_once(ctx.runtime.client, ctx.runtime.redis, ctx.runtime.settings, directory, progress,
+                        as_of_ms=args.get("as_of_ms"))
+    return result.as_dict()
+
+
+COMMANDS: dict[str, Command] = {"migrate": migrate, "simulate": simulate, "summary": summary, "build": build}
 
 
 def erase(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict[str, Any]:

@@ -36,6 +36,8 @@ class Settings(BaseModel):
     sites_file: Path | None = None  # YAML: sites, their origins and URL category rules
     content_taxonomy_file: Path | None = None  # IAB Content Taxonomy 3.1 TSV
     audience_taxonomy_file: Path | None = None  # IAB Audience Taxonomy 1.1 TSV
+    segments_dir: Path | None = None  # YAML segment definitions; `crumb demo` uses the shipped examples
+    build_interval_s: int = Field(3600, ge=0)  # how often `crumb serve` builds segments; 0: never
     tcf_vendor_id: int = Field(0, ge=0)  # our GVL ID; 0 = not registered: no vendor consent ever
 
     events_ttl_days: int = Field(180, ge=1, le=3650)

@@ -37,6 +37,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(
         data_dir=tmp_path_factory.mktemp("crumb"), port=free_port(), tcf_vendor_id=TEST_VENDOR_ID,
         content_taxonomy_file=SHARED_DATA / "iab-content-taxonomy-3.1.tsv", flush_interval_s=0.2,
+        build_interval_s=0,  # tests build explicitly; a background build would race them
     )
 
 

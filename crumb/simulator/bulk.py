@@ -13,7 +13,7 @@ from collector.schema import EVENT_COLUMNS, EVENTS_TABLE
 from crumb.progress import SILENT, Progress
 from crumb.simulator.catalogue import CONSENT_CLASSES
 from crumb.simulator.model import SimulationResult, SimulationSpec, World
-from crumb.simulator.render import Renderer
+from crumb.simulator.render import UTM_FIELDS, Renderer
 from crumb.simulator.sampling import objects
 from crumb.simulator.traffic import CHUNK_EVENTS, EventChunk, iter_chunks
 
@@ -57,7 +57,6 @@ def event_columns(renderer: Renderer, chunk: EventChunk) -> list[Any]:
     local = chunk.cookie - first
     ts = chunk.ts_ms.tolist()  # epoch ms ints: the DateTime64(3) wire form, no datetime objects
     device_type, os, browser, is_bot = renderer.agent_columns(chunk)
-    consent = _consent_columns(cookies.consent[chunk.cookie])
     columns: dict[str, Any] = {
         "event_id": _uuid_ints(chunk.event_ids), "ts": ts, "received_at": ts,
         "site": renderer.site_names[chunk.site].tolist(), "type": renderer.event_types[chunk.kind].tolist(),
@@ -71,9 +70,8 @@ def event_columns(renderer: Renderer, chunk: EventChunk) -> list[Any]:
         "engaged_ms": chunk.engaged_ms.tolist(), "props": renderer.props(chunk),
         "source": [SOURCE] * len(chunk),
     }
-    columns.update(zip(("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content"),
-                       renderer.utm_columns(chunk), strict=True))
-    columns.update(consent)
+    columns.update(zip(UTM_FIELDS, renderer.utm_columns(chunk), strict=True))
+    columns.update(_consent_columns(cookies.consent[chunk.cookie]))
     return [columns[name] for name in EVENT_COLUMNS]
 
 

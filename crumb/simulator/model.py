@@ -64,20 +64,16 @@ class SimulationSpec(BaseModel):
         return sites
 
     @model_validator(mode="after")
-    def _enough_events(self) -> SimulationSpec:
+    def _coherent(self) -> SimulationSpec:
         if self.total_events < self.cookies:
             raise ValueError("events must be at least cookies: every cookie sends one event or more")
-        if self.consent_share_total > 1:
+        if self.gdpr_share + self.gpc_share > 1:
             raise ValueError("gdpr_share + gpc_share must not exceed 1")
         return self
 
     @property
     def total_events(self) -> int:
         return self.events if self.events is not None else round(self.cookies * self.events_per_cookie)
-
-    @property
-    def consent_share_total(self) -> float:
-        return self.gdpr_share + self.gpc_share
 
     def end_ms(self) -> int:
         end = self.end or datetime.now(UTC)
@@ -115,8 +111,6 @@ class Pages:
     path: np.ndarray  # object: str
     url: np.ndarray  # object: str
     categories: np.ndarray  # object: list[str] (shared, never mutated)
-    section_site: np.ndarray  # int16 per section
-    section_interest: np.ndarray  # int16 per section; -1: the site's general pages (home, latest)
     section_of: np.ndarray  # (sites, interests) → section, -1 when the site has no such section
     site_first_page: np.ndarray
     site_page_count: np.ndarray
@@ -148,6 +142,8 @@ class DiurnalClock:
 
 @dataclass(frozen=True)
 class World:
+    """Everything but the events: fixed by the spec and its seed (and the clock, when spec.end is None)."""
+
     spec: SimulationSpec
     end_ms: int
     sites: tuple[Site, ...]
@@ -261,8 +257,6 @@ def _pages(spec: SimulationSpec, sites: tuple[Site, ...], interests: tuple[Inter
         path=objects([path for s in sections for path in s.paths]),
         url=objects([sites[s.site].origin + path for s in sections for path in s.paths]),
         categories=objects([tags for s in sections for tags in s.categories]),
-        section_site=np.array([s.site for s in sections], dtype=np.int16),
-        section_interest=np.array([s.interest for s in sections], dtype=np.int16),
         section_of=section_of,
         site_first_page=np.searchsorted(site_of_page, np.arange(len(sites))),
         site_page_count=np.bincount(site_of_page, minlength=len(sites)),

@@ -32,6 +32,8 @@ _NO_CATEGORIES: list[str] = []
 
 
 class Renderer:
+    """Per-event text columns of a World's chunks; both the bulk loader and the HTTP sender use it."""
+
     def __init__(self, world: World) -> None:
         self.world = world
         pages = world.pages

@@ -18,11 +18,9 @@ class StackedChoice:
         sizes = np.array([len(w) for w in weights], dtype=np.int64)
         if (sizes == 0).any():
             raise ValueError("every distribution needs at least one item")
-        self.starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         shifted = [np.cumsum(w) / np.sum(w) + d for d, w in enumerate(weights)]
         self._keys = np.concatenate(shifted)
-        ends = self.starts + sizes - 1
-        self._keys[ends] = np.arange(len(weights)) + 1.0  # exact upper bound despite rounding
+        self._keys[np.cumsum(sizes) - 1] = np.arange(len(weights)) + 1.0  # exact bounds despite rounding
 
     def draw(self, which: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The flat index (into the concatenated items) of one draw per row."""

@@ -4,7 +4,7 @@ JSON Lines. The first line describes the world (`"type": "world"`): seed, window
 interest with its categories, section and sites. Then one line per cookie (`"type": "cookie"`):
 
     {"type": "cookie", "cookie_id": "<id in crumb.events>", "sim_id": "<simulator's id>",
-     "fp_id": "<32 hex or empty>", "interests": ["cruises", "soccer"], "is_bot": false,
+     "fp_id": "<32 hex or empty>", "interests": ["electronics", "soccer"], "is_bot": false,
      "converted": true, "conversion": "purchase", "device_type": "mobile", "consent": "open",
      "events": 23}
 

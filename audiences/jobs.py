@@ -1,0 +1,54 @@
+"""Builds as jobs: load the definitions, take the one-build-at-a-time lock, build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+from clickhouse_connect.driver.client import Client
+
+from audiences.builder import BuildResult, build
+from audiences.definitions import SegmentSet, load_segments
+from audiences.errors import AudiencesError
+from collector.categories import ContentTaxonomy
+from crumb.progress import SILENT, Progress
+from crumb.settings import Settings
+
+BUILD_LOCK_KEY = "crumb:{audiences}:build-lock"
+EXAMPLES_DIR = Path(__file__).with_name("examples")
+
+
+class BuildBusy(AudiencesError):
+    code = "build_running"
+
+
+def segments_dir(settings: Settings) -> Path | None:
+    return settings.segments_dir
+
+
+def load_definitions(directory: Path | None, settings: Settings) -> SegmentSet:
+    if directory is None:
+        return SegmentSet([])
+    audience_ids = None
+    if settings.audience_taxonomy_file:
+        audience_ids = frozenset(ContentTaxonomy.load(settings.audience_taxonomy_file).names)
+    return load_segments(directory, audience_ids)
+
+
+def content_taxonomy(settings: Settings) -> ContentTaxonomy | None:
+    return ContentTaxonomy.load(settings.content_taxonomy_file) if settings.content_taxonomy_file else None
+
+
+def build_once(
+    client: Client, redis_client: redis.Redis, settings: Settings, directory: Path | None = None,
+    progress: Progress = SILENT, as_of_ms: int | None = None,
+) -> BuildResult:
+    """One build, unless another is running anywhere (the lock lives in Redis, shared by replicas)."""
+    segments = load_definitions(directory or settings.segments_dir, settings)
+    lock = redis_client.lock(BUILD_LOCK_KEY, timeout=6 * 3600, blocking=False)
+    if not lock.acquire():
+        raise BuildBusy("another build is running; one build at a time")
+    try:
+        return build(client, segments, content_taxonomy(settings), progress, as_of_ms=as_of_ms)
+    finally:
+        lock.release()

@@ -1,0 +1,119 @@
+"""Builds against the real warehouse: deltas, history, failure isolation, profiles, exclusions.
+
+The warehouse is shared with other tests, so these use timestamps far in the future: only their
+own events fall inside their windows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from audiences.builder import build
+from audiences.definitions import SegmentSet, parse_segment
+from audiences.errors import BuildError
+
+DAY = 86_400_000
+T0 = 2_100_000_000_000  # 2036
+
+
+def cookie() -> str:
+    return uuid.uuid4().hex
+
+
+def insert(client: Client, rows: list[dict[str, Any]]) -> None:
+    columns = ["event_id", "ts", "received_at", "site", "type", "cookie_id", "fp_id", "path", "categories",
+               "is_bot", "can_profile", "engaged_ms"]
+    defaults = {"site": "build-test", "type": "pageview", "fp_id": "", "path": "/", "categories": [],
+                "is_bot": 0, "can_profile": 1, "engaged_ms": 0}
+    data = [[str(uuid.uuid4()) if c == "event_id" else row["ts"] if c == "received_at" else
+             row.get(c, defaults.get(c)) for c in columns] for row in rows]
+    client.insert("crumb.events", data, column_names=columns)
+
+
+def members(client: Client) -> set[tuple[int, str, str]]:
+    return set(client.query("SELECT segment_id, id, id_type FROM crumb.segment_members").result_rows)
+
+
+SPORTS = SegmentSet([parse_segment({"id": 1, "name": "sports", "lookback_days": 3,
+                                    "rule": {"where": [{"field": "path", "op": "prefix", "value": "/sports"}]}})])
+
+
+def test_deltas_and_history_follow_the_window(warehouse: Client) -> None:
+    a, b = cookie(), cookie()
+    insert(warehouse, [{"ts": T0 - 1000, "cookie_id": a, "path": "/sports/x"},
+                       {"ts": T0 + 2 * DAY, "cookie_id": b, "path": "/sports/y"}])
+    first = build(warehouse, SPORTS, as_of_ms=T0)
+    assert members(warehouse) == {(1, a, "cookie")}
+    second = build(warehouse, SPORTS, as_of_ms=T0 + 2 * DAY)  # a still within 3 days; b enters
+    assert members(warehouse) == {(1, a, "cookie"), (1, b, "cookie")}
+    third = build(warehouse, SPORTS, as_of_ms=T0 + 4 * DAY)  # a's visit is now 4 days old: a exits
+    assert members(warehouse) == {(1, b, "cookie")}
+    deltas = warehouse.query(
+        "SELECT build_id, id, change FROM crumb.segment_deltas WHERE build_id IN {b:Array(UInt64)} ORDER BY build_id",
+        parameters={"b": [first.build_id, second.build_id, third.build_id]}).result_rows
+    assert deltas == [(first.build_id, a, "enter"), (second.build_id, b, "enter"), (third.build_id, a, "exit")]
+    assert (third.entered, third.exited) == (0, 1)
+
+    def was_member(at_ms: int) -> set[str]:
+        return {r[0] for r in warehouse.query(
+            "SELECT id FROM crumb.segment_history FINAL WHERE segment_id = 1 AND id IN {ids:Array(String)} "
+            "AND entered_at <= fromUnixTimestamp64Milli({t:Int64}, 'UTC') "
+            "AND exited_at > fromUnixTimestamp64Milli({t:Int64}, 'UTC')",
+            parameters={"ids": [a, b], "t": at_ms}).result_rows}
+
+    assert was_member(T0 + DAY) == {a}
+    assert was_member(T0 + 3 * DAY) == {a, b}
+    assert was_member(T0 + 5 * DAY) == {b}
+
+
+def test_linked_ids_are_one_profile_and_all_get_the_membership(warehouse: Client) -> None:
+    c1, c2, fp = cookie(), cookie(), cookie()
+    at = T0 + 30 * DAY
+    insert(warehouse, [
+        {"ts": at - 1000, "cookie_id": c1, "fp_id": fp, "path": "/a"},
+        {"ts": at - 2000, "cookie_id": c2, "fp_id": fp, "path": "/b"},
+        {"ts": at - 3000, "cookie_id": c2, "path": "/sports/1"},
+        {"ts": at - 4000, "cookie_id": c1, "path": "/sports/2"},
+    ])
+    two_visits = SegmentSet([parse_segment({"id": 2, "name": "two", "rule": {
+        "where": [{"field": "path", "op": "prefix", "value": "/sports"}], "min_count": 2}})])
+    build(warehouse, two_visits, as_of_ms=at)
+    # Neither cookie alone read sports twice; the profile did.
+    assert members(warehouse) == {(2, c1, "cookie"), (2, c2, "cookie"), (2, fp, "fp")}
+    profiles = {r[0] for r in warehouse.query("SELECT DISTINCT profile_id FROM crumb.segment_members").result_rows}
+    assert profiles == {"c:" + min(c1, c2)}
+
+
+def test_bots_unconsented_and_opted_out_are_excluded(warehouse: Client) -> None:
+    human, bot, unconsented, gone = cookie(), cookie(), cookie(), cookie()
+    at = T0 + 60 * DAY
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": c, "path": "/sports", **extra} for c, extra in
+                       [(human, {}), (bot, {"is_bot": 1}), (unconsented, {"can_profile": 0}), (gone, {})]])
+    warehouse.insert("crumb.optouts", [[gone, at]], column_names=["id", "opted_out_at"])
+    build(warehouse, SPORTS, as_of_ms=at)
+    assert members(warehouse) == {(1, human, "cookie")}
+
+
+def test_a_failed_build_leaves_the_previous_one_in_place(warehouse: Client) -> None:
+    a = cookie()
+    at = T0 + 90 * DAY
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": a, "path": "/sports"}])
+    build(warehouse, SPORTS, as_of_ms=at)
+    before = members(warehouse)
+    warehouse.command("RENAME TABLE crumb.segment_history TO crumb.segment_history_away")
+    try:
+        with pytest.raises(BuildError, match="previous build stays in place"):
+            build(warehouse, SegmentSet([]), as_of_ms=at)  # would empty every segment
+    finally:
+        warehouse.command("RENAME TABLE crumb.segment_history_away TO crumb.segment_history")
+    assert members(warehouse) == before
+    status, error = warehouse.query(
+        "SELECT status, error FROM crumb.builds FINAL ORDER BY build_id DESC LIMIT 1").result_rows[0]
+    assert status == "failed" and "segment_history" in error
+    latest = warehouse.query("SELECT max(build_id) FROM crumb.builds").result_rows[0][0]
+    assert warehouse.query("SELECT count() FROM crumb.segment_deltas WHERE build_id = {b:UInt64}",
+                           parameters={"b": latest}).result_rows == [(0,)]
