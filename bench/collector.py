@@ -438,6 +438,8 @@ def top_frames(folded: Path, limit: int = 20) -> dict[str, Any]:
             inclusive[function] = inclusive.get(function, 0) + count
     if not loop_total:
         return {}
+    # Frames on every stack (runpy, the CLI, uvicorn.run, the event loop's run) say nothing.
+    inclusive = {k: v for k, v in inclusive.items() if v < 0.995 * loop_total}
 
     def share(table: dict[str, int], total: int) -> list[tuple[str, float]]:
         return [(k, round(100 * v / total, 1)) for k, v in sorted(table.items(), key=lambda kv: -kv[1])[:limit]]

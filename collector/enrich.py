@@ -288,13 +288,35 @@ def _split_url_cached(url: str) -> UrlParts:
     return _split_url(url)
 
 
+def scrubbed_url_parts(url: str) -> tuple[str, UrlParts]:
+    """`scrub_url` and `split_url` of one URL at the price of one cache lookup (the writer's case)."""
+    if len(url) > MAX_URL_CHARS:
+        scrubbed = scrub_url(url)
+        return scrubbed, _split_scrubbed(scrubbed)
+    return _scrubbed_url_parts(url)
+
+
+@lru_cache(maxsize=16384)
+def _scrubbed_url_parts(url: str) -> tuple[str, UrlParts]:
+    scrubbed = _scrub_url(url)[:MAX_URL_CHARS]
+    return scrubbed, _split_scrubbed(scrubbed)
+
+
 def _split_url(url: str) -> UrlParts:
-    rest, _, _ = scrub_url(url).partition("#")
+    return _split_scrubbed(scrub_url(url))
+
+
+def _split_scrubbed(scrubbed: str) -> UrlParts:
+    rest, _, _ = scrubbed.partition("#")
     rest, _, query = rest.partition("?")
     _, authority, path = _split_head(rest)
     host = _host(authority)
+    path = path or ("/" if host else "")
+    if "utm_" not in query.lower():
+        return UrlParts(host, path, "", "", "", "", "")
     utm = _utm_values(query)
-    return UrlParts(host, path or ("/" if host else ""), *(utm.get(field, "") for field in _UTM_FIELDS))
+    return UrlParts(host, path, utm.get("utm_source", ""), utm.get("utm_medium", ""), utm.get("utm_campaign", ""),
+                    utm.get("utm_term", ""), utm.get("utm_content", ""))
 
 
 def _utm_values(query: str) -> dict[str, str]:

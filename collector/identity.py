@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import uuid
 
 THIRD_PARTY_COOKIE = "crumb_id"
 FIRST_PARTY_COOKIE = "_crumb"
@@ -20,6 +19,8 @@ OPTOUT_COOKIE = "crumb_optout"
 COOKIE_MAX_AGE_S = 396 * 24 * 3600  # 13 months
 
 _ID_FORM = re.compile(r"[0-9a-f]{32}")
+_UUID_FORM = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_VERIFIED_CACHE_MAX = 100_000
 _MAC_HEX_CHARS = 16
 
 
@@ -32,28 +33,33 @@ def is_cookie_id(value: str) -> bool:
 
 
 def is_event_id(value: str) -> bool:
-    if len(value) != 36:
-        return False
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
+    return len(value) == 36 and _UUID_FORM.fullmatch(value) is not None
 
 
 class CookieSigner:
     def __init__(self, secret: bytes) -> None:
-        self._secret = secret
+        self._keyed = hmac.new(secret, digestmod=hashlib.sha256)  # copied per use: the key schedule once
+        self._verified: dict[str, str] = {}  # returning browsers' cookies, checked once
 
     def _mac(self, cookie_id: str) -> str:
-        return hmac.new(self._secret, cookie_id.encode(), hashlib.sha256).hexdigest()[:_MAC_HEX_CHARS]
+        mac = self._keyed.copy()
+        mac.update(cookie_id.encode())
+        return mac.hexdigest()[:_MAC_HEX_CHARS]
 
     def sign(self, cookie_id: str) -> str:
         return f"{cookie_id}.{self._mac(cookie_id)}"
 
     def verify(self, value: str) -> str | None:
         """The cookie ID in a signed value, or None when it is malformed or not ours."""
+        known = self._verified.get(value)
+        if known is not None:
+            return known
         cookie_id, _, mac = value.partition(".")
         if not is_cookie_id(cookie_id) or len(mac) != _MAC_HEX_CHARS:
             return None
-        return cookie_id if hmac.compare_digest(mac, self._mac(cookie_id)) else None
+        if not hmac.compare_digest(mac, self._mac(cookie_id)):
+            return None
+        if len(self._verified) >= _VERIFIED_CACHE_MAX:
+            self._verified.clear()
+        self._verified[value] = cookie_id
+        return cookie_id

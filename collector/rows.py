@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from collector.categories import CategoryRules, ContentTaxonomy, clean_categories
-from collector.enrich import parse_user_agent, referrer_host, scrub_props, scrub_url, split_url
+from collector.enrich import parse_user_agent, referrer_host, scrub_props, scrubbed_url_parts
 from collector.hits import Hit
 
 
@@ -20,20 +20,17 @@ class Enricher:
 
     def row(self, hit: Hit) -> list[Any]:
         """The row in collector.schema.EVENT_COLUMNS order, with JSON-safe values (for the spool)."""
-        url = scrub_url(hit.url)
-        parts = split_url(url)
+        url, parts = scrubbed_url_parts(hit.url)
         agent = parse_user_agent(hit.user_agent)
-        consent = hit.consent
+        gdpr_applies, purposes, vendor_consent, can_profile, can_share, gpc, us_privacy = hit.consent
         return [
             hit.event_id, hit.ts_ms, hit.received_ms, hit.site, hit.type, hit.cookie_id, hit.fp_id,
             url, parts.host, parts.path, referrer_host(hit.referrer),
             parts.utm_source, parts.utm_medium, parts.utm_campaign, parts.utm_term, parts.utm_content,
             self._categories(hit, parts.path),
             "bot" if agent.is_bot else agent.device_type, agent.os, agent.browser, int(agent.is_bot),
-            hit.ip, hit.engaged_ms, scrub_props(hit.props),
-            int(consent.gdpr_applies), sorted(consent.purposes), int(consent.vendor_consent),
-            int(consent.can_profile), int(consent.can_share), int(consent.gpc), consent.us_privacy,
-            hit.source,
+            hit.ip, hit.engaged_ms, scrub_props(dict(hit.props)),
+            gdpr_applies, list(purposes), vendor_consent, can_profile, can_share, gpc, us_privacy, hit.source,
         ]
 
     def _categories(self, hit: Hit, path: str) -> list[str]:

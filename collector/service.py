@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 from collector.consent import Consent, decode_consent
 from collector.hits import (
@@ -17,8 +17,9 @@ from collector.hits import (
     RequestContext,
     check_fp_id,
     check_site,
+    consent_columns,
     make_hit,
-    pixel_event,
+    pixel_hit,
 )
 from collector.http import RequestMeta, parse_cookies, set_cookie
 from collector.identity import (
@@ -86,17 +87,19 @@ class Collector:
     def collect_pixel(self, query: bytes, meta: RequestMeta) -> Outcome:
         """Accept one event from a query string; never raises — the browser always gets the GIF."""
         try:
-            params = _parse_query(query)
-            params.setdefault("event_id", str(uuid.uuid4()))  # a plain <img> pixel has no tag to set one
-            return self._collect(params, [pixel_event(params)], params, meta, "pixel")
+            params = parse_query(query)
+            if "event_id" not in params:  # a plain <img> pixel has no tag to set one
+                params["event_id"] = str(uuid.uuid4())
+            return self._collect(params, None, params, meta, "pixel")
         except Rejected as rejected:
             self.stats.reject(rejected.reason)
             return Outcome()
 
     def _collect(
-        self, payload: Mapping[str, Any], events: list[Any], consent_fields: Mapping[str, Any],
+        self, payload: Mapping[str, Any], events: list[Any] | None, consent_fields: Mapping[str, Any],
         meta: RequestMeta, source: str,
     ) -> Outcome:
+        """Identity, consent and validation shared by both ways in; `events` None: a pixel hit."""
         site = check_site(payload.get("site"))
         if not self.sites.known(site):
             raise Rejected("unknown_site", f"site {site!r} is not configured")
@@ -108,12 +111,15 @@ class Collector:
         outcome = Outcome()
         ctx = RequestContext(
             site=site, cookie_id="", fp_id="", ip=meta.client_ip(self.config.trusted_proxies),
-            user_agent=meta.user_agent, consent=consent, received_ms=int(time.time() * 1000),
+            user_agent=meta.user_agent, consent=consent_columns(consent), received_ms=int(time.time() * 1000),
             max_age_ms=self.config.max_event_age_ms, source=source,
         )
         if consent.can_store:  # without Purpose 1 no cookie is read or set: the event has no IDs
             ctx.cookie_id, ctx.fp_id = self._identify(cookies, payload.get("fp_id"), outcome.set_cookies)
-        hits = [_hit_at(i, event, ctx) for i, event in enumerate(events)]
+        if events is None:
+            hits = [pixel_hit(payload, ctx)]
+        else:
+            hits = [_hit_at(i, event, ctx) for i, event in enumerate(events)]
         for hit in hits:
             self._add_hit(hit)
         outcome.accepted = len(hits)
@@ -184,14 +190,27 @@ def _events(value: object) -> list[Any]:
     return value
 
 
-def _parse_query(query: bytes) -> dict[str, str]:
+def parse_query(query: bytes) -> dict[str, str]:
+    """A query string → its first value per name. Decodes only what is encoded: most of a pixel's
+    parameters are plain, and this runs on every hit."""
     if len(query) > MAX_QUERY_BYTES:
         raise Rejected("too_large", f"query string is longer than {MAX_QUERY_BYTES} bytes")
     try:
-        pairs = parse_qsl(query.decode("ascii"), keep_blank_values=True, errors="strict", max_num_fields=100)
-    except (UnicodeDecodeError, ValueError):
+        text = query.decode("ascii")
+        params: dict[str, str] = {}
+        for pair in text.split("&"):
+            name, _, value = pair.partition("=")
+            if "%" in name or "+" in name:
+                name = unquote_plus(name, errors="strict")
+            if "%" in value or "+" in value:
+                value = unquote_plus(value, errors="strict")
+            if name and name not in params:
+                params[name] = value
+    except UnicodeDecodeError:
         raise Rejected("bad_encoding", "query string is not valid percent-encoded UTF-8") from None
-    return dict(pairs)
+    if len(params) > 100:
+        raise Rejected("too_large", "query string has more than 100 parameters")
+    return params
 
 
 def _consent(fields: Mapping[str, Any], meta: RequestMeta, vendor_id: int) -> Consent:

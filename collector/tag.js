@@ -146,28 +146,12 @@
     new Image().src = cfg.collector + '/p.gif?' + q;
   }
 
-  // -- consent
+  // -- start-up and consent
 
   function start() {
-    if (w.__uspapi) {
-      w.__uspapi('getUSPData', 1, safe((data, ok) => {
-        if (ok !== false && data && /^1[YN-]{3}$/.test(data.uspString)) consent.us_privacy = data.uspString;
-      }));
-    }
     if (nav.globalPrivacyControl === true) consent.gpc = 1;
-    if (typeof w.__tcfapi === 'function') {
-      ready = false;
-      w.__tcfapi('addEventListener', 2, safe((tc, ok) => {
-        if (!ok || !tc || !/^(tcloaded|useractioncomplete)$/.test(tc.eventStatus)) return;
-        consent.gdpr = tc.gdprApplies ? 1 : 0;
-        if (tc.tcString) consent.gdpr_consent = tc.tcString;
-        // Without Purpose 1 (store/access on a device) we create no first-party ID.
-        const store = !tc.gdprApplies || !!(tc.purpose && tc.purpose.consents && tc.purpose.consents[1]);
-        fpId = store ? firstPartyId() : '';
-        ready = true;
-        flush();
-      }));
-    } else fpId = firstPartyId();
+    safe(usPrivacy)(); // a broken CMP stub must not stop the rest
+    safe(tcf)();
     pageview(d.referrer);
     d.addEventListener('visibilitychange', safe(() => {
       if (!visible()) hidden();
@@ -183,6 +167,31 @@
       };
       addEventListener('popstate', safe(navigated));
     }
+  }
+
+  function usPrivacy() {
+    if (!w.__uspapi) return;
+    w.__uspapi('getUSPData', 1, safe((data, ok) => {
+      if (ok !== false && data && /^1[YN-]{3}$/.test(data.uspString)) consent.us_privacy = data.uspString;
+    }));
+  }
+
+  function tcf() {
+    if (typeof w.__tcfapi !== 'function') {
+      fpId = firstPartyId();
+      return;
+    }
+    ready = false;
+    w.__tcfapi('addEventListener', 2, safe((tc, ok) => {
+      if (!ok || !tc || !/^(tcloaded|useractioncomplete)$/.test(tc.eventStatus)) return;
+      consent.gdpr = tc.gdprApplies ? 1 : 0;
+      if (tc.tcString) consent.gdpr_consent = tc.tcString;
+      // Without Purpose 1 (store/access on a device) we create no first-party ID.
+      const store = !tc.gdprApplies || !!(tc.purpose && tc.purpose.consents && tc.purpose.consents[1]);
+      fpId = store ? firstPartyId() : '';
+      ready = true;
+      flush();
+    }));
   }
 
   // -- commands

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from collector.hits import Hit
 from collector.metrics import CollectorStats
@@ -83,7 +83,7 @@ class EventWriter:
         self.stats = stats
         self._flush_rows = flush_rows
         self._flush_interval_s = flush_interval_s
-        self._buffer: list[Hit] = []
+        self._buffer: list[tuple[Any, ...]] = []
         self._wake = threading.Event()
         self._pending: queue.Queue[Batch | None] = queue.Queue(maxsize=max_pending_batches)
         self._recent = RecentEventIds(dedup_window_s)
@@ -98,7 +98,7 @@ class EventWriter:
     # -- request path -------------------------------------------------------------------------
 
     def add(self, hit: Hit) -> None:
-        self._buffer.append(hit)
+        self._buffer.append(tuple(hit))  # a plain tuple of plain values: untracked by the GC
         self.stats.accepted += 1
         if len(self._buffer) >= self._flush_rows:
             self._wake.set()
@@ -155,9 +155,10 @@ class EventWriter:
         else:
             self._settled()
 
-    def _prepare(self, hits: list[Hit]) -> Batch:
+    def _prepare(self, hits: list[tuple[Any, ...]]) -> Batch:
         rows = []
-        for hit in hits:
+        for raw in hits:
+            hit = Hit._make(raw)
             if not self._recent.first_time(hit.event_id):
                 self.stats.duplicates += 1
                 continue

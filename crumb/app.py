@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -122,6 +123,8 @@ def build_app(server: CrumbServer, on_started: Any = None) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         server.start()
+        # Everything alive now lives as long as the process: keep it out of every future GC scan.
+        gc.freeze()
         control.announce(server.runtime.settings, os.getpid())
         if on_started:
             on_started()

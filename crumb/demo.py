@@ -48,6 +48,7 @@ async def _demo(settings: Settings, cookies: int, days: int, keep_serving: bool)
     await anyio.to_thread.run_sync(server.writer.flush)
     summary = await anyio.to_thread.run_sync(events_summary, server.runtime.client)
     _print_summary(summary, dict(server.stats.rejected))
+    await anyio.to_thread.run_sync(_build_segments, server, settings)
     if keep_serving:
         console.print(f"serving at {url} (tag: {url}/tag.js, metrics: {url}/metrics); Ctrl-C stops")
     else:
@@ -65,6 +66,40 @@ async def _send_bad_hits(url: str) -> None:
                          headers={"cookie": "crumb_id=0123456789abcdef0123456789abcdef.forgedforgedforg"})
         await client.post("/e", content=b"{not json", headers={"content-type": "text/plain"})
         await client.post("/e", content=b"x" * 70_000, headers={"content-type": "text/plain"})
+
+
+def _build_segments(server: CrumbServer, settings: Settings) -> None:
+    from audiences.definitions import load_segments
+    from audiences.jobs import EXAMPLES_DIR, build_once
+    from audiences.reports import overlap, sizes
+
+    directory = settings.segments_dir or EXAMPLES_DIR
+    result = build_once(server.runtime.client, server.runtime.redis, settings, directory, Progress())
+    console.print(f"built {result.segments} segments ({result.conditions} conditions) from {directory} in "
+                  f"{sum(result.timings.values()):.2f}s: {result.members:,} memberships, "
+                  f"{result.entered:,} entered, {result.exited:,} exited")
+    segments = load_segments(directory)
+    table = Table(title="segments")
+    for column in ("id", "name", "profiles", "cookie IDs", "first-party IDs"):
+        table.add_column(column, justify="right" if column != "name" else "left")
+    for row in sizes(server.runtime.client, segments=segments):
+        table.add_row(str(row["segment_id"]), row["name"], f"{row['profiles']:,}", f"{row['cookies']:,}",
+                      f"{row['fp_ids']:,}")
+    console.print(table)
+    chosen = [s.id for s in segments.active()][:4]
+    matrix = overlap(server.runtime.client, chosen)
+    grid = Table(title="overlap: shared profiles (Jaccard)")
+    grid.add_column("")
+    for segment_id in chosen:
+        grid.add_column(str(segment_id), justify="right")
+    for a in chosen:
+        grid.add_row(str(a), *[_overlap_cell(matrix, a, b) for b in chosen])
+    console.print(grid)
+
+
+def _overlap_cell(matrix: dict[str, Any], a: int, b: int) -> str:
+    cell = next(c for c in matrix["pairs"] if {c["a"], c["b"]} == {a, b} or (a == b == c["a"] == c["b"]))
+    return f"{cell['intersection']:,} ({cell['jaccard']:.2f})"
 
 
 def _print_summary(summary: dict[str, Any], rejected: dict[str, int]) -> None:

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from crumb.errors import CrumbError
 
@@ -80,7 +82,8 @@ class EmbeddedRedis:
         if process is None or process.poll() is not None:
             return
         try:
-            redis.Redis(unix_socket_path=str(self.socket_path)).shutdown(save=True)
+            # No retries: the server closing the connection is the success of SHUTDOWN.
+            redis.Redis(unix_socket_path=str(self.socket_path), retry=Retry(NoBackoff(), 0)).shutdown(save=True)
         except redis.RedisError:
             process.terminate()
         try:

@@ -49,7 +49,7 @@ THEMES = (
     Theme("beauty", "style/beauty", ("553", "552"), "shop"),
     Theme("ai", "tech/ai", ("597", "596"), "news", SIGNUP, 0.05),
     Theme("business", "business", ("53", "52"), "news"),
-    Theme("motorcycles", "autos/motorcycles", ("27", "1"), "travel"),
+    Theme("motorcycles", "autos/motorcycles", ("27", "1"), "news"),
 )
 
 # Page names by the kind of site a theme belongs to, so paths read like what they are.

@@ -58,6 +58,8 @@ async def send_via_http(
 
     `tcf_vendor_id` is the collector's CRUMB_TCF_VENDOR_ID: GDPR browsers consent to it (0: to no
     vendor, so the collector sets them no cookie). `transport` replaces the network in tests.
+    Keep `spec.days` within the collector's CRUMB_MAX_EVENT_AGE_HOURS: it stores older `ts` values
+    as the arrival time.
     """
     started = time.perf_counter()
     truth = Path(truth_path) if truth_path is not None else None

@@ -36,21 +36,21 @@ class SimulationSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    cookies: int = Field(10_000, ge=1)
-    days: int = Field(30, ge=1, le=3650)
+    cookies: int = Field(default=10_000, ge=1)
+    days: int = Field(default=30, ge=1, le=3650)
     sites: tuple[str, ...] = DEFAULT_SITES
-    seed: int = Field(0, ge=0)
-    events: int | None = Field(None, ge=1)  # total events (all types); None: cookies × events_per_cookie
-    events_per_cookie: float = Field(20.0, gt=0)
+    seed: int = Field(default=0, ge=0)
+    events: int | None = Field(default=None, ge=1)  # all types; None: cookies × events_per_cookie
+    events_per_cookie: float = Field(default=20.0, gt=0)
     end: datetime | None = None  # the last moment of traffic; None: now (the only non-seeded input)
-    interests: int = Field(12, ge=1)
-    bot_share: float = Field(0.03, ge=0, le=1)
-    fp_share: float = Field(0.4, ge=0, le=1)  # humans that also carry a first-party ID
-    gdpr_share: float = Field(0.05, ge=0, le=1)  # GDPR applies, storage consented, profiling refused
-    gpc_share: float = Field(0.02, ge=0, le=1)  # Global Privacy Control on
-    pages_per_site: int = Field(1000, ge=10)
-    zipf_exponent: float = Field(1.1, gt=0)
-    interest_focus: float = Field(0.75, ge=0, le=1)  # share of human sessions about own interests
+    interests: int = Field(default=12, ge=1)
+    bot_share: float = Field(default=0.03, ge=0, le=1)
+    fp_share: float = Field(default=0.4, ge=0, le=1)  # humans that also carry a first-party ID
+    gdpr_share: float = Field(default=0.05, ge=0, le=1)  # GDPR applies; storage yes, profiling no
+    gpc_share: float = Field(default=0.02, ge=0, le=1)  # Global Privacy Control on
+    pages_per_site: int = Field(default=1000, ge=10)
+    zipf_exponent: float = Field(default=1.1, gt=0)
+    interest_focus: float = Field(default=0.75, ge=0, le=1)  # human sessions about own interests
     taxonomy_path: Path | None = None  # full IAB Content Taxonomy 3.1 TSV: more interests than built in
 
     @field_validator("sites")

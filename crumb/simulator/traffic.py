@@ -31,7 +31,7 @@ from crumb.simulator.catalogue import (
 from crumb.simulator.model import World
 from crumb.simulator.sampling import choose_rows
 
-CHUNK_EVENTS = 250_000  # ~250 MB of Python columns per insert keeps a 10M-event load under 1 GB
+CHUNK_EVENTS = 150_000  # per insert: a 10M-event bulk load stays well under 1 GB (chdb included)
 NO_REFERRER, SAME_SITE = -1, -2  # referrer codes besides an index into EXTERNAL_REFERRERS
 
 _NEW_SESSION = {False: 0.3, True: 1 / 15}  # chance an event opens a session: humans, bots

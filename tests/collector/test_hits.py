@@ -5,14 +5,14 @@ from typing import Any
 import pytest
 
 from collector.consent import NO_GDPR
-from collector.hits import Rejected, RequestContext, make_hit, pixel_event
+from collector.hits import Rejected, RequestContext, consent_columns, make_hit, pixel_hit
 
 NOW_MS = 1_763_800_000_000
 EID = "3b9d6f1e-6c1a-4b7e-9f0a-2d4c6e8f0a1b"
 
 
 def ctx() -> RequestContext:
-    return RequestContext(site="s", cookie_id="", fp_id="", ip="203.0.113.0", user_agent="ua", consent=NO_GDPR,
+    return RequestContext(site="s", cookie_id="", fp_id="", ip="203.0.113.0", user_agent="ua", consent=consent_columns(NO_GDPR),
                           received_ms=NOW_MS, max_age_ms=7 * 86_400_000, source="beacon")
 
 
@@ -24,7 +24,7 @@ def test_a_full_event_is_kept_as_sent() -> None:
     hit = make_hit(event(ts=NOW_MS - 1000, url="https://a.example/x", categories=["483", "483", "1"],
                          engaged_ms=1500, props={"plan": "pro", "n": 3, "ok": True}), ctx())
     assert (hit.ts_ms, hit.categories, hit.engaged_ms) == (NOW_MS - 1000, ("483", "1"), 1500)
-    assert hit.props == {"plan": "pro", "n": "3", "ok": "true"}
+    assert dict(hit.props) == {"plan": "pro", "n": "3", "ok": "true"}
 
 
 @pytest.mark.parametrize(
@@ -64,8 +64,17 @@ def test_bad_fields_are_rejected_with_a_reason(fields: dict[str, Any], reason: s
 
 
 def test_pixel_parameters_map_onto_the_beacon_shape() -> None:
-    shaped = pixel_event({"event_id": EID, "type": "signup", "url": "u", "ref": "r", "cat": "1,2",
-                          "engaged_ms": "10", "pr.plan": "pro"})
-    hit = make_hit(shaped, ctx())
+    hit = pixel_hit({"event_id": EID, "type": "signup", "url": "u", "ref": "r", "cat": "1,2",
+                     "engaged_ms": "10", "pr.plan": "pro"}, ctx())
     assert (hit.type, hit.url, hit.referrer, hit.categories, hit.engaged_ms, hit.props) == (
-        "signup", "u", "r", ("1", "2"), 10, {"plan": "pro"})
+        "signup", "u", "r", ("1", "2"), 10, (("plan", "pro"),))
+
+
+def test_a_hit_is_plain_data_the_gc_can_untrack() -> None:
+    """Only str, int and tuples of them: buffered as plain tuples, hits cost the GC nothing."""
+
+    def plain(value: object) -> bool:
+        return type(value) in (str, int) or (type(value) is tuple and all(plain(v) for v in value))
+
+    hit = make_hit(event(props={"a": "b", "n": 1}, categories=["1", "2"], engaged_ms=5), ctx())
+    assert plain(tuple(hit))

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from collector.categories import ContentTaxonomy
 from collector.consent import NO_GDPR
-from collector.hits import Hit
+from collector.hits import Hit, consent_columns
 from collector.rows import Enricher
 from collector.schema import EVENT_COLUMNS
 from collector.sites import load_sites
@@ -19,8 +19,8 @@ def hit(**fields: object) -> Hit:
     values: dict[str, object] = dict(
         event_id="3b9d6f1e-6c1a-4b7e-9f0a-2d4c6e8f0a1b", ts_ms=1, received_ms=2, site="shop", type="pageview",
         cookie_id="a" * 32, fp_id="", url="https://Shop.Example.com/sports/soccer/x?utm_campaign=spring&phone=555",
-        referrer="", categories=(), engaged_ms=0, props={"email": "a@b.co", "plan": "pro"}, ip="203.0.113.0",
-        user_agent=IPHONE, consent=NO_GDPR, source="beacon")
+        referrer="", categories=(), engaged_ms=0, props=(("email", "a@b.co"), ("plan", "pro")), ip="203.0.113.0",
+        user_agent=IPHONE, consent=consent_columns(NO_GDPR), source="beacon")
     values.update(fields)
     return Hit(**values)  # type: ignore[arg-type]
 
@@ -43,3 +43,15 @@ def test_bots_are_flagged_in_the_device_type() -> None:
     enricher = Enricher(load_sites(None, None).rules(), None)
     row = dict(zip(EVENT_COLUMNS, enricher.row(hit(user_agent="Googlebot/2.1 (+http://www.google.com/bot.html)"))))
     assert (row["device_type"], row["is_bot"]) == ("bot", 1)
+
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from collector.enrich import scrub_url, scrubbed_url_parts, split_url
+
+
+@given(st.text(max_size=300) | st.from_regex(r"https?://[a-z.]{1,20}(:[0-9]{2})?/[a-z0-9/%@.+]{0,40}(\?[a-z_=&%@.+0-9]{0,60})?",
+                                             fullmatch=True))
+def test_the_writers_one_lookup_equals_scrub_then_split(url: str) -> None:
+    assert scrubbed_url_parts(url) == (scrub_url(url), split_url(url))

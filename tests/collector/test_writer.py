@@ -48,11 +48,12 @@ def test_a_replayed_batch_is_dropped_by_its_token(live_server: LiveServer, tmp_p
     """A crash after the insert but before the spool file is removed: the replay must not double-count."""
     row = live_server.crumb.writer._enricher.row  # noqa: SLF001 - the real enrichment path
     from collector.consent import NO_GDPR
-    from collector.hits import Hit
+    from collector.hits import Hit, consent_columns
 
     now_ms = int(time.time() * 1000)
     hits = [Hit(str(uuid.uuid4()), now_ms, now_ms, site, "pageview", uuid.uuid4().hex, "",
-                "https://x.example/", "", (), 0, {}, "203.0.113.0", "ua", NO_GDPR, "test") for _ in range(5)]
+                "https://x.example/", "", (), 0, (), "203.0.113.0", "ua", consent_columns(NO_GDPR), "test")
+            for _ in range(5)]
     batch = Batch(token=uuid.uuid4().hex, rows=[row(h) for h in hits])
     spool = Spool(tmp_path)
     spool.write(batch)
