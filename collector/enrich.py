@@ -123,6 +123,7 @@ _EMAIL = re.compile(rf"(?<![{_LOCAL_CHARS}])[{_LOCAL_CHARS}]+@(?:[\w\-]+\.)+[\w\
 _PHONE = re.compile(
     r"(?<!\w)(?!\d{4}-\d\d-\d\d(?![\s.()+\-]{0,3}\d))\+?\(?\d(?:[\s.()+\-]{0,3}\d){6,}(?!\w)"
 )
+_UUID = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![0-9A-Za-z])")
 _URL_HEAD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*:)?//([^/?#]*)")
 _PATH_SAFE = "/:@!$&'()*+,;=[]~"
 _QUERY_SAFE = "[]+/:@!$'()*,;~"  # what may stay as it is in a query value ("+" keeps meaning a space)
@@ -233,10 +234,23 @@ def _unquote_all(text: str) -> str:
 
 
 def _redact_text(text: str) -> str:
-    """Plain text with e-mails and phone numbers replaced; the same object when there are none."""
-    redacted = _EMAIL.sub(REDACTED, text) if "@" in text else text
-    redacted = _PHONE.sub(REDACTED, redacted)
+    """Plain text with e-mails and phone numbers replaced; the same object when there are none.
+
+    UUIDs are left whole: their all-digit groups ("1621-4415") look like phone numbers, and the
+    tag's own IDs (a page view's `event_id` in an engagement's props) must survive.
+    """
+    if "-" in text and _UUID.search(text):
+        pieces = _UUID.split(text)
+        uuids = _UUID.findall(text)
+        redacted = "".join(_redact_plain(piece) + (uuids[i] if i < len(uuids) else "") for i, piece in enumerate(pieces))
+    else:
+        redacted = _redact_plain(text)
     return text if redacted == text else redacted
+
+
+def _redact_plain(text: str) -> str:
+    redacted = _EMAIL.sub(REDACTED, text) if "@" in text else text
+    return _PHONE.sub(REDACTED, redacted)
 
 
 def _redact_host(authority: str) -> str:

@@ -55,3 +55,13 @@ from collector.enrich import scrub_url, scrubbed_url_parts, split_url
                                              fullmatch=True))
 def test_the_writers_one_lookup_equals_scrub_then_split(url: str) -> None:
     assert scrubbed_url_parts(url) == (scrub_url(url), split_url(url))
+
+
+def test_uuids_are_not_mistaken_for_phone_numbers() -> None:
+    import uuid
+
+    from collector.enrich import scrub_props
+
+    ids = [str(uuid.uuid4()) for _ in range(2000)] + ["a925a172-1621-4415-9cc6-eb2551fe9162"]
+    assert all(scrub_props({"pageview_id": i}) == {"pageview_id": i} for i in ids)
+    assert scrub_props({"note": "call +44 20 7946 0958"}) == {"note": "call [redacted]"}
