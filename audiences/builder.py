@@ -15,15 +15,26 @@ Python process holds no members at any point: every step is INSERT ... SELECT.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
 from audiences.compiler import (
-    ELIGIBLE, EVENTS, LOOKUP, PROFILE_CONDITIONS, PROFILE_IDS, PROFILE_OF, Plan, compile_segments,
-    lookup_statements, membership_statement, scan_statement, window_filter, window_params,
+    ELIGIBLE,
+    EVENTS,
+    LOOKUP,
+    PROFILE_CONDITIONS,
+    PROFILE_IDS,
+    PROFILE_OF,
+    Plan,
+    compile_segments,
+    lookup_statements,
+    membership_statement,
+    scan_statement,
+    window_filter,
+    window_params,
 )
 from audiences.definitions import SegmentSet
 from audiences.errors import BuildError
@@ -89,10 +100,10 @@ def build(
         _make_scratch(client)
         steps.run("profiles", lambda: _resolve_profiles(client, plan, as_of_ms))
         if plan.segments:
-            steps.run("lookups", lambda: [client.command(sql, parameters=p) for sql, p in lookup_statements(plan, as_of_ms)])
-            steps.run("scan", lambda: client.command(*_statement(scan_statement(plan, as_of_ms))))
+            steps.run("lookups", lambda: _run(client, lookup_statements(plan, as_of_ms)))
+            steps.run("scan", lambda: _run(client, [scan_statement(plan, as_of_ms)]))
             client.command("TRUNCATE TABLE crumb.segment_members_next")
-            steps.run("members", lambda: client.command(*_statement(membership_statement(plan, result.build_id))))
+            steps.run("members", lambda: _run(client, [membership_statement(plan, result.build_id)]))
         else:
             client.command("TRUNCATE TABLE crumb.segment_members_next")
         steps.run("deltas", lambda: _write_deltas(client, result.build_id, as_of_ms))
@@ -110,8 +121,9 @@ def build(
     return result
 
 
-def _statement(statement: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    return statement
+def _run(client: Client, statements: Iterable[tuple[str, dict[str, Any]]]) -> None:
+    for sql, parameters in statements:
+        client.command(sql, parameters=parameters)
 
 
 def _next_build_id(client: Client) -> int:
@@ -184,8 +196,9 @@ def _write_deltas(client: Client, build_id: int, as_of_ms: int) -> None:
         "FROM crumb.segment_members AS o LEFT ANTI JOIN crumb.segment_members_next AS n "
         "ON o.segment_id = n.segment_id AND o.id = n.id", parameters=params)
     client.command(
-        f"INSERT INTO crumb.segment_history SELECT segment_id, id, id_type, {at}, '{OPEN_INTERVAL}', {{build_id:UInt64}} "
-        "FROM crumb.segment_deltas WHERE build_id = {build_id:UInt64} AND change = 'enter'", parameters=params)
+        f"INSERT INTO crumb.segment_history SELECT segment_id, id, id_type, {at}, '{OPEN_INTERVAL}', "
+        "{build_id:UInt64} FROM crumb.segment_deltas WHERE build_id = {build_id:UInt64} AND change = 'enter'",
+        parameters=params)
     client.command(
         f"INSERT INTO crumb.segment_history SELECT h.segment_id, h.id, h.id_type, h.entered_at, {at}, "
         "{build_id:UInt64} FROM crumb.segment_history AS h FINAL INNER JOIN ("

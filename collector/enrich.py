@@ -123,7 +123,9 @@ _EMAIL = re.compile(rf"(?<![{_LOCAL_CHARS}])[{_LOCAL_CHARS}]+@(?:[\w\-]+\.)+[\w\
 _PHONE = re.compile(
     r"(?<!\w)(?!\d{4}-\d\d-\d\d(?![\s.()+\-]{0,3}\d))\+?\(?\d(?:[\s.()+\-]{0,3}\d){6,}(?!\w)"
 )
-_UUID = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![0-9A-Za-z])")
+_UUID = re.compile(
+    r"(?<![0-9A-Za-z])[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![0-9A-Za-z])"
+)
 _URL_HEAD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*:)?//([^/?#]*)")
 _PATH_SAFE = "/:@!$&'()*+,;=[]~"
 _QUERY_SAFE = "[]+/:@!$'()*,;~"  # what may stay as it is in a query value ("+" keeps meaning a space)
@@ -242,7 +244,8 @@ def _redact_text(text: str) -> str:
     if "-" in text and _UUID.search(text):
         pieces = _UUID.split(text)
         uuids = _UUID.findall(text)
-        redacted = "".join(_redact_plain(piece) + (uuids[i] if i < len(uuids) else "") for i, piece in enumerate(pieces))
+        uuids.append("")
+        redacted = "".join(_redact_plain(piece) + uuid for piece, uuid in zip(pieces, uuids))
     else:
         redacted = _redact_plain(text)
     return text if redacted == text else redacted

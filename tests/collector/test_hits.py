@@ -12,8 +12,9 @@ EID = "3b9d6f1e-6c1a-4b7e-9f0a-2d4c6e8f0a1b"
 
 
 def ctx() -> RequestContext:
-    return RequestContext(site="s", cookie_id="", fp_id="", ip="203.0.113.0", user_agent="ua", consent=consent_columns(NO_GDPR),
-                          received_ms=NOW_MS, max_age_ms=7 * 86_400_000, source="beacon")
+    return RequestContext(site="s", cookie_id="", fp_id="", ip="203.0.113.0", user_agent="ua",
+                          consent=consent_columns(NO_GDPR), received_ms=NOW_MS, max_age_ms=7 * 86_400_000,
+                          source="beacon")
 
 
 def event(**fields: Any) -> dict[str, Any]:

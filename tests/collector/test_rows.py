@@ -1,9 +1,14 @@
 """Enrichment of a hit into its row, with per-site category rules and the real taxonomy."""
 
+import uuid
 from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from collector.categories import ContentTaxonomy
 from collector.consent import NO_GDPR
+from collector.enrich import scrub_props, scrub_url, scrubbed_url_parts, split_url
 from collector.hits import Hit, consent_columns
 from collector.rows import Enricher
 from collector.schema import EVENT_COLUMNS
@@ -45,12 +50,6 @@ def test_bots_are_flagged_in_the_device_type() -> None:
     assert (row["device_type"], row["is_bot"]) == ("bot", 1)
 
 
-from hypothesis import given
-from hypothesis import strategies as st
-
-from collector.enrich import scrub_url, scrubbed_url_parts, split_url
-
-
 @given(st.text(max_size=300) | st.from_regex(r"https?://[a-z.]{1,20}(:[0-9]{2})?/[a-z0-9/%@.+]{0,40}(\?[a-z_=&%@.+0-9]{0,60})?",
                                              fullmatch=True))
 def test_the_writers_one_lookup_equals_scrub_then_split(url: str) -> None:
@@ -58,10 +57,6 @@ def test_the_writers_one_lookup_equals_scrub_then_split(url: str) -> None:
 
 
 def test_uuids_are_not_mistaken_for_phone_numbers() -> None:
-    import uuid
-
-    from collector.enrich import scrub_props
-
     ids = [str(uuid.uuid4()) for _ in range(2000)] + ["a925a172-1621-4415-9cc6-eb2551fe9162"]
     assert all(scrub_props({"pageview_id": i}) == {"pageview_id": i} for i in ids)
     assert scrub_props({"note": "call +44 20 7946 0958"}) == {"note": "call [redacted]"}
