@@ -22,13 +22,13 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from audiences.compiler import (
+    BUILD,
     ELIGIBLE,
     EVENTS,
-    LOOKUP,
-    PROFILE_CONDITIONS,
     PROFILE_IDS,
     PROFILE_OF,
     Plan,
+    Tables,
     compile_segments,
     lookup_statements,
     membership_statement,
@@ -42,13 +42,14 @@ from collector.categories import ContentTaxonomy
 from crumb.progress import SILENT, Progress
 
 OPEN_INTERVAL = "2106-01-01 00:00:00.000"
-_SCRATCH = {
-    LOOKUP: "(field String, value String, preds Array(UInt32)) ENGINE = Join(ANY, LEFT, field, value)",
-    PROFILE_OF: "(id String, profile String) ENGINE = Join(ANY, LEFT, id)",
-    PROFILE_IDS: "(profile String, ids Array(String)) ENGINE = Join(ANY, LEFT, profile)",
-    PROFILE_CONDITIONS: "(profile String, cond UInt32, n UInt64, days UInt64, engaged UInt64) ENGINE = Memory",
+# The scratch tables of a build (or a preview), by their field in `Tables`.
+SCRATCH_TABLES = {
+    "lookup": "(field String, value String, preds Array(UInt32)) ENGINE = Join(ANY, LEFT, field, value)",
+    "profile_of": "(id String, profile String) ENGINE = Join(ANY, LEFT, id)",
+    "profile_ids": "(profile String, ids Array(String)) ENGINE = Join(ANY, LEFT, profile)",
+    "profile_conditions": "(profile String, cond UInt32, n UInt64, days UInt64, engaged UInt64) ENGINE = Memory",
 }
-MAX_LINK_ROUNDS = 20
+MAX_LINK_ROUNDS = 64  # log2 of the longest chain of linked IDs, with room to spare
 
 
 @dataclass
@@ -97,7 +98,9 @@ def build(
     _record(client, result, started_ms)
     try:
         _discard_incomplete_builds(client, result.build_id)
-        _make_scratch(client)
+        drop_scratch(client)
+        _drop_link_tables(client)
+        make_scratch(client)
         steps.run("profiles", lambda: _resolve_profiles(client, plan, as_of_ms))
         if plan.segments:
             steps.run("lookups", lambda: _run(client, lookup_statements(plan, as_of_ms)))
@@ -116,7 +119,8 @@ def build(
         _record(client, result, started_ms)
         raise BuildError(f"build {result.build_id} failed, the previous build stays in place: {result.error}") from exc
     finally:
-        _drop_scratch(client)
+        drop_scratch(client)
+        _drop_link_tables(client)
     _record(client, result, started_ms)
     return result
 
@@ -140,14 +144,18 @@ def _record(client: Client, result: BuildResult, started_ms: int) -> None:
                       "profiles", "members", "entered", "exited", "timings", "error", "version"])
 
 
-def _make_scratch(client: Client) -> None:
-    _drop_scratch(client)
-    for table, definition in _SCRATCH.items():
-        client.command(f"CREATE TABLE {table} {definition}")
+def make_scratch(client: Client, tables: Tables = BUILD) -> None:
+    for name, definition in SCRATCH_TABLES.items():
+        client.command(f"CREATE TABLE {getattr(tables, name)} {definition}")
 
 
-def _drop_scratch(client: Client) -> None:
-    for table in [*_SCRATCH, "crumb._build_edges", "crumb._build_labels", "crumb._build_labels_next"]:
+def drop_scratch(client: Client, tables: Tables = BUILD) -> None:
+    for name in SCRATCH_TABLES:
+        client.command(f"DROP TABLE IF EXISTS {getattr(tables, name)}")
+
+
+def _drop_link_tables(client: Client) -> None:
+    for table in ("crumb._build_edges", "crumb._build_labels", "crumb._build_labels_next", "crumb._build_jump"):
         client.command(f"DROP TABLE IF EXISTS {table}")
 
 
@@ -166,6 +174,8 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int) -> None:
         " SELECT a AS node, least(a, b) AS other FROM crumb._build_edges"
         " UNION ALL SELECT b, least(a, b) FROM crumb._build_edges) GROUP BY node")
     for _ in range(MAX_LINK_ROUNDS):
+        # Each round takes the smallest label among neighbours, then jumps to the label's own label:
+        # a chain of n links is one profile after about log2(n) rounds, not n.
         client.command(
             "CREATE TABLE crumb._build_labels_next ENGINE = Memory AS "
             "SELECT d.node AS node, min(l.label) AS label FROM ("
@@ -173,13 +183,20 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int) -> None:
             " UNION ALL SELECT b, a FROM crumb._build_edges"
             " UNION ALL SELECT node, node FROM crumb._build_labels) AS d "
             "INNER JOIN crumb._build_labels AS l ON l.node = d.other GROUP BY d.node")
+        client.command(
+            "CREATE TABLE crumb._build_jump ENGINE = Memory AS "
+            "SELECT n.node AS node, least(n.label, j.label) AS label FROM crumb._build_labels_next AS n "
+            "INNER JOIN crumb._build_labels_next AS j ON j.node = n.label")
         changed = client.query(
-            "SELECT count() FROM crumb._build_labels_next AS n INNER JOIN crumb._build_labels AS o "
+            "SELECT count() FROM crumb._build_jump AS n INNER JOIN crumb._build_labels AS o "
             "ON o.node = n.node WHERE o.label != n.label").result_rows[0][0]
-        client.command("DROP TABLE crumb._build_labels")
-        client.command("RENAME TABLE crumb._build_labels_next TO crumb._build_labels")
+        for table in ("crumb._build_labels", "crumb._build_labels_next"):
+            client.command(f"DROP TABLE {table}")
+        client.command("RENAME TABLE crumb._build_jump TO crumb._build_labels")
         if not changed:
             break
+    else:
+        raise BuildError(f"profile links did not settle in {MAX_LINK_ROUNDS} rounds")
     client.command(f"INSERT INTO {PROFILE_OF} SELECT node, label FROM crumb._build_labels")
     client.command(f"INSERT INTO {PROFILE_IDS} SELECT label, groupArray(node) FROM crumb._build_labels GROUP BY label")
 

@@ -19,7 +19,7 @@ names from the allow-list, the numbers this module assigns, and SQL keywords.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from audiences.definitions import All, Any_, Condition, Not, Op, Predicate, Segment, SegmentRef, SegmentSet
@@ -30,7 +30,27 @@ LOOKUP = "crumb._build_lookup"
 PROFILE_OF = "crumb._build_profile_of"
 PROFILE_IDS = "crumb._build_profile_ids"
 PROFILE_CONDITIONS = "crumb._build_profile_conditions"
+MEMBERS_NEXT = "crumb.segment_members_next"
 DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Where the statements read and write. A build uses `BUILD`; a preview, scratch tables of its own."""
+
+    events: str
+    lookup: str
+    profile_of: str
+    profile_ids: str
+    profile_conditions: str
+    members: str
+
+    @classmethod
+    def scratch(cls, prefix: str) -> Tables:
+        return cls(*(f"{prefix}{f.name}" for f in fields(cls)))
+
+
+BUILD = Tables(EVENTS, LOOKUP, PROFILE_OF, PROFILE_IDS, PROFILE_CONDITIONS, MEMBERS_NEXT)
 
 # Allow-listed event fields and the SQL that reads each. Fields of few distinct values are bad
 # anchors for a condition (almost every row has them), so they come last when choosing one.
@@ -143,7 +163,7 @@ def window_params(plan: Plan, as_of_ms: int) -> dict[str, Any]:
     return {"since_ms": as_of_ms - plan.max_window_days * DAY_MS, "as_of_ms": as_of_ms}
 
 
-def lookup_statements(plan: Plan, as_of_ms: int) -> Iterator[Statement]:
+def lookup_statements(plan: Plan, as_of_ms: int, tables: Tables = BUILD) -> Iterator[Statement]:
     """One INSERT per field: its distinct values in the window → the predicates each satisfies."""
     for field_name in plan.fields():
         numbered = [(n, p) for n, p in enumerate(plan.predicates, 1) if p.field == field_name]
@@ -151,17 +171,18 @@ def lookup_statements(plan: Plan, as_of_ms: int) -> Iterator[Statement]:
         tests = []
         for number, p in numbered:
             params[f"p{number}"] = plan.category_values.get(number, p.value)
-            tests.append(f"if({_predicate_sql(p, number)}, {number}, 0)")
+            tests.append(f"if({predicate_sql(p, number)}, {number}, 0)")
         value = _value_sql(field_name, params, distinct=True)
         sql = (
-            f"INSERT INTO {LOOKUP} (field, value, preds) "
+            f"INSERT INTO {tables.lookup} (field, value, preds) "
             f"SELECT {{field:String}}, v, arrayFilter(x -> x != 0, [{', '.join(tests)}]) AS preds "
-            f"FROM (SELECT DISTINCT {value} AS v FROM {EVENTS} WHERE {window_filter()}) WHERE notEmpty(preds)"
+            f"FROM (SELECT DISTINCT {value} AS v FROM {tables.events} WHERE {window_filter()}) WHERE notEmpty(preds)"
         )
         yield sql, params
 
 
-def _predicate_sql(p: Predicate, number: int) -> str:
+def predicate_sql(p: Predicate, number: int) -> str:
+    """A predicate over `v`, its value bound as parameter `p<number>`."""
     param = f"p{number}"
     if p.op in (Op.IN, Op.IS):
         return f"has({{{param}:Array(String)}}, v)"
@@ -184,7 +205,7 @@ def _value_sql(field_name: str, params: dict[str, Any], distinct: bool = False) 
     return COLUMNS[field_name]
 
 
-def scan_statement(plan: Plan, as_of_ms: int) -> Statement:
+def scan_statement(plan: Plan, as_of_ms: int, tables: Tables = BUILD) -> Statement:
     """The one scan: each eligible row → the conditions it satisfies → per-profile aggregates."""
     params: dict[str, Any] = window_params(plan, as_of_ms)
     params["need"] = [list(c.predicates) for c in plan.conditions]
@@ -198,23 +219,24 @@ def scan_statement(plan: Plan, as_of_ms: int) -> Statement:
         if field_name.startswith("prop."):  # each prop reads its own name
             params[f"prop{index}"] = params.pop("prop_name")
             value = f"props[{{prop{index}:String}}]"
-        if field_name == "category":
-            lookups.append(f"arrayFlatten(arrayMap(c -> joinGet('{LOOKUP}', 'preds', {{{key}:String}}, c), {value}))")
+        probe = f"joinGet('{tables.lookup}', 'preds', {{{key}:String}}, "
+        if field_name == "category":  # an array: each category is looked up
+            lookups.append(f"arrayFlatten(arrayMap(c -> {probe}c), {value}))")
         else:
-            lookups.append(f"joinGet('{LOOKUP}', 'preds', {{{key}:String}}, {value})")
+            lookups.append(f"{probe}{value})")
     sql = f"""
-INSERT INTO {PROFILE_CONDITIONS} (profile, cond, n, days, engaged)
+INSERT INTO {tables.profile_conditions} (profile, cond, n, days, engaged)
 SELECT profile, cond, count(), uniqExact(toDate(ts)), sum(engaged_ms)
 FROM (
     SELECT
-        {ROW_ID} AS row_id, joinGet('{PROFILE_OF}', 'profile', row_id) AS linked,
+        {ROW_ID} AS row_id, joinGet('{tables.profile_of}', 'profile', row_id) AS linked,
         if(linked = '', row_id, linked) AS profile, ts, engaged_ms, toUnixTimestamp64Milli(ts) AS ts_ms,
         arrayConcat({', '.join(lookups)}) AS preds,
         arrayJoin(arrayFilter(
             c -> ts_ms > {{since:Array(Int64)}}[c] AND hasAll(preds, {{need:Array(Array(UInt32))}}[c]),
             arrayDistinct(arrayFlatten(arrayMap(p -> {{anchor:Array(Array(UInt32))}}[p + 1], preds)))
         )) AS cond
-    FROM {EVENTS}
+    FROM {tables.events}
     WHERE {window_filter()}
 )
 GROUP BY profile, cond"""
@@ -236,7 +258,7 @@ def _anchor(plan: Plan, c: ConditionSpec) -> int:
     return min(c.predicates, key=lambda n: (plan.predicates[n - 1].field in _BROAD_FIELDS, n))
 
 
-def membership_statement(plan: Plan, build_id: int) -> Statement:
+def membership_statement(plan: Plan, build_id: int, tables: Tables = BUILD) -> Statement:
     """Per profile: the conditions that hold, each segment's boolean, one row per (segment, ID)."""
     conditions = plan.conditions
     params: dict[str, Any] = {
@@ -249,7 +271,7 @@ def membership_statement(plan: Plan, build_id: int) -> Statement:
     picks = ", ".join(f"if({expr}, toUInt32({segment_id}), toUInt32(0))"
                       for segment_id, expr in plan.expressions.items())
     sql = f"""
-INSERT INTO crumb.segment_members_next (segment_id, id, id_type, profile_id, build_id)
+INSERT INTO {tables.members} (segment_id, id, id_type, profile_id, build_id)
 SELECT segment_id, substring(typed_id, 3), if(startsWith(typed_id, 'c:'), 'cookie', 'fp'), profile,
        {{build_id:UInt64}}
 FROM (
@@ -259,15 +281,15 @@ FROM (
         cs, ns, ds, es) AS held
     FROM (
         SELECT profile, groupArray(cond) cs, groupArray(n) ns, groupArray(days) ds, groupArray(engaged) es
-        FROM {PROFILE_CONDITIONS} GROUP BY profile
+        FROM {tables.profile_conditions} GROUP BY profile
     )
     WHERE profile NOT IN (
         SELECT if(linked = '', typed, linked) FROM (
             SELECT arrayJoin([concat('c:', id), concat('f:', id)]) AS typed,
-                   joinGet('{PROFILE_OF}', 'profile', typed) AS linked
+                   joinGet('{tables.profile_of}', 'profile', typed) AS linked
             FROM crumb.optouts)
     )
 )
 ARRAY JOIN arrayFilter(s -> s != 0, [{picks}]) AS segment_id
-ARRAY JOIN if(empty(joinGet('{PROFILE_IDS}', 'ids', profile) AS ids), [profile], ids) AS typed_id"""
+ARRAY JOIN if(empty(joinGet('{tables.profile_ids}', 'ids', profile) AS ids), [profile], ids) AS typed_id"""
     return sql, params

@@ -15,3 +15,7 @@ class DefinitionError(AudiencesError):
 
 class BuildError(AudiencesError):
     code = "build_failed"
+
+
+class UnknownSegment(AudiencesError):
+    code = "unknown_segment"

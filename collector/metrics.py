@@ -19,6 +19,7 @@ class CollectorStats:
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
         self.duplicates = 0
+        self.cookies_replaced = 0
         self.opted_out_dropped = 0
         self.spooled_batches = 0
         self.spooled_rows = 0
@@ -45,6 +46,7 @@ class StatsExporter(Collector):
             rejected.add_metric([reason], count)
         yield rejected
         yield _counter("crumb_events_duplicates", "Retried events dropped by event_id", s.duplicates)
+        yield _counter("crumb_cookies_replaced", "crumb_id cookies we did not issue, replaced", s.cookies_replaced)
         yield _counter("crumb_events_optout_dropped", "Events of opted-out IDs dropped", s.opted_out_dropped)
         yield _counter("crumb_events_spooled", "Event rows written to the disk spool", s.spooled_rows)
         yield _counter("crumb_spool_batches_replayed", "Spooled batches replayed", s.replayed_batches)

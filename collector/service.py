@@ -131,8 +131,8 @@ class Collector:
         signed = cookies.get(THIRD_PARTY_COOKIE, "")
         cookie_id = self._signer.verify(signed) if signed else None
         if cookie_id is None:
-            if signed:
-                self.stats.reject("forged_cookie_replaced")
+            if signed:  # not ours or malformed: the hit is kept under a fresh ID
+                self.stats.cookies_replaced += 1
             cookie_id = new_cookie_id()
             signed = self._signer.sign(cookie_id)
         set_cookies.append(self._cookie(THIRD_PARTY_COOKIE, signed))  # rolling 13 months

@@ -69,6 +69,23 @@ def _parser() -> argparse.ArgumentParser:
     build = audience_commands.add_parser("build", help="build every active segment now")
     build.add_argument("--segments", metavar="DIR", help="definitions directory (default: CRUMB_SEGMENTS_DIR)")
     build.set_defaults(run=lambda s, a: _print(_run_command(s, "build", {"segments_dir": _abs(a.segments)})))
+    report = audience_commands.add_parser("report", help="sizes; overlap of chosen segments; one segment's trend")
+    report.add_argument("--segments", metavar="DIR")
+    report.add_argument("--overlap", metavar="ID,ID,...", help="segments to cross: intersections and Jaccard")
+    report.add_argument("--segment", type=int, metavar="ID", help="its daily trend and composition")
+    report.add_argument("--days", type=int, default=30)
+    report.set_defaults(run=_report)
+    explain = audience_commands.add_parser("explain", help="why a cookie is in or out of a segment")
+    explain.add_argument("segment", type=int)
+    explain.add_argument("cookie_id")
+    explain.add_argument("--segments", metavar="DIR")
+    explain.add_argument("--json", action="store_true", help="the explanation as JSON")
+    explain.set_defaults(run=_explain)
+    preview = audience_commands.add_parser("preview", help="estimate the size of an unsaved definition")
+    preview.add_argument("file", help="a YAML file with one segment definition")
+    preview.add_argument("--segments", metavar="DIR", help="saved segments it may refer to")
+    preview.add_argument("--sample", type=float, default=0.1, help="share of IDs to evaluate (0 < s <= 1)")
+    preview.set_defaults(run=_preview)
 
     privacy = commands.add_parser("privacy", help="erasure and export of one ID").add_subparsers(required=True)
     erase = privacy.add_parser("erase", help="erase an ID from everything Crumb holds")
@@ -99,13 +116,40 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     if args.via:
         from crumb.simulator import SimulationSpec, send_via_http
 
+        max_days = max(1, settings.max_event_age_hours // 24)
+        if args.days > max_days:  # older client timestamps would be stored as the arrival time
+            Progress().note(f"--via keeps to the collector's accepted event age: {max_days} days, not {args.days}")
+            spec_args["days"] = max_days
         spec = SimulationSpec(**spec_args)
         result = asyncio.run(send_via_http(args.via.rstrip("/"), spec, Progress(), concurrency=args.concurrency,
-                                           truth_path=args.truth))
+                                           truth_path=args.truth, tcf_vendor_id=settings.tcf_vendor_id))
         return _print(result.model_dump(mode="json"))
     if args.truth:
         spec_args["truth"] = args.truth
     return _print(_run_command(settings, "simulate", spec_args))
+
+
+def _report(settings: Settings, args: argparse.Namespace) -> int:
+    overlap = [int(x) for x in args.overlap.split(",")] if args.overlap else None
+    return _print(_run_command(settings, "report", {"segments_dir": _abs(args.segments), "overlap": overlap,
+                                                    "segment": args.segment, "days": args.days}))
+
+
+def _explain(settings: Settings, args: argparse.Namespace) -> int:
+    result = _run_command(settings, "explain", {"segments_dir": _abs(args.segments), "segment": args.segment,
+                                                "cookie_id": args.cookie_id})
+    if args.json:
+        return _print(result["explanation"])
+    print(result["text"])
+    return 0
+
+
+def _preview(settings: Settings, args: argparse.Namespace) -> int:
+    import yaml
+
+    definition = yaml.safe_load(Path(args.file).read_text(encoding="utf-8"))
+    return _print(_run_command(settings, "preview", {"segments_dir": _abs(args.segments), "definition": definition,
+                                                     "source": args.file, "sample": args.sample}))
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:

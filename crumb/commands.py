@@ -60,7 +60,59 @@ def build(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict
     return result.as_dict()
 
 
-COMMANDS: dict[str, Command] = {"migrate": migrate, "simulate": simulate, "summary": summary, "build": build}
+def report(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Sizes of every segment; with `segments`, their overlap; with `segment`, its trend and composition."""
+    from audiences import reports
+    from audiences.jobs import load_definitions
+
+    settings = ctx.runtime.settings
+    definitions = load_definitions(_directory(args, settings), settings)
+    client = ctx.runtime.client
+    result: dict[str, Any] = {"sizes": reports.sizes(client, segments=definitions)}
+    if args.get("overlap"):
+        result["overlap"] = reports.overlap(client, list(args["overlap"]), segments=definitions)
+    if args.get("segment"):
+        segment_id = int(args["segment"])
+        result["trend"] = reports.trend(client, segment_id, days=int(args.get("days") or 30))
+        result["composition"] = reports.composition(client, segment_id)
+    return result
+
+
+def explain(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Why a cookie is in or out of a segment, condition by condition."""
+    from audiences.explain import explain as explain_membership
+    from audiences.explain import render_text
+    from audiences.jobs import content_taxonomy, load_definitions
+
+    settings = ctx.runtime.settings
+    ctx.flush_events()
+    definitions = load_definitions(_directory(args, settings), settings)
+    explanation = explain_membership(ctx.runtime.client, int(args["segment"]), str(args["cookie_id"]),
+                                     definitions, content_taxonomy(settings))
+    return {"explanation": explanation, "text": render_text(explanation)}
+
+
+def preview(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """The estimated size of an unsaved definition, from a sample, with its interval."""
+    from audiences.definitions import parse_segment
+    from audiences.jobs import content_taxonomy, load_definitions
+    from audiences.preview import preview as preview_size
+
+    settings = ctx.runtime.settings
+    definitions = load_definitions(_directory(args, settings), settings)
+    segment = parse_segment(args["definition"], str(args.get("source", "<definition>")))
+    return preview_size(ctx.runtime.client, segment, definitions, content_taxonomy(settings),
+                        sample=float(args.get("sample") or 0.1))
+
+
+def _directory(args: dict[str, Any], settings: Any) -> Path | None:
+    return Path(args["segments_dir"]) if args.get("segments_dir") else settings.segments_dir
+
+
+COMMANDS: dict[str, Command] = {
+    "migrate": migrate, "simulate": simulate, "summary": summary, "build": build, "report": report,
+    "explain": explain, "preview": preview,
+}
 
 
 def erase(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict[str, Any]:

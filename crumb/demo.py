@@ -13,6 +13,7 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
+from collector.categories import BUILTIN
 from collector.report import events_summary
 from crumb.app import CrumbServer, build_app
 from crumb.progress import Progress
@@ -42,12 +43,13 @@ async def _demo(settings: Settings, cookies: int, days: int, keep_serving: bool)
     url = f"http://{settings.host}:{settings.port}"
     console.print(f"[bold]Crumb demo[/bold] — collector at {url}, data in {settings.data_dir}")
     spec = SimulationSpec(cookies=cookies, days=min(days, settings.max_event_age_hours // 24 or 1))
-    result = await send_via_http(url, spec, Progress(), truth_path=str(settings.data_dir / "demo-truth.jsonl"))
+    result = await send_via_http(url, spec, Progress(), truth_path=str(settings.data_dir / "demo-truth.jsonl"),
+                                 tcf_vendor_id=settings.tcf_vendor_id)
     console.print(f"sent {result.events:,} events from {result.cookies:,} simulated browsers through HTTP")
     await _send_bad_hits(url)
     await anyio.to_thread.run_sync(server.writer.flush)
     summary = await anyio.to_thread.run_sync(events_summary, server.runtime.client)
-    _print_summary(summary, dict(server.stats.rejected))
+    _print_summary(summary, dict(server.stats.rejected), server.stats.cookies_replaced)
     await anyio.to_thread.run_sync(_build_segments, server, settings)
     if keep_serving:
         console.print(f"serving at {url} (tag: {url}/tag.js, metrics: {url}/metrics); Ctrl-C stops")
@@ -86,31 +88,31 @@ def _build_segments(server: CrumbServer, settings: Settings) -> None:
         table.add_row(str(row["segment_id"]), row["name"], f"{row['profiles']:,}", f"{row['cookies']:,}",
                       f"{row['fp_ids']:,}")
     console.print(table)
-    chosen = [s.id for s in segments.active()][:4]
-    matrix = overlap(server.runtime.client, chosen)
+    chosen = [101, 102, 106, 111]
+    matrix = overlap(server.runtime.client, chosen, segments=segments)
     grid = Table(title="overlap: shared profiles (Jaccard)")
     grid.add_column("")
     for segment_id in chosen:
         grid.add_column(str(segment_id), justify="right")
-    for a in chosen:
-        grid.add_row(str(a), *[_overlap_cell(matrix, a, b) for b in chosen])
+    for i, a in enumerate(chosen):
+        cells = [f"{matrix['intersection'][i][j]:,} ({matrix['jaccard'][i][j]:.2f})" for j in range(len(chosen))]
+        grid.add_row(f"{a} {segments.by_id[a].name}", *cells)
     console.print(grid)
 
 
-def _overlap_cell(matrix: dict[str, Any], a: int, b: int) -> str:
-    cell = next(c for c in matrix["pairs"] if {c["a"], c["b"]} == {a, b} or (a == b == c["a"] == c["b"]))
-    return f"{cell['intersection']:,} ({cell['jaccard']:.2f})"
-
-
-def _print_summary(summary: dict[str, Any], rejected: dict[str, int]) -> None:
+def _print_summary(summary: dict[str, Any], rejected: dict[str, int], replaced: int) -> None:
     overview = Table(title="What landed in crumb.events", show_header=False)
     for key in ("events", "cookies", "first_party_ids", "sites", "bot_events", "events_without_ids", "first", "last"):
         overview.add_row(key.replace("_", " "), f"{summary[key]:,}" if isinstance(summary[key], int) else summary[key])
     console.print(overview)
     for key, title in (("by_site", "sites"), ("by_type", "event types"), ("by_device", "devices"),
                        ("top_categories", "top categories (IAB Content Taxonomy 3.1)")):
-        console.print(_pairs(title, summary[key]))
+        rows = summary[key]
+        if key == "top_categories":  # readable: "533 Sports > Soccer"
+            rows = [(f"{cat} {BUILTIN.label(cat)}" if cat in BUILTIN else cat, n) for cat, n in rows]
+        console.print(_pairs(title, rows))
     console.print(_pairs("rejected hits by reason", sorted(rejected.items(), key=lambda kv: -kv[1])))
+    console.print(f"forged or foreign crumb_id cookies replaced by fresh IDs: {replaced:,}")
 
 
 def _pairs(title: str, rows: list[tuple[str, int]]) -> Table:

@@ -50,7 +50,7 @@ class FakeCollector:
 
     def by_browser(self) -> dict[int, list[int]]:
         """Request numbers of each simulated browser (cookie index), in sending order."""
-        owner = {}
+        owner: dict[str, int] = {}
         for chunk in iter_chunks(World.build(SPEC)):
             ids = [str(uuid.UUID(bytes=bytes(raw))) for raw in chunk.event_ids]
             owner.update(zip(ids, chunk.cookie.tolist(), strict=True))

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from crumb.simulator import SimulationSpec, World, read_ground_truth
 from crumb.simulator.catalogue import ENGAGEMENT, PAGEVIEW, PURCHASE, SIGNUP, THEMES
 from crumb.simulator.population import DEVICES
 from crumb.simulator.render import Renderer
+from crumb.simulator.sampling import StackedChoice
 from crumb.simulator.traffic import EventChunk, chunk_bounds, iter_chunks
 
 SHARED_TAXONOMY = Path(__file__).resolve().parents[3] / "shared" / "data" / "iab-content-taxonomy-3.1.tsv"
@@ -24,7 +26,7 @@ END = datetime(2026, 3, 1, tzinfo=UTC)
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 
 
-def spec(**changes: object) -> SimulationSpec:
+def spec(**changes: Any) -> SimulationSpec:
     defaults = {"cookies": 4_000, "events": 100_000, "days": 14, "seed": 7, "end": END}
     return SimulationSpec(**{**defaults, **changes})
 
@@ -109,6 +111,16 @@ def test_built_in_interests_use_built_in_categories() -> None:
     if SHARED_TAXONOMY.exists():
         taxonomy = ContentTaxonomy.load(SHARED_TAXONOMY)
         assert all(c in taxonomy for theme in THEMES for c in theme.categories)
+
+
+def test_stacked_choice_draws_from_each_rows_own_distribution() -> None:
+    choice = StackedChoice([np.array([1.0, 3.0]), np.array([5.0]), np.array([0.0, 1.0, 1.0])])
+    which = np.repeat([0, 1, 2], 20_000)
+    drawn = choice.draw(which, np.random.default_rng(1))
+    assert set(drawn[which == 0].tolist()) == {0, 1}
+    assert (drawn[which == 0] == 1).mean() == pytest.approx(0.75, abs=0.02)
+    assert set(drawn[which == 1].tolist()) == {2}
+    assert set(drawn[which == 2].tolist()) == {4, 5}  # the zero-weight item is never drawn
 
 
 # ----------------------------------------------------------------------------- event volume
