@@ -1,4 +1,5 @@
-"""Size of collector/tag.js: raw, and gzipped at level 9 as the collector serves it.
+"""Size of collector/tag.js: its readable source, and the minified form the collector serves,
+raw and gzipped at level 9.
 
     python bench/tag_size.py
 
@@ -10,16 +11,20 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import rjsmin
+
 TAG = Path(__file__).resolve().parents[1] / "collector" / "tag.js"
 BUDGET_BYTES = 4096
 
 
 def main() -> int:
-    raw = TAG.read_bytes()
-    gzipped = len(gzip.compress(raw, compresslevel=9, mtime=0))
-    print(f"collector/tag.js  raw {len(raw):,} B  gzipped {gzipped:,} B  "
-          f"({gzipped / len(raw):.0%} of raw, {gzipped / BUDGET_BYTES:.0%} of the {BUDGET_BYTES:,} B budget)")
-    return 0 if gzipped <= BUDGET_BYTES else 1
+    source = TAG.read_bytes()
+    served = rjsmin.jsmin(source.decode()).encode()
+    for label, body in (("source", source), ("served", served)):
+        gzipped = len(gzip.compress(body, compresslevel=9, mtime=0))
+        print(f"collector/tag.js {label:6}  raw {len(body):,} B  gzipped {gzipped:,} B  "
+              f"({gzipped / BUDGET_BYTES:.0%} of the {BUDGET_BYTES:,} B budget)")
+    return 0 if len(gzip.compress(served, compresslevel=9, mtime=0)) <= BUDGET_BYTES else 1
 
 
 if __name__ == "__main__":
