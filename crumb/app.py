@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from activation.service import Activation
 from collector.categories import ContentTaxonomy
 from collector.endpoints import Pixel
 from collector.endpoints import routes as collector_routes
@@ -68,21 +69,25 @@ class CrumbServer:
             trusted_proxies=TRUSTED_PROXIES,
         )
         self.collector = Collector(config, signer, sites, self.stats, self.writer.add, self._opt_out)
+        self.activation = Activation(runtime, signer)
         self.erasures = ErasureWorker(
             runtime.client, runtime.redis, before_erase=lambda ids: record_optouts(runtime.client, ids)
         )
         self.commands = CommandContext(runtime, flush_events=self.writer.flush)
         self.scheduler = Scheduler()
         self.scheduler.every(settings.build_interval_s, "build", self._scheduled_build)
+        self.scheduler.every(settings.sync_interval_s, "sync", self.activation.sync)
 
     def _scheduled_build(self) -> None:
         from audiences.jobs import BuildBusy, build_once
 
         self.writer.flush()
         try:
-            build_once(self.runtime.client, self.runtime.redis, self.runtime.settings)
+            result = build_once(self.runtime.client, self.runtime.redis, self.runtime.settings)
         except BuildBusy:
             log.info("a build is already running elsewhere; skipping this one")
+            return
+        self.activation.after_build(result.build_id)
 
     def _opt_out(self, ids: list[str]) -> None:
         self.optouts.add(ids)  # from now on the writer drops these IDs, buffered events included
@@ -148,6 +153,7 @@ def build_app(server: CrumbServer, on_started: Any = None) -> ASGIApp:
             Route("/healthz", healthz),
             Route("/metrics", metrics),
             *control.routes(server.admin_token, server.commands),
+            *server.activation.routes(),
         ],
         lifespan=lifespan,
     )

@@ -87,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--sample", type=float, default=0.1, help="share of IDs to evaluate (0 < s <= 1)")
     preview.set_defaults(run=_preview)
 
+    activate = commands.add_parser("activate", help="activation: push segments to destinations")
+    activate_commands = activate.add_subparsers(required=True, metavar="COMMAND")
+    sync = activate_commands.add_parser("sync", help="push pending deltas to every configured destination")
+    sync.set_defaults(run=lambda s, a: _print(_run_command(s, "sync", {})))
+
     privacy = commands.add_parser("privacy", help="erasure and export of one ID").add_subparsers(required=True)
     erase = privacy.add_parser("erase", help="erase an ID from everything Crumb holds")
     erase.add_argument("id")

@@ -57,7 +57,18 @@ def build(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict
     directory = Path(args["segments_dir"]) if args.get("segments_dir") else None
     result = build_once(ctx.runtime.client, ctx.runtime.redis, ctx.runtime.settings, directory, progress,
                         as_of_ms=args.get("as_of_ms"))
-    return result.as_dict()
+    from activation.store import SegmentStore
+
+    loaded = SegmentStore(ctx.runtime.redis).load_build(ctx.runtime.client, result.build_id)
+    progress.note(f"segment store: {loaded}")
+    return {**result.as_dict(), "store": loaded}
+
+
+def sync(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Push pending deltas to every configured destination."""
+    from activation.runner import sync_all
+
+    return {"runs": sync_all(ctx.runtime, progress)}
 
 
 def report(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -111,7 +122,7 @@ def _directory(args: dict[str, Any], settings: Any) -> Path | None:
 
 COMMANDS: dict[str, Command] = {
     "migrate": migrate, "simulate": simulate, "summary": summary, "build": build, "report": report,
-    "explain": explain, "preview": preview,
+    "explain": explain, "preview": preview, "sync": sync,
 }
 
 

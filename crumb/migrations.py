@@ -49,16 +49,18 @@ class Dialect:
             on_cluster=self.on_cluster,
             MergeTree=self.engine("MergeTree"),
             ReplacingMergeTree=self.engine("ReplacingMergeTree"),
+            **{"ReplacingMergeTree(at)": self.engine("ReplacingMergeTree", "at")},
         )
 
 
 def all_migrations() -> list[Migration]:
     # Imported here so each package stays the owner of its DDL.
+    from activation.schema import MIGRATIONS as activation
     from audiences.schema import MIGRATIONS as audiences
     from collector.schema import MIGRATIONS as collector
     from crumb.schema import MIGRATIONS as core
 
-    return [*core, *collector, *audiences]
+    return [*core, *collector, *audiences, *activation]
 
 
 def apply(

@@ -38,6 +38,10 @@ class Settings(BaseModel):
     audience_taxonomy_file: Path | None = None  # IAB Audience Taxonomy 1.1 TSV
     segments_dir: Path | None = None  # YAML segment definitions; `crumb demo` uses the shipped examples
     build_interval_s: int = Field(3600, ge=0)  # how often `crumb serve` builds segments; 0: never
+    partners_dir: Path | None = None  # ID sync partners (YAML); unset: the shipped templates, all disabled
+    destinations_dir: Path | None = None  # where segments go (YAML)
+    sync_interval_s: int = Field(900, ge=0)  # how often `crumb serve` pushes deltas; 0: never
+    lookup_api_key: SecretStr = SecretStr("")  # for server callers of /v1/segments?id=
     tcf_vendor_id: int = Field(0, ge=0)  # our GVL ID; 0 = not registered: no vendor consent ever
 
     events_ttl_days: int = Field(180, ge=1, le=3650)
