@@ -1,12 +1,390 @@
-"""`crumb activate sync` (placeholder until the sync runner lands)."""
+"""`crumb activate sync`: each destination's deltas since its checkpoint, delivered.
+
+For each configured destination:
+  checkpoint (crumb.sync_checkpoints FINAL) → the succeeded builds after it, in order → per build,
+  its deltas for the destination's segments, streamed in keyset-paged chunks, joined in SQL to
+  the partner's IDs (crumb.id_matches FINAL): unmatched IDs are counted, not sent; IDs with any
+  can_share=0 event (GPC, US-privacy opt-out of sale) get no additions → batches within the
+  platform's limits, pushed by `max_concurrency` workers under a rate limit → items that failed
+  retryably are retried with capped exponential backoff and full jitter (Retry-After honoured),
+  up to `max_attempts`; the rest go to crumb.dead_letters → what the platform took goes to
+  crumb.delivered → the checkpoint moves to the build. A crash anywhere leaves the checkpoint on
+  the last finished build: the next run re-sends that build's deltas (adds and removals are
+  idempotent on every platform), so nothing is lost. One crumb.sync_runs row per destination run.
+"""
 
 from __future__ import annotations
 
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+from clickhouse_connect.driver.client import Client
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from activation.destinations.base import (
+    AuthError,
+    Batch,
+    Change,
+    Destination,
+    Failure,
+    Item,
+    PermanentError,
+    PushResult,
+    RetryableError,
+    chunks,
+)
+from activation.destinations.config import build_destination, load_destinations
 from crumb.progress import Progress
 from crumb.runtime import Runtime
 
+DEFAULT_TTL_MINUTES = 30 * 24 * 60
+CHUNK_ROWS = 20_000
+BASE_DELAY_S = 0.5
+MAX_DELAY_S = 60.0
+MAX_RETRY_AFTER_S = 900.0
 
-def sync_all(runtime: Runtime, progress: Progress) -> list[dict[str, Any]]:
-    return []
+Sleep = Callable[[float], None]
+
+
+# --- process-level counters for /metrics -------------------------------------------------------
+
+class SyncStats:
+    FIELDS = ("sent", "failed", "unmatched", "suppressed", "retried", "requests", "runs", "run_failures")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.by_destination: dict[str, Counter[str]] = {}
+        self.last_duration_s: dict[str, float] = {}
+
+    def record(self, row: dict[str, Any]) -> None:
+        with self._lock:
+            counts = self.by_destination.setdefault(row["destination"], Counter())
+            for name in ("sent", "failed", "unmatched", "suppressed", "retried", "requests"):
+                counts[name] += int(row[name])
+            counts["runs"] += 1
+            counts["run_failures"] += row["status"] == "failed"
+            self.last_duration_s[row["destination"]] = float(row["duration_s"])
+
+
+class SyncStatsExporter(Collector):
+    def __init__(self, stats: SyncStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        help_text = {
+            "sent": "Deltas a destination accepted", "failed": "Deltas dead-lettered or refused",
+            "unmatched": "Deltas without a partner ID match, not sent",
+            "suppressed": "Additions withheld for IDs that opted out of sharing (GPC, US privacy)",
+            "retried": "Delta retries after retryable errors", "requests": "Requests to destinations",
+            "runs": "Destination sync runs", "run_failures": "Destination sync runs that stopped on an error",
+        }
+        for name in SyncStats.FIELDS:
+            family = CounterMetricFamily(f"crumb_sync_{name}", help_text[name], labels=["destination"])
+            for destination, counts in sorted(self._stats.by_destination.items()):
+                family.add_metric([destination], counts[name])
+            yield family
+        duration = CounterMetricFamily("crumb_sync_last_duration_seconds", "Duration of the last sync run",
+                                       labels=["destination"])
+        for destination, seconds in sorted(self._stats.last_duration_s.items()):
+            duration.add_metric([destination], seconds)
+        yield duration
+
+
+STATS = SyncStats()
+
+
+# --- pacing ------------------------------------------------------------------------------------
+
+class RateLimiter:
+    """At most `per_s` acquisitions a second across threads; waits through the injected sleep."""
+
+    def __init__(self, per_s: float, clock: Callable[[], float] = time.monotonic, sleep: Sleep = time.sleep) -> None:
+        self._interval = 1.0 / per_s
+        self._clock = clock
+        self._sleep = sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self._interval
+        if slot > now:
+            self._sleep(slot - now)
+
+
+def backoff_s(attempt: int, retry_after_s: float | None, rng: Callable[[], float] = random.random) -> float:
+    """Full-jitter exponential backoff, capped; a platform's Retry-After is a floor."""
+    delay = rng() * min(MAX_DELAY_S, BASE_DELAY_S * 2 ** (attempt - 1))
+    return min(max(delay, retry_after_s or 0.0), MAX_RETRY_AFTER_S)
+
+
+# --- one destination ---------------------------------------------------------------------------
+
+@dataclass
+class Target:
+    config: Any  # a destinations.config model
+    destination: Destination
+
+
+@dataclass
+class _Outcome:
+    delivered: list[Item] = field(default_factory=list)
+    dead: list[Failure] = field(default_factory=list)
+    retried: int = 0
+    requests: int = 0
+    unattributed: int = 0
+
+    def merge(self, other: _Outcome) -> None:
+        self.delivered += other.delivered
+        self.dead += other.dead
+        self.retried += other.retried
+        self.requests += other.requests
+        self.unattributed += other.unattributed
+
+
+class DestinationSync:
+    def __init__(
+        self, runtime: Runtime, target: Target, progress: Progress, sleep: Sleep, clock: Callable[[], float],
+        rng: Callable[[], float], ttl_minutes: dict[int, int],
+    ) -> None:
+        self.client: Client = runtime.client
+        self.config = target.config
+        self.destination = target.destination
+        self.name = target.config.name
+        self.progress = progress
+        self.sleep = sleep
+        self.rng = rng
+        self.limiter = RateLimiter(self.config.rate_limit_per_s, clock, sleep)
+        self.ttl_minutes = ttl_minutes
+        self.lookback_days = runtime.settings.events_ttl_days
+        self.run_id = uuid.uuid4()
+        self.counts: Counter[str] = Counter()
+
+    def run(self) -> dict[str, Any]:
+        started = time.time()
+        checkpoint = read_checkpoint(self.client, self.name)
+        to_build, status, error = checkpoint, "succeeded", ""
+        try:
+            for build_id in pending_builds(self.client, checkpoint):
+                self._sync_build(build_id)
+                write_checkpoint(self.client, self.name, build_id)
+                to_build = build_id
+        except Exception as exc:  # noqa: BLE001 — the run's row records it; the next run resumes
+            status, error = "failed", f"{type(exc).__name__}: {exc}"[:1000]
+        if status == "succeeded" and self.counts["failed"]:
+            status = "partial"
+        row = self._row(started, time.time(), checkpoint, to_build, status, error)
+        STATS.record(row)
+        return row
+
+    def _row(self, started: float, finished: float, from_build: int, to_build: int, status: str,
+             error: str) -> dict[str, Any]:
+        row = {
+            "run_id": str(self.run_id), "destination": self.name, "started_at": started, "finished_at": finished,
+            "from_build": from_build, "to_build": to_build,
+            **{k: self.counts[k] for k in ("sent", "failed", "unmatched", "retried", "requests")},
+            "status": status, "error": error,
+        }
+        values = {**row, "run_id": self.run_id, "started_at": _ms(started), "finished_at": _ms(finished)}
+        self.client.insert("crumb.sync_runs", [list(values.values())], column_names=list(values))
+        return {**row, "suppressed": self.counts["suppressed"], "duration_s": round(finished - started, 3)}
+
+    def _sync_build(self, build_id: int) -> None:
+        segments = self.config.segments
+        for rows in stream_deltas(self.client, build_id, sorted(segments), self._partner(), self.lookback_days):
+            items = []
+            for segment_id, cookie, change, partner_uid, opted_out in rows:
+                if opted_out and change == "enter":
+                    self.counts["suppressed"] += 1
+                elif not partner_uid:
+                    self.counts["unmatched"] += 1
+                else:
+                    items.append(Item(cookie, partner_uid, segment_id, segments[segment_id], _change(change),
+                                      self.config.ttl_minutes or self.ttl_minutes.get(segment_id, DEFAULT_TTL_MINUTES)))
+            outcome = self._deliver(items)
+            self._record(build_id, outcome)
+            self.progress.count(f"{self.name}: build {build_id} deltas sent", self.counts["sent"])
+
+    def _partner(self) -> str | None:
+        return None if self.config.ids == "cookie" else self.config.partner
+
+    def _deliver(self, items: Sequence[Item]) -> _Outcome:
+        batches = list(chunks(items, self.destination.max_batch_items))
+        outcome = _Outcome()
+        if self.config.max_concurrency == 1 or len(batches) < 2:
+            for batch in batches:
+                outcome.merge(self._push(batch))
+            return outcome
+        with ThreadPoolExecutor(self.config.max_concurrency, thread_name_prefix=f"sync-{self.name}") as pool:
+            for part in pool.map(self._push, batches):
+                outcome.merge(part)
+        return outcome
+
+    def _push(self, items: Sequence[Item]) -> _Outcome:
+        """One batch to the platform; retryable items again after backoff, up to max_attempts."""
+        outcome, pending, attempt = _Outcome(), list(items), 0
+        while pending:
+            self.limiter.acquire()
+            result = self._attempt(pending)
+            attempt += 1
+            outcome.delivered += result.delivered
+            outcome.requests += result.requests
+            outcome.unattributed += result.unattributed
+            retry = [f for f in result.failed if f.retryable]
+            outcome.dead += [f for f in result.failed if not f.retryable]
+            if retry and attempt >= self.config.max_attempts:
+                outcome.dead += retry
+                retry = []
+            pending = [f.item for f in retry]
+            if pending:
+                outcome.retried += len(pending)
+                self.sleep(backoff_s(attempt, result.retry_after_s, self.rng))
+        return outcome
+
+    def _attempt(self, items: list[Item]) -> PushResult:
+        try:
+            return self.destination.push(Batch(items))
+        except AuthError:
+            raise
+        except RetryableError as exc:
+            return PushResult(failed=[Failure(i, exc.code, str(exc), True) for i in items], requests=1,
+                              retry_after_s=exc.retry_after_s)
+        except PermanentError as exc:
+            return PushResult(failed=[Failure(i, exc.code, str(exc), False) for i in items], requests=1)
+
+    def _record(self, build_id: int, outcome: _Outcome) -> None:
+        now = _ms(time.time())
+        if outcome.delivered:
+            self.client.insert("crumb.delivered", [
+                [self.name, i.id, i.segment_id, int(i.change == "enter"), build_id, now] for i in outcome.delivered
+            ], column_names=["destination", "id", "segment_id", "present", "build_id", "at"])
+        if outcome.dead:
+            self.client.insert("crumb.dead_letters", [
+                [self.run_id, self.name, build_id, f.item.segment_id, f.item.id, f.item.partner_uid, f.item.change,
+                 f.code, f.message[:1000], now] for f in outcome.dead
+            ], column_names=["run_id", "destination", "build_id", "segment_id", "id", "partner_uid", "change",
+                             "error_code", "error", "at"])
+        self.counts["sent"] += len(outcome.delivered) - outcome.unattributed
+        self.counts["failed"] += len(outcome.dead) + outcome.unattributed
+        self.counts["retried"] += outcome.retried
+        self.counts["requests"] += outcome.requests
+
+
+# --- warehouse ---------------------------------------------------------------------------------
+
+def read_checkpoint(client: Client, destination: str) -> int:
+    rows = client.query(
+        "SELECT build_id FROM crumb.sync_checkpoints FINAL WHERE destination = {d:String}",
+        parameters={"d": destination},
+    ).result_rows
+    return int(rows[0][0]) if rows else 0
+
+
+def write_checkpoint(client: Client, destination: str, build_id: int) -> None:
+    client.insert("crumb.sync_checkpoints", [[destination, build_id, _ms(time.time()), time.time_ns()]],
+                  column_names=["destination", "build_id", "updated_at", "version"])
+
+
+def pending_builds(client: Client, after: int) -> list[int]:
+    rows = client.query(
+        "SELECT build_id FROM crumb.builds FINAL WHERE status = 'succeeded' AND build_id > {after:UInt64} "
+        "ORDER BY build_id", parameters={"after": after},
+    ).result_rows
+    return [int(r[0]) for r in rows]
+
+
+# Keyset-paged on the table's own order (build_id, segment_id, id): each chunk is one range read.
+_DELTAS = """
+SELECT d.segment_id, d.id, toString(d.change) AS change, {uid} AS partner_uid,
+       d.id IN (SELECT cookie_id FROM crumb.events
+                WHERE can_share = 0 AND ts >= now() - INTERVAL {{lookback:UInt32}} DAY AND cookie_id != ''
+                UNION ALL
+                SELECT fp_id FROM crumb.events
+                WHERE can_share = 0 AND ts >= now() - INTERVAL {{lookback:UInt32}} DAY AND fp_id != '') AS opted_out
+FROM crumb.segment_deltas AS d
+{join}
+WHERE d.build_id = {{build:UInt64}} AND d.segment_id IN {{segments:Array(UInt32)}}
+  AND (d.segment_id, d.id, toInt8(d.change)) > ({{after_segment:UInt32}}, {{after_id:String}}, {{after_change:Int8}})
+ORDER BY d.segment_id, d.id, toInt8(d.change)
+LIMIT {{limit:UInt32}}
+"""
+_MATCH_JOIN = """LEFT JOIN (SELECT id, partner_uid FROM crumb.id_matches FINAL WHERE partner = {partner:String}) AS m
+  ON m.id = d.id"""
+
+
+def stream_deltas(
+    client: Client, build_id: int, segments: Sequence[int], partner: str | None, lookback_days: int,
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[list[tuple[int, str, str, str, bool]]]:
+    """(segment_id, id, change, partner_uid or '' when unmatched, opted_out) in chunks."""
+    sql = _DELTAS.format(uid="m.partner_uid" if partner else "d.id", join=_MATCH_JOIN if partner else "")
+    after: tuple[int, str, int] = (0, "", 0)
+    while True:
+        rows = client.query(sql, parameters={
+            "build": build_id, "segments": list(segments), "partner": partner or "", "lookback": lookback_days,
+            "after_segment": after[0], "after_id": after[1], "after_change": after[2], "limit": chunk_rows,
+        }).result_rows
+        if not rows:
+            return
+        yield [(int(s), str(i), str(c), str(u or ""), bool(o)) for s, i, c, u, o in rows]
+        last = rows[-1]
+        after = (int(last[0]), str(last[1]), 1 if last[2] == "enter" else 2)
+        if len(rows) < chunk_rows:
+            return
+
+
+def _change(value: str) -> Change:
+    return "exit" if value == "exit" else "enter"
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+def sync_all(
+    runtime: Runtime, progress: Progress, targets: list[Target] | None = None, *, sleep: Sleep = time.sleep,
+    clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random,
+) -> list[dict[str, Any]]:
+    """Sync every enabled server-side destination; one result dict (and sync_runs row) each."""
+    client: httpx.Client | None = None
+    if targets is None:
+        configs = [c for c in load_destinations(runtime.settings.destinations_dir) if c.enabled and c.type != "url"]
+        client = httpx.Client(timeout=max((c.timeout_s for c in configs), default=30.0))
+        targets = [Target(c, build_destination(c, client)) for c in configs]
+    ttl = _segment_ttls(runtime)
+    try:
+        results = []
+        for target in targets:
+            progress.note(f"sync {target.config.name}")
+            results.append(DestinationSync(runtime, target, progress, sleep, clock, rng, ttl).run())
+        return results
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _segment_ttls(runtime: Runtime) -> dict[int, int]:
+    """Minutes each defined segment's membership lives (its ttl_days); empty without definitions."""
+    directory = runtime.settings.segments_dir
+    if directory is None:
+        return {}
+    from audiences.definitions import load_segments
+    from audiences.errors import DefinitionError
+
+    try:
+        return {sid: s.ttl_days * 24 * 60 for sid, s in load_segments(directory).by_id.items()}
+    except (DefinitionError, OSError):
+        return {}

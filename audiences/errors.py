@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from crumb.errors import CrumbError
 
-class AudiencesError(Exception):
+
+class AudiencesError(CrumbError):
     code = "audiences_error"
 
 

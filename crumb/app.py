@@ -18,6 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from activation.runner import STATS as SYNC_STATS
+from activation.runner import SyncStatsExporter
 from activation.service import Activation
 from collector.categories import ContentTaxonomy
 from collector.endpoints import Pixel
@@ -62,6 +64,7 @@ class CrumbServer:
             dedup_window_s=settings.dedup_window_s, observe_flush=flush_latency(self.registry).observe,
         )
         self.registry.register(StatsExporter(self.stats, self.writer.buffer_depth, self.spool.depth))
+        self.registry.register(SyncStatsExporter(SYNC_STATS))
         signer = CookieSigner(runtime.secret("secret_key", settings.secret_key.get_secret_value()).encode())
         config = CollectorConfig(
             vendor_id=settings.tcf_vendor_id, cookie_domain=settings.cookie_domain,
