@@ -102,10 +102,12 @@ class CrumbServer:
         self.writer.start(recent_event_ids(
             self.runtime.client, settings.dedup_window_s, settings.max_event_age_hours * 3_600_000))
         self.erasures.start()
+        self.activation.idsync.start()
         self.scheduler.start()
 
     def stop(self) -> None:
         self.scheduler.stop()
+        self.activation.idsync.close()
         self.writer.close()
         self.erasures.stop()
         self.runtime.close()

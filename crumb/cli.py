@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     activate_commands = activate.add_subparsers(required=True, metavar="COMMAND")
     sync = activate_commands.add_parser("sync", help="push pending deltas to every configured destination")
     sync.set_defaults(run=lambda s, a: _print(_run_command(s, "sync", {})))
+    matches = activate_commands.add_parser("matches", help="ID sync match rate per partner")
+    matches.add_argument("--days", type=int, default=30)
+    matches.set_defaults(run=lambda s, a: _print(_run_command(s, "match_rates", {"days": a.days})))
 
     privacy = commands.add_parser("privacy", help="erasure and export of one ID").add_subparsers(required=True)
     erase = privacy.add_parser("erase", help="erase an ID from everything Crumb holds")

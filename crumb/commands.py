@@ -120,9 +120,19 @@ def _directory(args: dict[str, Any], settings: Any) -> Path | None:
     return Path(args["segments_dir"]) if args.get("segments_dir") else settings.segments_dir
 
 
+def match_rates(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Per partner: cookies seen, matched, and the rate."""
+    from activation.idsync import match_rates as rates
+    from activation.partners import load_partners
+
+    partners = load_partners(ctx.runtime.settings.partners_dir)
+    return {"partners": rates(ctx.runtime.client, since_days=int(args.get("days") or 30),
+                              partners=[name for name, p in partners.items() if p.enabled])}
+
+
 COMMANDS: dict[str, Command] = {
     "migrate": migrate, "simulate": simulate, "summary": summary, "build": build, "report": report,
-    "explain": explain, "preview": preview, "sync": sync,
+    "explain": explain, "preview": preview, "sync": sync, "match_rates": match_rates,
 }
 
 

@@ -42,7 +42,13 @@ def _on_cluster(client: Client) -> str:
     return f"ON CLUSTER `{cluster}`" if cluster else ""
 
 
-ERASERS: list[Eraser] = [Eraser("crumb.events", _erase_events)]
+def _erase_matches(client: Client, redis_client: redis.Redis, ids: list[str]) -> None:
+    from activation.idsync import erase_matches
+
+    erase_matches(client, redis_client, ids)
+
+
+ERASERS: list[Eraser] = [Eraser("crumb.events", _erase_events), Eraser("crumb.id_matches", _erase_matches)]
 
 
 def erase(client: Client, redis_client: redis.Redis, ids: Sequence[str], reason: str) -> list[str]:
