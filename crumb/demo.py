@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 import uuid
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import uvicorn
+import yaml
 from rich.console import Console
 from rich.table import Table
 
+from activation.idsync import match_rates
+from audiences.jobs import EXAMPLES_DIR, build_once
 from collector.categories import BUILTIN
 from collector.report import events_summary
 from crumb.app import CrumbServer, build_app
+from crumb.demo_platforms import PARTNER_NAME, Receiver, demo_partner, partner_app
 from crumb.progress import Progress
 from crumb.runtime import Runtime
 from crumb.settings import Settings
@@ -25,38 +31,100 @@ console = Console()
 
 def run_demo(settings: Settings, *, cookies: int, days: int, keep_serving: bool) -> int:
     port = settings.port if keep_serving else _free_port()
-    settings = settings.model_copy(update={"port": port, "host": "127.0.0.1"})
-    return asyncio.run(_demo(settings, cookies, days, keep_serving))
+    demo_dir = settings.data_dir.resolve() / "demo"
+    settings = settings.model_copy(update={
+        "port": port, "host": "127.0.0.1", "segments_dir": settings.segments_dir or EXAMPLES_DIR,
+        "destinations_dir": settings.destinations_dir or demo_dir / "destinations",
+    })
+    return asyncio.run(_demo(settings, demo_dir, cookies, days, keep_serving))
 
 
-async def _demo(settings: Settings, cookies: int, days: int, keep_serving: bool) -> int:
-    from crumb.simulator import SimulationSpec, send_via_http
-
+async def _demo(settings: Settings, demo_dir: Path, cookies: int, days: int, keep_serving: bool) -> int:
+    partner_port, receiver_port = _free_port(), _free_port()
+    receiver = Receiver(secrets.token_urlsafe(24))
+    _write_demo_destination(demo_dir, settings, receiver, receiver_port)
     server = CrumbServer(Runtime(settings))
-    uv = uvicorn.Server(uvicorn.Config(build_app(server), host=settings.host, port=settings.port,
-                                       log_level="warning", access_log=False))
-    serving = asyncio.create_task(uv.serve())
-    while not uv.started:
-        if serving.done():
-            return serving.result() or 1
-        await asyncio.sleep(0.05)  # waiting for the listener to come up
+    server.activation.idsync.configure([demo_partner(partner_port)])
+    servers = [_uvicorn(build_app(server), settings.port), _uvicorn(partner_app(), partner_port),
+               _uvicorn(receiver.app(), receiver_port)]
+    serving = [asyncio.create_task(uv.serve()) for uv in servers]
+    while not all(uv.started for uv in servers):
+        if any(task.done() for task in serving):
+            return 1
+        await asyncio.sleep(0.05)  # waiting for the listeners to come up
     url = f"http://{settings.host}:{settings.port}"
     console.print(f"[bold]Crumb demo[/bold] — collector at {url}, data in {settings.data_dir}")
+    truth_path = settings.data_dir / "demo-truth.jsonl"
+    await _collect(server, settings, url, cookies, days, truth_path)
+    await anyio.to_thread.run_sync(_build_segments, server, settings)
+    await _activate(server, url, truth_path, receiver)
+    if keep_serving:
+        console.print(f"serving at {url} (tag: {url}/tag.js, metrics: {url}/metrics); Ctrl-C stops")
+    else:
+        for uv in servers:
+            uv.should_exit = True
+    await asyncio.gather(*serving)
+    return 0
+
+
+def _uvicorn(app: Any, port: int) -> uvicorn.Server:
+    return uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+
+
+async def _collect(server: CrumbServer, settings: Settings, url: str, cookies: int, days: int, truth: Path) -> None:
+    from crumb.simulator import SimulationSpec, send_via_http
+
     spec = SimulationSpec(cookies=cookies, days=min(days, settings.max_event_age_hours // 24 or 1))
-    result = await send_via_http(url, spec, Progress(), truth_path=str(settings.data_dir / "demo-truth.jsonl"),
-                                 tcf_vendor_id=settings.tcf_vendor_id)
+    result = await send_via_http(url, spec, Progress(), truth_path=str(truth), tcf_vendor_id=settings.tcf_vendor_id)
     console.print(f"sent {result.events:,} events from {result.cookies:,} simulated browsers through HTTP")
     await _send_bad_hits(url)
     await anyio.to_thread.run_sync(server.writer.flush)
     summary = await anyio.to_thread.run_sync(events_summary, server.runtime.client)
     _print_summary(summary, dict(server.stats.rejected), server.stats.cookies_replaced)
-    await anyio.to_thread.run_sync(_build_segments, server, settings)
-    if keep_serving:
-        console.print(f"serving at {url} (tag: {url}/tag.js, metrics: {url}/metrics); Ctrl-C stops")
-    else:
-        uv.should_exit = True
-    await serving
-    return 0
+
+
+async def _activate(server: CrumbServer, url: str, truth_path: Path, receiver: Receiver) -> None:
+    """ID sync for most simulated browsers through the demo partner, then the deltas to the webhook."""
+    from crumb.simulator import read_ground_truth
+
+    browsers = [c.cookie_id for c in read_ground_truth(truth_path).cookies if c.cookie_id and not c.is_bot]
+    synced = browsers[: int(len(browsers) * 0.7)]
+    async with httpx.AsyncClient(follow_redirects=True) as client:
+        for cookie_id in synced:  # the redirect chain a browser follows: us → partner → our callback
+            client.cookies = httpx.Cookies({"crumb_id": server.activation.signer.sign(cookie_id)})
+            await client.get(f"{url}/sync/{PARTNER_NAME}")
+    await anyio.to_thread.run_sync(server.activation.idsync.flush)
+    rates = await anyio.to_thread.run_sync(
+        lambda: match_rates(server.runtime.client, since_days=7, partners=[PARTNER_NAME]))
+    for rate in rates:
+        console.print(f"ID sync with {rate['partner']}: {rate['matched']:,} of {rate['seen']:,} cookies matched "
+                      f"({rate['rate']:.0%})")
+    runs = await anyio.to_thread.run_sync(server.activation.sync)
+    table = Table(title="destinations")
+    for column in ("destination", "sent", "unmatched", "failed", "retried", "status"):
+        table.add_column(column, justify="left" if column in ("destination", "status") else "right")
+    for run in runs:
+        table.add_row(run["destination"], *(f"{run[k]:,}" for k in ("sent", "unmatched", "failed", "retried")),
+                      run["status"])
+    console.print(table)
+    console.print(f"the webhook receiver took {receiver.batches} signed batches: "
+                  + ", ".join(f"{name} +{n:,}" for name, n in receiver.added.most_common()))
+
+
+def _write_demo_destination(demo_dir: Path, settings: Settings, receiver: Receiver, port: int) -> None:
+    """A webhook destination for the demo segments, keyed by the demo partner's IDs."""
+    if settings.destinations_dir != demo_dir / "destinations":
+        return  # the user configured destinations of their own
+    destinations = demo_dir / "destinations"
+    destinations.mkdir(parents=True, exist_ok=True)
+    secret_file = demo_dir / "webhook.secret"
+    secret_file.write_text(receiver.secret)
+    secret_file.chmod(0o600)
+    (destinations / "webhook.yaml").write_text(yaml.safe_dump({
+        "name": "demo-webhook", "type": "webhook", "url": f"http://127.0.0.1:{port}/hook",
+        "secret_file": str(secret_file), "ids": "partner", "partner": PARTNER_NAME,
+        "segments": {101: "soccer-fans", 102: "sports-enthusiasts", 104: "investors", 105: "recent-buyers"},
+    }))
 
 
 async def _send_bad_hits(url: str) -> None:
@@ -72,11 +140,12 @@ async def _send_bad_hits(url: str) -> None:
 
 def _build_segments(server: CrumbServer, settings: Settings) -> None:
     from audiences.definitions import load_segments
-    from audiences.jobs import EXAMPLES_DIR, build_once
     from audiences.reports import overlap, sizes
 
     directory = settings.segments_dir or EXAMPLES_DIR
     result = build_once(server.runtime.client, server.runtime.redis, settings, directory, Progress())
+    stored = server.activation.after_build(result.build_id)
+    console.print(f"segment store (Redis) loaded: {stored}")
     console.print(f"built {result.segments} segments ({result.conditions} conditions) from {directory} in "
                   f"{sum(result.timings.values()):.2f}s: {result.members:,} memberships, "
                   f"{result.entered:,} entered, {result.exited:,} exited")
