@@ -22,11 +22,11 @@ from crumb.runtime import Runtime
 class Activation:
     def __init__(self, runtime: Runtime, signer: CookieSigner) -> None:
         from activation.idsync import IdSync
-        from activation.store import SegmentStore
+        from activation.store import SegmentCatalog, SegmentStore
 
         self.runtime = runtime
         self.signer = signer
-        self.store = SegmentStore(runtime.redis)
+        self.store = SegmentStore(runtime.redis, catalog=SegmentCatalog.from_settings(runtime.settings))
         self.idsync = IdSync(runtime, signer)
 
     def routes(self) -> list[BaseRoute]:

@@ -1,6 +1,8 @@
-/* Crumb tag: page views, engaged time and custom events. Served as-is, no build step.
- * Commands: crumb.push(['init', {site, collector, categories?, spa?}]), ['track', type, props],
- * ['segments', callback]. What it sends: docs/collector-wire.md. */
+/* Crumb tag: page views, engaged time and custom events. Served minified, no build step.
+ * Commands: crumb.push(['init', {site, collector, categories?, spa?, segments?, sync?}]),
+ * ['track', type, props], ['segments', callback]. Once consent is known it sets the page's
+ * googletag targeting and Prebid ortb2.user.data from /v1/segments (unless segments: false) and
+ * loads the ID sync frame (unless sync: false). What it sends: docs/collector-wire.md. */
 (() => {
   'use strict';
   const w = window, d = document, nav = navigator;
@@ -14,6 +16,8 @@
   let pv = null;      // the current page view: {id, url}
   let shownMs = 0;    // its visible time not reported yet
   let shownAt = 0;    // performance.now() when it last became visible; 0 while the clock is stopped
+  let waiting = [];   // what runs once consent is known
+  let sync = 0;       // the ID sync frame: 1 wanted, 2 scheduled
 
   // Every way into the tag goes through this: it must never throw into the page.
   const safe = f => function () { try { return f.apply(this, arguments); } catch (e) { /* ignored */ } };
@@ -126,6 +130,10 @@
 
   function post(json, events) {
     const url = cfg.collector + '/e', fallback = () => events.forEach(pixel);
+    if (sync === 1) {
+      sync = 2;
+      setTimeout(safe(syncFrame), 1000);
+    }
     if (nav.sendBeacon) {
       // text/plain keeps the request "simple": no CORS preflight, and it survives page unload.
       if (!nav.sendBeacon(url, new Blob([json], {type: 'text/plain'}))) fallback();
@@ -158,6 +166,7 @@
       else if (!shownAt) shownAt = performance.now();
     }));
     addEventListener('pagehide', safe(hidden));
+    whenReady(activate); // once per page load, when consent is known
     if (cfg.spa) {
       const push = history.pushState;
       history.pushState = function () {
@@ -190,8 +199,57 @@
       const store = !tc.gdprApplies || !!(tc.purpose && tc.purpose.consents && tc.purpose.consents[1]);
       fpId = store ? firstPartyId() : '';
       ready = true;
+      consented(); // first: the batch flushed next is the one the sync frame waits for
       flush();
     }));
+  }
+
+  // -- once consent is known: segments into the page's ad stack, and the ID sync frame
+
+  function consented() {
+    const run = waiting;
+    waiting = [];
+    run.forEach(f => safe(f)());
+  }
+
+  const whenReady = f => ready ? safe(f)() : waiting.push(f);
+
+  function consentQuery(q) {
+    ['gdpr', 'gdpr_consent', 'gpc', 'us_privacy'].forEach(k => { if (k in consent) q.append(k, consent[k]); });
+    return q;
+  }
+
+  // GET /v1/segments in a form (json, openrtb, gam) with the consent signals, the cookie included.
+  function lookup(format, done) {
+    if (!w.fetch || optedOut()) return done(null);
+    fetch(cfg.collector + '/v1/segments?' + consentQuery(new URLSearchParams({format})), {credentials: 'include'})
+      .then(r => r.ok ? r.json() : null).catch(() => null).then(safe(done));
+  }
+
+  function activate() {
+    if (optedOut()) return;
+    const gt = w.googletag, pb = w.pbjs;
+    if (cfg.segments && gt && gt.cmd && gt.cmd.push) lookup('gam', kv => kv && gt.cmd.push(safe(() => {
+      for (const k in kv) gt.pubads().setTargeting(k, kv[k]);
+    })));
+    if (cfg.segments && pb && pb.que && pb.que.push) lookup('openrtb', r => r && r.user && pb.que.push(safe(() => {
+      const o = (pb.getConfig && pb.getConfig('ortb2')) || {}, u = o.user || {};
+      const data = (u.data || []).filter(x => x.name !== 'crumb').concat(r.user.data);
+      const c = {ortb2: Object.assign({}, o, {user: Object.assign({}, u, {data})})};
+      if (pb.mergeConfig) pb.mergeConfig(c); else pb.setConfig(c);
+    })));
+    if (cfg.sync && !sync) sync = 1; // loaded after the first batch: its answer gives a new browser its crumb_id
+  }
+
+  function syncFrame() {
+    if (optedOut()) return;
+    if (!d.body) return d.addEventListener('DOMContentLoaded', safe(syncFrame), {once: true});
+    const f = d.createElement('iframe');
+    f.width = f.height = '0';
+    f.style.display = 'none';
+    f.title = 'crumb';
+    f.src = cfg.collector + '/sync/frame?' + consentQuery(new URLSearchParams());
+    d.body.appendChild(f);
   }
 
   // -- commands
@@ -204,6 +262,8 @@
         collector: String(o.collector).replace(/\/+$/, ''),
         categories: [].concat(o.categories || []).map(String).filter(c => /^[A-Za-z0-9]{1,16}$/.test(c)).slice(0, 20),
         spa: o.spa !== false,
+        segments: o.segments !== false,
+        sync: o.sync !== false,
       };
       if (d.prerendering) d.addEventListener('prerenderingchange', safe(start), {once: true}); // unseen yet
       else start();
@@ -217,9 +277,8 @@
     },
     segments(cb) {
       const done = v => safe(cb)(v);
-      if (!cfg || optedOut() || !w.fetch) return done(null);
-      fetch(cfg.collector + '/v1/segments', {credentials: 'include'})
-        .then(r => r.ok ? r.json() : null).catch(() => null).then(done);
+      if (!cfg || optedOut()) return done(null);
+      whenReady(() => lookup('json', done));
     },
   };
 

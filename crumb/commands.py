@@ -57,9 +57,10 @@ def build(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict
     directory = Path(args["segments_dir"]) if args.get("segments_dir") else None
     result = build_once(ctx.runtime.client, ctx.runtime.redis, ctx.runtime.settings, directory, progress,
                         as_of_ms=args.get("as_of_ms"))
-    from activation.store import SegmentStore
+    from activation.store import SegmentCatalog, SegmentStore
 
-    loaded = SegmentStore(ctx.runtime.redis).load_build(ctx.runtime.client, result.build_id)
+    store = SegmentStore(ctx.runtime.redis, catalog=SegmentCatalog.from_settings(ctx.runtime.settings))
+    loaded = store.load_build(ctx.runtime.client, result.build_id)
     progress.note(f"segment store: {loaded}")
     return {**result.as_dict(), "store": loaded}
 

@@ -48,7 +48,17 @@ def _erase_matches(client: Client, redis_client: redis.Redis, ids: list[str]) ->
     erase_matches(client, redis_client, ids)
 
 
-ERASERS: list[Eraser] = [Eraser("crumb.events", _erase_events), Eraser("crumb.id_matches", _erase_matches)]
+def _erase_from_store(_client: Client, redis_client: redis.Redis, ids: list[str]) -> None:
+    from activation.store import SegmentStore
+
+    SegmentStore(redis_client).erase(ids)
+
+
+ERASERS: list[Eraser] = [
+    Eraser("crumb.events", _erase_events),
+    Eraser("crumb.id_matches", _erase_matches),
+    Eraser("redis segment store", _erase_from_store),
+]
 
 
 def erase(client: Client, redis_client: redis.Redis, ids: Sequence[str], reason: str) -> list[str]:
