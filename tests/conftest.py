@@ -6,30 +6,21 @@ tests keep apart by using their own `site` names (or their own IDs).
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from clickhouse_connect.driver.client import Client
 
 from crumb.app import CrumbServer, build_app
 from crumb.runtime import Runtime
 from crumb.settings import Settings
+from tests.loopback import LoopbackServer, free_port
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TEST_VENDOR_ID = 1111
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -41,32 +32,13 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     )
 
 
-class LiveServer:
+class LiveServer(LoopbackServer):
     """A Crumb server on loopback, in this process, so tests can read its warehouse directly."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.crumb = CrumbServer(Runtime(settings))
-        self.url = f"http://127.0.0.1:{settings.port}"
-        self._uvicorn = uvicorn.Server(uvicorn.Config(
-            build_app(self.crumb), host="127.0.0.1", port=settings.port, log_level="warning", lifespan="on",
-        ))
-        self._thread = threading.Thread(target=self._run, name="live-server", daemon=True)
-        self._started = threading.Event()
-
-    def _run(self) -> None:
-        asyncio.run(self._uvicorn.serve())
-
-    def start(self) -> None:
-        self._thread.start()
-        while not self._uvicorn.started:  # bounded by the thread: it ends if start-up fails
-            if not self._thread.is_alive():
-                raise RuntimeError("live server failed to start")
-            self._thread.join(0.02)
-
-    def stop(self) -> None:
-        self._uvicorn.should_exit = True
-        self._thread.join(60)
+        super().__init__(build_app(self.crumb), port=settings.port, lifespan="on", name="live-server")
 
     @property
     def client(self) -> Client:

@@ -11,18 +11,15 @@ Two styles, as real partners do it:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
 import re
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlencode
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
@@ -30,7 +27,7 @@ from starlette.routing import Route
 
 from activation.idsync import IdSync
 from activation.partners import Partner
-from tests.conftest import free_port
+from tests.loopback import LoopbackServer
 
 UID_COOKIE = "fake_uid"
 _OUR_ID = re.compile(r"[0-9a-f]{32}")
@@ -91,28 +88,12 @@ def _websafe_b64(value: str) -> str:
         return ""
 
 
-class PartnerServer:
-    """Serves a FakePartner with uvicorn in a thread, on a free loopback port."""
+class PartnerServer(LoopbackServer):
+    """Serves a FakePartner on a free loopback port."""
 
     def __init__(self, partner: FakePartner) -> None:
+        super().__init__(partner.app(), lifespan="auto", name="fake-partner")
         self.partner = partner
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self._server = uvicorn.Server(uvicorn.Config(partner.app(), host="127.0.0.1", port=port, log_level="warning"))
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve()), name="fake-partner",
-                                        daemon=True)
-
-    def start(self) -> PartnerServer:
-        self._thread.start()
-        while not self._server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError("fake partner failed to start")
-            self._thread.join(0.02)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
 
 
 @contextlib.contextmanager

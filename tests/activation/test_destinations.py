@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,44 +23,6 @@ from tests.activation.conformance.google import GoogleServer
 from tests.activation.conformance.ttd import TTDServer
 from tests.activation.conformance.webhook import WebhookServer
 from tests.activation.conformance.xandr import XandrServer
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=10) as client:
-        yield client
-
-
-@pytest.fixture
-def ttd() -> Iterator[TTDServer]:
-    server = TTDServer()
-    server.server.start()
-    yield server
-    server.server.stop()
-
-
-@pytest.fixture
-def xandr() -> Iterator[XandrServer]:
-    server = XandrServer()
-    server.server.start()
-    yield server
-    server.server.stop()
-
-
-@pytest.fixture
-def google() -> Iterator[GoogleServer]:
-    server = GoogleServer()
-    server.server.start()
-    yield server
-    server.server.stop()
-
-
-@pytest.fixture
-def hook() -> Iterator[WebhookServer]:
-    server = WebhookServer()
-    server.server.start()
-    yield server
-    server.server.stop()
 
 
 def item(uid: str, segment: str = "fans", change: str = "enter", ttl: int = 1440, segment_id: int = 1) -> Item:

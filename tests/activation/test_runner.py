@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,20 +18,6 @@ from activation.runner import STATS, SyncStatsExporter, Target, backoff_s, read_
 from crumb.progress import SILENT
 from tests.activation.conformance.ttd import TTDServer
 from tests.conftest import LiveServer
-
-
-@pytest.fixture
-def ttd() -> Iterator[TTDServer]:
-    server = TTDServer()
-    server.server.start()
-    yield server
-    server.server.stop()
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=10) as client:
-        yield client
 
 
 class World:

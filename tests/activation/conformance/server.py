@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 from collections import deque
 from dataclasses import dataclass
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
 
+from tests.loopback import LoopbackServer, free_port
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class LoopbackServer:
-    def __init__(self, app: Starlette) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                     lifespan="off"))
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve()), daemon=True,
-                                        name=f"conformance-{self.port}")
-
-    def start(self) -> LoopbackServer:
-        self._thread.start()
-        while not self._server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError("conformance server failed to start")
-            self._thread.join(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+__all__ = ["LoopbackServer", "free_port"]
 
 
 @dataclass
