@@ -5,6 +5,7 @@ Steps (each timed, and recorded in `crumb.builds`):
   lookups   evaluate every predicate once per distinct value of its field
   scan      one pass over the window: (profile, condition) → count, days, engaged time
   members   each segment's boolean per profile → `segment_members_next`, per ID
+  lookalikes  each lookalike segment's model over this build's seed members → `segment_members_next`
   deltas    entered / exited against the previous build → `segment_deltas`, `segment_history`
   swap      exchange `segment_members_next` and `segment_members` atomically
 
@@ -38,6 +39,7 @@ from audiences.compiler import (
 )
 from audiences.definitions import SegmentSet
 from audiences.errors import BuildError
+from audiences.lookalike import build_lookalikes
 from collector.categories import ContentTaxonomy
 from crumb.progress import SILENT, Progress
 
@@ -65,6 +67,7 @@ class BuildResult:
     exited: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    lookalikes: dict[int, dict[str, Any]] = field(default_factory=dict)  # segment id → evaluation
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -91,8 +94,8 @@ def build(
     """Build every active segment as of `as_of_ms` (default: now). Raises BuildError on failure."""
     as_of_ms = as_of_ms if as_of_ms is not None else int(time.time() * 1000)
     result = BuildResult(build_id=_next_build_id(client), as_of_ms=as_of_ms)
-    plan = compile_segments(segments, taxonomy)
-    result.segments, result.conditions = len(plan.segments), len(plan.conditions)
+    plan = compile_segments(segments.rule_segments(), taxonomy)
+    result.segments, result.conditions = len(plan.segments) + len(segments.lookalikes()), len(plan.conditions)
     steps = _Steps(result, progress)
     started_ms = int(time.time() * 1000)
     _record(client, result, started_ms)
@@ -109,6 +112,9 @@ def build(
             steps.run("members", lambda: _run(client, [membership_statement(plan, result.build_id)]))
         else:
             client.command("TRUNCATE TABLE crumb.segment_members_next")
+        if segments.lookalikes():
+            result.lookalikes = steps.run("lookalikes", lambda: build_lookalikes(
+                client, segments, result.build_id, as_of_ms, taxonomy, progress))
         steps.run("deltas", lambda: _write_deltas(client, result.build_id, as_of_ms))
         _count(client, result)
         steps.run("swap", lambda: _swap(client))

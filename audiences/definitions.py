@@ -11,6 +11,15 @@
         - not: {where: [{field: host, op: eq, value: shop.example.com}], within_days: 7}
         - segment: 102
 
+A lookalike segment has no rule: it expands a rule segment's members with a model (see
+`audiences.lookalike`), and is rebuilt with every build:
+
+    id: 201
+    name: Soccer fans, lookalike
+    kind: lookalike
+    lookback_days: 30             # the window its features are computed over
+    lookalike: {seed: 101, reach: 5%, exclude_seed: true, min_similarity: 0.0}   # or size: 50000
+
 A rule is a condition, `all` / `any` of rules, `not` a rule, or a reference to another segment.
 A condition aggregates the profile's events that match every `where` predicate within its window
 (`within_days`, else the segment's `lookback_days`): it holds when the count, the distinct days
@@ -171,6 +180,29 @@ class Status(enum.StrEnum):
     DRAFT = "draft"
 
 
+class Lookalike(_Model):
+    """Expand the seed segment's members to `reach` of the eligible profiles, or to `size` profiles."""
+
+    seed: int = Field(ge=1)
+    reach: float | None = Field(None, gt=0, le=1)
+    size: int | None = Field(None, ge=1)
+    exclude_seed: bool = True
+    min_similarity: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("reach", mode="before")
+    @classmethod
+    def _percent(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().endswith("%"):
+            return float(value.strip()[:-1]) / 100
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> Lookalike:
+        if (self.reach is None) == (self.size is None):
+            raise ValueError("a lookalike takes one of reach (0 < r <= 1, or a percentage) and size")
+        return self
+
+
 class Segment(_Model):
     id: int = Field(ge=1, le=2**31 - 1)
     name: str = Field(min_length=1, max_length=200)
@@ -179,8 +211,17 @@ class Segment(_Model):
     ttl_days: int = Field(30, ge=1, le=540)
     lookback_days: int = Field(30, ge=1, le=MAX_WINDOW_DAYS)
     status: Status = Status.ACTIVE
-    kind: Literal["rule"] = "rule"
-    rule: Rule
+    kind: Literal["rule", "lookalike"] = "rule"
+    rule: Rule | None = None
+    lookalike: Lookalike | None = None
+
+    @model_validator(mode="after")
+    def _kind_fits(self) -> Segment:
+        if self.kind == "rule" and (self.rule is None or self.lookalike is not None):
+            raise ValueError("a rule segment takes a rule and no lookalike")
+        if self.kind == "lookalike" and (self.lookalike is None or self.rule is not None):
+            raise ValueError("a lookalike segment takes `lookalike: {seed: ..., reach: ...}` and no rule")
+        return self
 
     @field_validator("iab_audience_id")
     @classmethod
@@ -218,11 +259,22 @@ class SegmentSet:
     def active(self) -> list[Segment]:
         return [s for s in self.by_id.values() if s.status is Status.ACTIVE]
 
+    def rule_segments(self) -> SegmentSet:
+        """The set without its lookalikes: what the rule compiler builds."""
+        return SegmentSet(s for s in self.by_id.values() if s.kind == "rule")
+
+    def lookalikes(self) -> list[Segment]:
+        """Active lookalikes, in ID order."""
+        return sorted((s for s in self.active() if s.kind == "lookalike"), key=lambda s: s.id)
+
     def _check_references(self) -> None:
         for segment in self.by_id.values():
             for ref in references(segment.rule):
                 if ref not in self.by_id:
                     raise DefinitionError(f"segment {segment.id} refers to unknown segment {ref}")
+                if self.by_id[ref].kind == "lookalike":  # rules are built before lookalikes
+                    raise DefinitionError(f"segment {segment.id} refers to lookalike {ref}; rules can't")
+            self._check_seed(segment)
         state: dict[int, int] = {}  # 1 = on the current path, 2 = done
 
         def visit(segment_id: int, path: list[int]) -> None:
@@ -238,6 +290,17 @@ class SegmentSet:
 
         for segment_id in sorted(self.by_id):
             visit(segment_id, [])
+
+
+    def _check_seed(self, segment: Segment) -> None:
+        # A seed is a rule segment, so lookalikes never chain and never form a cycle.
+        if segment.lookalike is None:
+            return
+        seed = self.by_id.get(segment.lookalike.seed)
+        if seed is None:
+            raise DefinitionError(f"lookalike {segment.id} has unknown seed segment {segment.lookalike.seed}")
+        if seed.kind != "rule":
+            raise DefinitionError(f"lookalike {segment.id}: its seed {seed.id} is a lookalike; seeds are rule segments")
 
 
 def parse_segment(data: Any, source: str = "<definition>") -> Segment:

@@ -81,8 +81,34 @@ CREATE TABLE IF NOT EXISTS {db}.segment_sizes {on_cluster} (
 ) ENGINE = {MergeTree} ORDER BY (segment_id, built_at)
 """
 
+# Scores of the latest run per lookalike segment (0: ad-hoc CLI runs); older runs are deleted.
+_SCORES = """
+CREATE TABLE IF NOT EXISTS {db}.lookalike_scores {on_cluster} (
+    segment_id UInt32,
+    run_id UInt64,
+    profile String,
+    seed UInt8,
+    score Float32
+) ENGINE = {MergeTree} ORDER BY (segment_id, run_id, profile)
+"""
+_RUNS = """
+CREATE TABLE IF NOT EXISTS {db}.lookalike_runs {on_cluster} (
+    run_id UInt64,
+    segment_id UInt32,
+    seed_segment UInt32,
+    build_id UInt64,
+    at DateTime64(3, 'UTC'),
+    method LowCardinality(String),
+    population UInt64,
+    seed_profiles UInt64,
+    audience UInt64,
+    evaluation String
+) ENGINE = {MergeTree} ORDER BY (segment_id, run_id)
+"""
+
 MIGRATIONS = [
     Migration("audiences_0001_members", [_MEMBERS, _MEMBERS_NEXT]),
     Migration("audiences_0002_deltas_history", [_DELTAS, _HISTORY]),
     Migration("audiences_0003_builds", [_BUILDS, _SIZES]),
+    Migration("audiences_0004_lookalikes", [_SCORES, _RUNS]),
 ]

@@ -81,6 +81,17 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--segments", metavar="DIR")
     explain.add_argument("--json", action="store_true", help="the explanation as JSON")
     explain.set_defaults(run=_explain)
+    lookalike = audience_commands.add_parser("lookalike", help="expand a seed segment; prints the evaluation")
+    lookalike.add_argument("--seed", type=int, required=True, metavar="SEGMENT")
+    audience = lookalike.add_mutually_exclusive_group(required=True)
+    audience.add_argument("--reach", type=_share, help="share of the population, e.g. 5%% or 0.05")
+    audience.add_argument("--size", type=int, help="number of profiles")
+    lookalike.add_argument("--no-exclude-seed", dest="exclude_seed", action="store_false",
+                           help="keep the seed's own members in the audience")
+    lookalike.add_argument("--min-similarity", type=float, default=0.0)
+    lookalike.add_argument("--lookback-days", type=int, default=30)
+    lookalike.add_argument("--json", action="store_true")
+    lookalike.set_defaults(run=_lookalike)
     preview = audience_commands.add_parser("preview", help="estimate the size of an unsaved definition")
     preview.add_argument("file", help="a YAML file with one segment definition")
     preview.add_argument("--segments", metavar="DIR", help="saved segments it may refer to")
@@ -148,6 +159,23 @@ def _explain(settings: Settings, args: argparse.Namespace) -> int:
                                                 "cookie_id": args.cookie_id})
     if args.json:
         return _print(result["explanation"])
+    print(result["text"])
+    return 0
+
+
+def _share(text: str) -> float:
+    value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError("a share between 0 and 100%")
+    return value
+
+
+def _lookalike(settings: Settings, args: argparse.Namespace) -> int:
+    result = _run_command(settings, "lookalike", {
+        "seed": args.seed, "reach": args.reach, "size": args.size, "exclude_seed": args.exclude_seed,
+        "min_similarity": args.min_similarity, "lookback_days": args.lookback_days})
+    if args.json:
+        return _print({k: v for k, v in result.items() if k != "text"})
     print(result["text"])
     return 0
 

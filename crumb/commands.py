@@ -117,6 +117,20 @@ def preview(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> di
                         sample=float(args.get("sample") or 0.1))
 
 
+def lookalike(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Expand a seed segment's members of the last build into the profiles most like them."""
+    from audiences.jobs import content_taxonomy
+    from audiences.lookalike import render_table, run_lookalike
+
+    result = run_lookalike(
+        ctx.runtime.client, int(args["seed"]), reach=args.get("reach"), size=args.get("size"),
+        exclude_seed=bool(args.get("exclude_seed", True)), min_similarity=float(args.get("min_similarity") or 0.0),
+        lookback_days=int(args.get("lookback_days") or 30), taxonomy=content_taxonomy(ctx.runtime.settings),
+        progress=progress,
+    )
+    return {**result, "text": render_table(result)}
+
+
 def _directory(args: dict[str, Any], settings: Any) -> Path | None:
     return Path(args["segments_dir"]) if args.get("segments_dir") else settings.segments_dir
 
@@ -133,7 +147,7 @@ def match_rates(ctx: CommandContext, args: dict[str, Any], progress: Progress) -
 
 COMMANDS: dict[str, Command] = {
     "migrate": migrate, "simulate": simulate, "summary": summary, "build": build, "report": report,
-    "explain": explain, "preview": preview, "sync": sync, "match_rates": match_rates,
+    "explain": explain, "preview": preview, "sync": sync, "match_rates": match_rates, "lookalike": lookalike,
 }
 
 

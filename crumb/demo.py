@@ -18,6 +18,7 @@ from rich.table import Table
 
 from activation.idsync import match_rates
 from audiences.jobs import EXAMPLES_DIR, build_once
+from audiences.lookalike import render_table
 from collector.categories import BUILTIN
 from collector.report import events_summary
 from crumb.app import CrumbServer, build_app
@@ -144,6 +145,8 @@ def _build_segments(server: CrumbServer, settings: Settings) -> None:
 
     directory = settings.segments_dir or EXAMPLES_DIR
     result = build_once(server.runtime.client, server.runtime.redis, settings, directory, Progress())
+    for evaluation in result.lookalikes.values():
+        console.print(render_table(evaluation))
     stored = server.activation.after_build(result.build_id)
     console.print(f"segment store (Redis) loaded: {stored}")
     console.print(f"built {result.segments} segments ({result.conditions} conditions) from {directory} in "

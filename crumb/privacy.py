@@ -42,6 +42,11 @@ def _on_cluster(client: Client) -> str:
     return f"ON CLUSTER `{cluster}`" if cluster else ""
 
 
+def _erase_scores(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
+    typed = [f"{kind}:{i}" for i in ids for kind in ("c", "f")]
+    client.command("DELETE FROM crumb.lookalike_scores WHERE profile IN {ids:Array(String)}", parameters={"ids": typed})
+
+
 def _erase_matches(client: Client, redis_client: redis.Redis, ids: list[str]) -> None:
     from activation.idsync import erase_matches
 
@@ -58,6 +63,7 @@ ERASERS: list[Eraser] = [
     Eraser("crumb.events", _erase_events),
     Eraser("crumb.id_matches", _erase_matches),
     Eraser("redis segment store", _erase_from_store),
+    Eraser("crumb.lookalike_scores", _erase_scores),
 ]
 
 
