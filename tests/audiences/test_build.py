@@ -6,7 +6,6 @@ own events fall inside their windows.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -15,23 +14,14 @@ from clickhouse_connect.driver.client import Client
 from audiences.builder import build
 from audiences.definitions import SegmentSet, parse_segment
 from audiences.errors import BuildError
+from tests.audiences.events import cookie, insert_events
 
 DAY = 86_400_000
 T0 = 2_100_000_000_000  # 2036
 
 
-def cookie() -> str:
-    return uuid.uuid4().hex
-
-
 def insert(client: Client, rows: list[dict[str, Any]]) -> None:
-    columns = ["event_id", "ts", "received_at", "site", "type", "cookie_id", "fp_id", "path", "categories",
-               "is_bot", "can_profile", "engaged_ms"]
-    defaults = {"site": "build-test", "type": "pageview", "fp_id": "", "path": "/", "categories": [],
-                "is_bot": 0, "can_profile": 1, "engaged_ms": 0}
-    data = [[str(uuid.uuid4()) if c == "event_id" else row["ts"] if c == "received_at" else
-             row.get(c, defaults.get(c)) for c in columns] for row in rows]
-    client.insert("crumb.events", data, column_names=columns)
+    insert_events(client, rows, site="build-test")
 
 
 def members(client: Client) -> set[tuple[int, str, str]]:

@@ -6,7 +6,6 @@ This module's events live in June 2048 (no other test's window reaches them); se
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +18,7 @@ from audiences.definitions import Predicate, SegmentSet, parse_segment
 from audiences.explain import UnknownSegment, describe_predicate, explain, render_text
 from collector.categories import ContentTaxonomy
 from crumb.settings import Settings
+from tests.audiences.events import cookie, insert_events
 
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -35,16 +35,8 @@ SEGMENTS = SegmentSet([
 ])
 
 
-def cookie() -> str:
-    return uuid.uuid4().hex
-
-
 def insert(client: Client, rows: list[dict[str, Any]]) -> None:
-    defaults = {"site": "explain-test", "type": "pageview", "cookie_id": "", "fp_id": "", "host": "news.x48.example",
-                "categories": [], "device_type": "desktop", "is_bot": 0, "can_profile": 1, "engaged_ms": 0}
-    columns = ["event_id", "ts", "received_at", *defaults]
-    client.insert("crumb.events", [[uuid.uuid4(), row["ts"], row["ts"], *(row.get(c, d) for c, d in defaults.items())]
-                                   for row in rows], column_names=columns)
+    insert_events(client, rows, site="explain-test", host="news.x48.example")
 
 
 @pytest.fixture(scope="module", autouse=True)

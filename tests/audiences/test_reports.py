@@ -8,7 +8,6 @@ reads at once.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +18,7 @@ from clickhouse_connect.driver.client import Client
 from audiences import reports
 from audiences.builder import build
 from audiences.definitions import SegmentSet, parse_segment
+from tests.audiences.events import cookie, insert_events
 
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -26,16 +26,8 @@ T = int(datetime(2045, 3, 10, tzinfo=UTC).timestamp() * 1000)
 NEWS, SHOP, HOME = "news.r45.example", "shop.r45.example", "home.r45.example"
 
 
-def cookie() -> str:
-    return uuid.uuid4().hex
-
-
 def insert(client: Client, rows: list[dict[str, Any]]) -> None:
-    defaults = {"site": "reports-test", "type": "pageview", "cookie_id": "", "fp_id": "", "host": HOME, "path": "/",
-                "categories": [], "device_type": "desktop", "is_bot": 0, "can_profile": 1}
-    columns = ["event_id", "ts", "received_at", *defaults]
-    client.insert("crumb.events", [[uuid.uuid4(), row["ts"], row["ts"], *(row.get(c, d) for c, d in defaults.items())]
-                                   for row in rows], column_names=columns)
+    insert_events(client, rows, site="reports-test", host=HOME)
 
 
 @pytest.fixture(scope="module", autouse=True)

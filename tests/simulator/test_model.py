@@ -97,7 +97,6 @@ def test_more_interests_than_built_in_need_the_taxonomy_file() -> None:
         World.build(spec(interests=len(THEMES) + 1))
 
 
-@pytest.mark.skipif(not SHARED_TAXONOMY.exists(), reason="needs ../shared/data")
 def test_the_full_taxonomy_adds_interests_from_its_tree() -> None:
     world = World.build(spec(interests=40, taxonomy_path=SHARED_TAXONOMY, cookies=200, events=2_000))
     taxonomy = ContentTaxonomy.load(SHARED_TAXONOMY)
