@@ -131,9 +131,12 @@ def members(
     events: Iterable[Event], segments: SegmentSet | Iterable[Segment], as_of_ms: int,
     optouts: Iterable[str] = (), taxonomy: ContentTaxonomy | None = None,
 ) -> set[Member]:
-    """(segment_id, id, id_type) for every active segment's member IDs as of `as_of_ms`."""
+    """(segment_id, id, id_type) for every active rule segment's member IDs as of `as_of_ms`.
+
+    Lookalike segments (a model's output) are outside the oracle: they are ignored.
+    """
     by_id = segments.by_id if isinstance(segments, SegmentSet) else {s.id: s for s in segments}
-    active = [s for s in by_id.values() if s.status is Status.ACTIVE]
+    active = [s for s in by_id.values() if s.status is Status.ACTIVE and s.kind == "rule"]
     if not active:
         return set()
     max_window = max(w for s in active for w in _windows(s, by_id))

@@ -5,7 +5,7 @@ compares `crumb.segment_members` with `tests.audiences.oracle.members` (exact se
 (segment_id, id, id_type)).
 
 Isolation: the builder reads every event in the warehouse, and other tests write there too. So
-each example gets an as-of of its own far in the future (2071-01-01 + 30 days per example, every
+each example gets an as-of of its own far in the future (2071-01-01 + 14 days per example, every
 example's events within (as_of - 12 days, as_of + 1 day]): other tests' rows, all near today (or
 2033 for the compiler's tests), fall outside every window (windows are at most 10 days here).
 Its IDs are fresh random hex, so its opt-outs touch no one else. The opt-outs already in the
@@ -38,7 +38,8 @@ from tests.audiences import oracle
 DAY = 86_400_000
 HOUR = 3_600_000
 BASE_AS_OF = int(datetime(2071, 1, 1, tzinfo=UTC).timestamp() * 1000)
-EXAMPLE_SPACING = 30 * DAY
+EXAMPLE_SPACING = 14 * DAY  # an example's events span 13 days; its windows, at most 10
+EXAMPLE_SLOTS = 800  # 2071 + 800 × 14 days ≈ 2101: the events TTL (toDateTime(ts) + 180 days) stays below 2106
 SEGMENT_BASE = 9100  # segment IDs of this module: 9101, 9102, ...
 _SALT = uuid.uuid4().hex
 _COUNTER = itertools.count()
@@ -130,7 +131,12 @@ class Outcome:
 def run_case(warehouse: Client, case: Case) -> Outcome:
     """Write the case's events (at an as-of of its own), build, and read members and the oracle."""
     example = next(_COUNTER)
-    as_of = BASE_AS_OF + example * EXAMPLE_SPACING + case.as_of_offset
+    slot_start = BASE_AS_OF + (example % EXAMPLE_SLOTS) * EXAMPLE_SPACING
+    if example >= EXAMPLE_SLOTS:  # a slot used before in this session: clear it first
+        warehouse.command("DELETE FROM crumb.events WHERE ts > fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
+                          "AND ts < fromUnixTimestamp64Milli({hi:Int64}, 'UTC')",
+                          parameters={"lo": slot_start - 13 * DAY, "hi": slot_start + 2 * DAY})
+    as_of = slot_start + case.as_of_offset
     labels: dict[str, str] = {}
 
     def real(kind: str, index: int | None) -> str:
@@ -213,8 +219,8 @@ def predicates(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
-def conditions(draw: st.DrawFn) -> dict[str, Any]:
-    size = draw(st.sampled_from([0, 1, 1, 1, 2, 2, 3]))
+def conditions(draw: st.DrawFn, probe: bool = False) -> dict[str, Any]:
+    size = draw(st.sampled_from([1, 1, 1, 2] if probe else [0, 1, 1, 1, 2, 2, 3]))
     condition: dict[str, Any] = {"where": draw(st.lists(predicates(), min_size=size, max_size=size))}
     min_count = draw(st.sampled_from([1, 1, 1, 2, 3]))
     if min_count > 1 or draw(st.booleans()):
@@ -245,14 +251,17 @@ def rules(draw: st.DrawFn, refs: Sequence[int], depth: int) -> dict[str, Any]:
 
 @st.composite
 def segment_lists(draw: st.DrawFn) -> list[dict[str, Any]]:
-    segments = []
-    for index in range(draw(st.integers(1, 4))):
+    """A few probes (one flat condition each: every predicate and bound gets a direct say in the
+    members), then a few rule trees, which may refer to any segment before them."""
+    segments: list[dict[str, Any]] = []
+    probes, trees = draw(st.integers(2, 8)), draw(st.integers(1, 4))
+    for index in range(probes + trees):
         refs = [s["id"] for s in segments]
         segments.append({
             "id": SEGMENT_BASE + index + 1, "name": f"s{index + 1}",
-            "lookback_days": draw(st.integers(1, 10)),
+            "lookback_days": draw(st.sampled_from([3, 7, 10, 10]) if index < probes else st.integers(1, 10)),
             "status": draw(st.sampled_from(["active", "active", "active", "paused"])),
-            "rule": draw(rules(refs, 3)),
+            "rule": draw(conditions(probe=True)) if index < probes else draw(rules(refs, 3)),
         })
     return segments
 
@@ -282,11 +291,11 @@ def events(draw: st.DrawFn, cookies: int, fps: int) -> dict[str, Any]:
 def cases(draw: st.DrawFn) -> Case:
     cookies, fps = draw(st.integers(8, 30)), 5
     return Case(
-        events=draw(st.lists(events(cookies, fps), min_size=draw(st.sampled_from([0, 10, 20])), max_size=40)),
+        events=draw(st.lists(events(cookies, fps), min_size=draw(st.sampled_from([0, 10, 20, 20, 30])), max_size=40)),
         segments=draw(segment_lists()),
         taxonomy=draw(st.sampled_from([None, TAXONOMY])),
         optout_cookies=draw(st.lists(st.integers(0, cookies - 1), max_size=2, unique=True)),
-        optout_fps=draw(st.lists(st.integers(0, fps - 1), max_size=1, unique=True)),
+        optout_fps=draw(st.lists(st.integers(0, fps - 1), max_size=2, unique=True)),
         as_of_offset=draw(st.sampled_from(AS_OF_OFFSETS)),
     )
 
@@ -407,9 +416,12 @@ def _edges_of_bounds() -> list[Any]:
     ]
 
 
+CHAIN = 60
+
+
 def _long_chain() -> Case:
-    # c0 - f0 - c1 - f1 - ... - c24 - f24, with the smallest ID at one end: 49 links long.
-    n = 25
+    # c0 - f0 - c1 - f1 - ... - c59 - f59: 119 links, far more than the builder's link rounds.
+    n = CHAIN
     chain = [event_row(cookie=i, fp=i, dt=-DAY) for i in range(n)]
     chain += [event_row(cookie=i + 1, fp=i, dt=-DAY) for i in range(n - 1)]
     return Case(chain + [event_row(fp=n - 1, dt=-HOUR, host="a.com")],
@@ -426,5 +438,5 @@ def test_edges(warehouse: Client, case: Case, members: set[tuple[int, str]]) -> 
 def test_a_long_chain_of_links_is_one_profile(warehouse: Client) -> None:
     """A profile whose IDs are linked through a long chain (more hops than the builder's rounds)."""
     outcome = run_case(warehouse, _long_chain())
-    assert outcome.named(outcome.expected) == {(S1, f"{k}{i}") for k in "cf" for i in range(25)}
+    assert outcome.named(outcome.expected) == {(S1, f"{k}{i}") for k in "cf" for i in range(CHAIN)}
     assert_agrees(outcome)

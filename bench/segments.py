@@ -1,0 +1,789 @@
+"""Segment build: 100 mixed segments over 10M simulated events, against the floor query.
+
+The floor is the least any build must do: one scan of the build's window (same eligibility, same
+opt-out filter, same bound parameters as the builder) grouped by cookie. Everything is measured in
+one run on one warehouse with one `as_of`:
+
+  floor    SELECT cookie_id, count() ... WHERE <window> GROUP BY cookie_id FORMAT Null   (3×, median)
+  build    audiences.builder.build with the first 10 segments, then all 100        (2× each, median)
+  direct   for reference: one countIf (uniqExactIf / sumIf where a bound needs it) per condition
+           of the 100 segments in a single GROUP BY cookie_id over the same window     (1×)
+
+Before each measured build the audience output tables are emptied, so every run is the same
+"first build" (every member enters: the heaviest delta step); one more 100-segment build on top
+of the previous one is reported as the steady-state rebuild.
+
+Memory: chdb runs ClickHouse inside this process, so the process's RSS is Python and ClickHouse
+together. Per phase: peak RSS (VmHWM, reset through /proc/self/clear_refs), sampled peak anonymous
+RSS (VmHWM minus the mapped chdb library's file pages), Python's own peak heap (tracemalloc), and
+ClickHouse's own peak per query (`peak_memory_usage` of system.processes, sampled from a second
+handle: chdb has no system.query_log). The target "the Python process under 500 MB" is judged on
+peak RSS of the build, the honest reading when the engine is embedded.
+
+    python bench/segments.py                     # 10M events / 1M cookies / 30 days, temp dir
+    python bench/segments.py --quick             # 1M events / 100k cookies: a smoke check
+    python bench/segments.py --data-dir DIR      # load into DIR once; later runs reuse it
+    python bench/segments.py --experiments       # also: the scan under other ClickHouse settings
+
+Numbers go to the terminal and to bench/results/segments.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import clickhouse_connect  # noqa: E402
+from clickhouse_connect.driver.client import Client  # noqa: E402
+
+from audiences.builder import BuildResult, build, drop_scratch, make_scratch  # noqa: E402
+from audiences.compiler import (  # noqa: E402
+    COLUMNS,
+    Plan,
+    compile_segments,
+    lookup_statements,
+    predicate_sql,
+    scan_statement,
+    window_filter,
+    window_params,
+)
+from audiences.definitions import Segment, SegmentSet, parse_segment  # noqa: E402
+from collector.categories import BUILTIN  # noqa: E402
+from crumb.progress import Progress  # noqa: E402
+
+RESULTS = BENCH_DIR / "results"
+META = "bench-segments.json"  # in the data dir: what was loaded, and how long it took
+LOOKBACK_DAYS = 30
+FIRST_SEGMENT_ID = 1000
+TARGET_FLOOR_RATIO = 3.0  # build(100) / floor
+TARGET_GROWTH = 2.0  # build(100) / build(10)
+TARGET_RSS_MB = 500.0
+STEPS = ("profiles", "lookups", "scan", "members", "deltas", "swap")
+OUTPUT_TABLES = ("segment_members", "segment_members_next", "segment_deltas", "segment_history", "segment_sizes")
+
+
+# --------------------------------------------------------------------------------------- memory
+
+
+def _status() -> dict[str, int]:
+    """kB figures of /proc/self/status."""
+    values = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                values[name] = int(rest.split()[0])
+    return values
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # peak RSS := current RSS
+        return True
+    except OSError:
+        return False
+
+
+class Sampler:
+    """Samples the process's RSS and ClickHouse's per-query memory while a phase runs.
+
+    ClickHouse figures come from a second chdb handle on the same engine (system.processes);
+    the step under way comes from the builder's progress notes.
+    """
+
+    def __init__(self, dsn: str, every_s: float = 0.2) -> None:
+        self._client = clickhouse_connect.get_client(dsn=dsn)
+        self._every_s = every_s
+        self.step = "other"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.peak_anon_kb: dict[str, int] = {}
+        self.peak_rss_kb: dict[str, int] = {}
+        self.peak_query_bytes: dict[str, int] = {}
+        self.peak_tracked_bytes: dict[str, int] = {}
+
+    def progress(self) -> Progress:
+        pattern = re.compile(r"build \d+: (\w+) (\.\.\.|done)")
+
+        def sink(line: str) -> None:
+            found = pattern.match(line)
+            if found:
+                self.step = found.group(1) if found.group(2) == "..." else "other"
+
+        return Progress(sink=sink)
+
+    def start(self, step: str = "other") -> None:
+        self.step = step
+        self.peak_anon_kb, self.peak_rss_kb, self.peak_query_bytes, self.peak_tracked_bytes = {}, {}, {}, {}
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self._every_s)
+
+    def _sample(self) -> None:
+        step = self.step
+        status = _status()
+        _raise(self.peak_anon_kb, step, status.get("RssAnon", 0))
+        _raise(self.peak_rss_kb, step, status.get("VmRSS", 0))
+        try:
+            query, tracked = self._client.query(
+                "SELECT (SELECT max(peak_memory_usage) FROM system.processes "
+                "        WHERE query NOT LIKE '%system.processes%'), "
+                "(SELECT value FROM system.metrics WHERE metric = 'MemoryTracking')").result_rows[0]
+        except Exception:  # the sampler must never fail a measurement
+            return
+        _raise(self.peak_query_bytes, step, int(query or 0))
+        _raise(self.peak_tracked_bytes, step, int(tracked or 0))
+
+    def close(self) -> None:
+        self.stop()
+        self._client.close()
+
+
+def _raise(peaks: dict[str, int], key: str, value: int) -> None:
+    peaks[key] = max(peaks.get(key, 0), value)
+
+
+@dataclass
+class Memory:
+    """One phase's peaks, in MB."""
+
+    peak_rss_mb: float = 0.0  # VmHWM after a reset: the process, ClickHouse included
+    baseline_rss_mb: float = 0.0  # RSS when the phase started (chdb's library pages, caches)
+    peak_anon_mb: float = 0.0  # sampled: anonymous memory (heaps), no file-backed pages
+    python_heap_peak_mb: float = 0.0  # tracemalloc: Python objects only
+    clickhouse_query_peak_mb: float = 0.0  # sampled system.processes.peak_memory_usage
+    clickhouse_tracked_peak_mb: float = 0.0  # sampled MemoryTracking: all of ClickHouse's tracked memory
+    by_step: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class Phase:
+    """Measures the memory of one phase of the run."""
+
+    def __init__(self, sampler: Sampler, step: str = "other") -> None:
+        self._sampler = sampler
+        self._step = step
+        self.memory = Memory()
+
+    def __enter__(self) -> Phase:
+        _reset_hwm()
+        tracemalloc.reset_peak()
+        self.memory.baseline_rss_mb = _mb(_status()["VmRSS"])
+        self._sampler.start(self._step)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sampler.stop()
+        s, m = self._sampler, self.memory
+        m.peak_rss_mb = _mb(_status()["VmHWM"])
+        m.python_heap_peak_mb = round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
+        m.peak_anon_mb = _mb(max(s.peak_anon_kb.values(), default=0))
+        m.clickhouse_query_peak_mb = round(max(s.peak_query_bytes.values(), default=0) / 2**20, 1)
+        m.clickhouse_tracked_peak_mb = round(max(s.peak_tracked_bytes.values(), default=0) / 2**20, 1)
+        for step in sorted(set(s.peak_rss_kb) | set(s.peak_query_bytes)):
+            m.by_step[step] = {
+                "rss_mb": _mb(s.peak_rss_kb.get(step, 0)), "anon_mb": _mb(s.peak_anon_kb.get(step, 0)),
+                "clickhouse_query_mb": round(s.peak_query_bytes.get(step, 0) / 2**20, 1),
+            }
+
+
+def _mb(kb: int) -> float:
+    return round(kb / 1024, 1)
+
+
+# ----------------------------------------------------------------------------------------- load
+
+
+def load(data_dir: Path, events: int, cookies: int, days: int) -> dict[str, Any]:
+    """Bulk-load in a child process (so this process's memory peaks are the build's alone)."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--load-only", "--data-dir", str(data_dir),
+               "--events", str(events), "--cookies", str(cookies), "--days", str(days)]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=REPO)
+    meta = json.loads((data_dir / META).read_text())
+    meta["load_wall_s"] = round(time.perf_counter() - started, 1)
+    return meta
+
+
+def load_only(data_dir: Path, events: int, cookies: int, days: int) -> None:
+    from crumb.migrations import Dialect, apply
+    from crumb.simulator import SimulationSpec, load_bulk
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    client = clickhouse_connect.get_client(dsn=f"chdb://{data_dir}")
+    apply(client, Dialect())
+    spec = SimulationSpec(cookies=cookies, events=events, days=days)
+    load_avg = os.getloadavg()
+    result = load_bulk(client, spec, Progress())
+    meta = {
+        "events": result.events, "cookies": result.cookies, "days": days, "bots": result.bots,
+        "load_s": round(result.duration_s, 1), "events_per_s": round(result.events / result.duration_s),
+        "load_avg_before": [round(x, 2) for x in load_avg], "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "peak_rss_mb": _mb(_status()["VmHWM"]),
+    }
+    client.command("OPTIMIZE TABLE crumb.events FINAL")  # a settled table, as a nightly build sees it
+    (data_dir / META).write_text(json.dumps(meta, indent=2))
+    client.close()
+
+
+# ------------------------------------------------------------------------------------- segments
+
+
+@dataclass
+class Vocabulary:
+    """Values the simulator really produced in the window, most frequent first."""
+
+    categories: list[str]
+    parents: list[str]  # categories with descendants in the built-in taxonomy
+    host_sections: list[tuple[str, str]]  # (host, "/section/sub") seen together
+    sections: list[str]
+    page_kinds: list[str]  # "article", "review", ...
+    utm_sources: list[str]
+    utm_mediums: list[str]
+    utm_campaigns: list[str]
+    device_os: list[tuple[str, str]]
+    browsers: list[str]
+    referrers: list[str]
+    purchase_hosts: list[str]
+    plans: list[str]
+    hosts: list[str]
+
+
+def vocabulary(client: Client, params: dict[str, Any]) -> Vocabulary:
+    where = window_filter()
+
+    def values(expression: str, extra: str = "", limit: int = 50) -> list[Any]:
+        rows = client.query(
+            f"SELECT {expression} AS v, count() AS n FROM crumb.events WHERE {where} {extra} "
+            f"GROUP BY v HAVING notEmpty(toString(v)) ORDER BY n DESC, v LIMIT {limit}", parameters=params).result_rows
+        return [row[0] for row in rows]
+
+    section = "arrayStringConcat(arraySlice(splitByChar('/', path), 1, 3), '/')"
+    categories = values("arrayJoin(categories)")
+    parents = [c for c in categories if c in BUILTIN and len(BUILTIN.descendants(c)) > 1]
+    host_sections = [tuple(v) for v in values(f"(host, {section})", "AND path LIKE '/%/%/%'", 200)]
+    return Vocabulary(
+        categories=categories,
+        parents=parents,
+        host_sections=host_sections,
+        sections=list(dict.fromkeys(s for _, s in host_sections)),
+        page_kinds=values("extract(path, '/([a-z]+(?:-[a-z]+)*)-[0-9]+$')"),
+        utm_sources=values("utm_source"),
+        utm_mediums=values("utm_medium"),
+        utm_campaigns=values("utm_campaign"),
+        device_os=[tuple(v) for v in values("(device_type, os)")],
+        browsers=values("browser"),
+        referrers=[r for r in values("referrer_host") if not r.endswith(".example")],
+        purchase_hosts=values("host", "AND type = 'purchase'"),
+        plans=values("props['plan']", "AND type = 'signup'"),
+        hosts=values("host"),
+    )
+
+
+def _pick(items: list[Any], index: int) -> Any:
+    return items[index % len(items)]
+
+
+def _p(field_name: str, op: str, value: Any) -> dict[str, Any]:
+    return {"field": field_name, "op": op, "value": value}
+
+
+def _c(*where: dict[str, Any], **bounds: Any) -> dict[str, Any]:
+    return {"where": list(where), **bounds}
+
+
+def make_segments(v: Vocabulary, count: int = 100) -> list[Segment]:
+    """`count` segments in blocks of ten; each block has the same mix of kinds, with other values
+    (so the first ten are a fair sample of the hundred), and refers only to segments of its own."""
+    segments = []
+    for block in range((count + 9) // 10):
+        b, base = block, FIRST_SEGMENT_ID + 10 * block
+        host, sec = _pick(v.host_sections, b)
+        sec2 = _pick(v.sections, b + 3)
+        device, os_name = _pick(v.device_os, b)
+        kind, kind2 = _pick(v.page_kinds, b), _pick(v.page_kinds, b + 1)
+        regex = "^" + re.escape(_pick(v.sections, b + 5)) + "/.*(" + "|".join(
+            re.escape(k) for k in (kind, kind2)) + ")-[0-9]+$"
+        host_prefix = _pick(v.hosts, b + 2).split("-")[0]
+        if b % 2 == 0:
+            conversion = _c(_p("type", "eq", "purchase"), _p("host", "eq", _pick(v.purchase_hosts, b // 2)))
+        else:
+            conversion = _c(_p("type", "eq", "signup"), _p("prop.plan", "eq", _pick(v.plans, b // 2)))
+        references = (
+            {"all": [{"segment": base}, {"any": [{"segment": base + 6}, {"segment": base + 3}]}]} if b % 2 == 0
+            else {"all": [{"segment": base + 5}, {"not": {"segment": base + 4}}]})
+        rules = [
+            ("category frequency", _c(_p("category", "is", _pick(v.parents, b)), min_count=2 + b % 4)),
+            ("host section, recent", _c(_p("host", "eq", host), _p("path", "prefix", sec),
+                                        within_days=1 + (3 * b) % 14)),
+            ("campaign traffic", {"any": [
+                _c(_p("utm_source", "eq", _pick(v.utm_sources, b)),
+                   _p("utm_campaign", "eq", _pick(v.utm_campaigns, b))),
+                _c(_p("utm_medium", "in", [_pick(v.utm_mediums, b), _pick(v.utm_mediums, b + 1)]), min_count=2),
+                _c(_p("utm_campaign", "in", [_pick(v.utm_campaigns, 2 * b + 1), _pick(v.utm_campaigns, 2 * b + 2)])),
+            ]}),
+            ("device and interest on days", {"all": [
+                _c(_p("device_type", "eq", device), _p("os", "eq", os_name)),
+                _c(_p("category", "is", _pick(v.categories, b + 3)), min_days=2 + b % 2),
+            ]}),
+            ("converters", conversion),
+            ("lapsed section readers", {"all": [
+                _c(_p("path", "prefix", sec2)),
+                {"not": _c(_p("path", "prefix", sec2), within_days=1 + b % 7)},
+            ]}),
+            ("engaged interest", _c(_p("category", "is", _pick(v.categories, b + 7)),
+                                    min_engaged_ms=15_000 * (1 + b % 4), within_days=14)),
+            ("page patterns", {"any": [
+                _c(_p("path", "regex", regex)),
+                {"all": [_c(_p("path", "contains", "/" + kind2 + "-"), min_count=2),
+                         _c(_p("host", "prefix", host_prefix))]},
+            ]}),
+            ("combined segments", references),
+            ("frequent social visitors", {"all": [
+                _c(_p("referrer_host", "in", [_pick(v.referrers, b), _pick(v.referrers, b + 1)])),
+                {"not": _c(_p("browser", "eq", _pick(v.browsers, b)))},
+                _c(min_count=3 + b % 3, within_days=7 + b % 7),
+            ]}),
+        ]
+        for offset, (name, rule) in enumerate(rules):
+            if len(segments) < count:
+                segments.append(parse_segment({
+                    "id": base + offset, "name": f"{name} #{block}", "lookback_days": LOOKBACK_DAYS, "rule": rule,
+                }, f"bench segment {base + offset}"))
+    return segments
+
+
+# --------------------------------------------------------------------------------------- queries
+
+
+def floor_sql() -> str:
+    return f"SELECT cookie_id, count() FROM crumb.events WHERE {window_filter()} GROUP BY cookie_id FORMAT Null"
+
+
+def direct_statement(plan: Plan, as_of_ms: int) -> tuple[str, dict[str, Any], int]:
+    """One countIf per condition (uniqExactIf / sumIf where its bounds need them), one GROUP BY cookie."""
+    params: dict[str, Any] = window_params(plan, as_of_ms)
+    predicates = {}
+    for number, p in enumerate(plan.predicates, 1):
+        params[f"p{number}"] = plan.category_values.get(number, p.value)
+        if p.field == "category":
+            predicates[number] = f"hasAny(categories, {{p{number}:Array(String)}})"
+            continue
+        if p.field.startswith("prop."):
+            params[f"prop{number}"] = p.field[len("prop."):]
+            column = f"props[{{prop{number}:String}}]"
+        else:
+            column = COLUMNS[p.field]
+        predicates[number] = re.sub(r"(?<![\w{:])v(?!\w)", lambda _m, col=column: col, predicate_sql(p, number))
+    aggregates = []
+    for c in plan.conditions:
+        test = [predicates[n] for n in c.predicates]
+        if c.window_days < plan.max_window_days:
+            params[f"since{c.number}"] = as_of_ms - c.window_days * 86_400_000
+            test.append(f"ts > fromUnixTimestamp64Milli({{since{c.number}:Int64}}, 'UTC')")
+        where = " AND ".join(test) or "1"
+        aggregates.append(f"countIf({where})")
+        if c.min_days:
+            aggregates.append(f"uniqExactIf(toDate(ts), {where})")
+        if c.min_engaged_ms:
+            aggregates.append(f"sumIf(engaged_ms, {where})")
+    sql = (f"SELECT cookie_id, {', '.join(aggregates)} FROM crumb.events WHERE {window_filter()} "
+           "GROUP BY cookie_id FORMAT Null")
+    return sql, params, len(aggregates)
+
+
+def timed(work: Any) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def reset_outputs(client: Client) -> None:
+    for table in OUTPUT_TABLES:
+        client.command(f"TRUNCATE TABLE IF EXISTS crumb.{table}")
+
+
+# ----------------------------------------------------------------------------------- experiments
+
+# A scan variant: (name, SQL, parameters, settings, statements run before each timing). "as built" is the
+# builder's own statement; the SELECT-only variants show where its time and memory go.
+ScanVariant = tuple[str, str, dict[str, Any], dict[str, Any], list[str]]
+TS_WINDOW = ("ts > fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
+             "AND ts <= fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC')")
+DELTAS_ANTI = (
+    "SELECT n.segment_id, n.id, n.id_type, 'enter' FROM crumb._bench_next AS n "
+    "LEFT ANTI JOIN crumb.segment_members AS o ON o.segment_id = n.segment_id AND o.id = n.id UNION ALL "
+    "SELECT o.segment_id, o.id, o.id_type, 'exit' FROM crumb.segment_members AS o "
+    "LEFT ANTI JOIN crumb._bench_next AS n ON o.segment_id = n.segment_id AND o.id = n.id FORMAT Null")
+DELTAS_FULL = (
+    "SELECT if(empty(n.id), o.segment_id, n.segment_id), if(empty(n.id), o.id, n.id), "
+    "if(empty(n.id), o.id_type, n.id_type), if(empty(n.id), 'exit', 'enter') "
+    "FROM crumb._bench_next AS n FULL OUTER JOIN crumb.segment_members AS o "
+    "ON o.segment_id = n.segment_id AND o.id = n.id WHERE empty(n.id) OR empty(o.id) FORMAT Null")
+
+
+def _lookups_sql(plan: Plan, as_of_ms: int, ts_only: bool) -> list[tuple[str, dict[str, Any]]]:
+    statements = list(lookup_statements(plan, as_of_ms))
+    return [(sql.replace(window_filter(), TS_WINDOW) if ts_only else sql, params) for sql, params in statements]
+
+
+def scan_variants(plan: Plan, as_of_ms: int) -> list[ScanVariant]:
+    scan_sql, scan_params = scan_statement(plan, as_of_ms)
+    inner = scan_sql.split("FROM (", 1)[1].rsplit(")\nGROUP BY", 1)[0]
+    per_row = inner.replace("arrayJoin(arrayFilter(", "(arrayFilter(", 1)  # each row's conditions as an array
+    bitmask_days = ("groupBitOr(bitShiftLeft(toUInt64(1), toUInt8(toDate(ts) - "
+                    "toDate(fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC')))))")
+    truncate = ["TRUNCATE TABLE crumb._build_profile_conditions"]
+    return [
+        ("as built", scan_sql, scan_params, {}, truncate),
+        ("max_threads=1", scan_sql, scan_params, {"max_threads": 1}, truncate),
+        ("optimize_aggregation_in_order=1", scan_sql, scan_params, {"optimize_aggregation_in_order": 1}, truncate),
+        ("max_bytes_before_external_group_by=300MB", scan_sql, scan_params,
+         {"max_bytes_before_external_group_by": 300_000_000}, truncate),
+        ("SELECT only, as built", f"SELECT profile, cond, count(), uniqExact(toDate(ts)), sum(engaged_ms) "
+         f"FROM ({inner}) GROUP BY profile, cond FORMAT Null", scan_params, {}, []),
+        ("SELECT only, days as a bitmask, not uniqExact", f"SELECT profile, cond, count(), {bitmask_days}, "
+         f"sum(engaged_ms) FROM ({inner}) GROUP BY profile, cond FORMAT Null", scan_params, {}, []),
+        ("per-row part alone (no aggregation)", f"SELECT profile, cond FROM ({per_row}) FORMAT Null",
+         scan_params, {}, []),
+        ("per-row part + GROUP BY profile (held set only)",
+         f"SELECT profile, groupUniqArrayArray(cond) FROM ({per_row}) GROUP BY profile FORMAT Null",
+         scan_params, {}, []),
+    ]
+
+
+def experiments(client: Client, sampler: Sampler, segments: SegmentSet, as_of_ms: int, floor_s: float,
+                rounds: int) -> list[dict[str, Any]]:
+    """The builder's own statements run by hand, next to variants that compute the same thing.
+
+    Rounds are interleaved (every variant once per round) so drift on a shared machine falls on all.
+    """
+    from audiences.builder import _drop_link_tables, _resolve_profiles
+
+    plan = compile_segments(segments, BUILTIN)
+    drop_scratch(client)
+    make_scratch(client)
+    # the next members: the current ones with ~1% of IDs replaced and ~1% of rows gone, a nightly change
+    client.command("DROP TABLE IF EXISTS crumb._bench_next")
+    client.command("CREATE TABLE crumb._bench_next AS crumb.segment_members")
+    client.command(
+        "INSERT INTO crumb._bench_next SELECT segment_id, if(cityHash64(id) % 100 = 0, concat(id, '~'), id), id_type, "
+        "profile_id, build_id FROM crumb.segment_members WHERE cityHash64(id, segment_id) % 97 != 0")
+    window = window_params(plan, as_of_ms)
+    groups: dict[str, list[tuple[str, Any]]] = {"lookups": [], "scan": [], "deltas": []}
+
+    def statements(sqls: list[tuple[str, dict[str, Any]]], settings: dict[str, Any]) -> Any:
+        def work() -> None:
+            client.command("TRUNCATE TABLE crumb._build_lookup")  # the scan variants read what the last one wrote
+            for sql, params in sqls:
+                client.command(sql, parameters=params, settings=settings)
+        return work
+
+    try:
+        _resolve_profiles(client, plan, as_of_ms)
+        _drop_link_tables(client)
+        for sql, params in lookup_statements(plan, as_of_ms):
+            client.command(sql, parameters=params)
+        groups["lookups"] = [
+            ("as built", statements(_lookups_sql(plan, as_of_ms, False), {})),
+            ("query_plan_filter_push_down=0", statements(_lookups_sql(plan, as_of_ms, False),
+                                                          {"query_plan_filter_push_down": 0})),
+            ("push-down off + window on ts only", statements(_lookups_sql(plan, as_of_ms, True),
+                                                              {"query_plan_filter_push_down": 0})),
+        ]
+        for name, sql, params, settings, before in scan_variants(plan, as_of_ms):
+            def run_one(sql: str = sql, params: dict[str, Any] = params, settings: dict[str, Any] = settings,
+                        before: list[str] = before) -> None:
+                for statement in before:
+                    client.command(statement)
+                client.command(sql, parameters=params, settings=settings)
+            groups["scan"].append((name, run_one))
+        groups["deltas"] = [
+            ("as built: two LEFT ANTI JOINs", lambda: client.command(DELTAS_ANTI)),
+            ("one FULL OUTER JOIN, full_sorting_merge",
+             lambda: client.command(DELTAS_FULL, settings={"join_algorithm": "full_sorting_merge"})),
+        ]
+        groups["floor"] = [("floor", lambda: client.command(floor_sql(), parameters=window))]
+        times: dict[tuple[str, str], list[float]] = {}
+        memory: dict[tuple[str, str], float] = {}
+        for _ in range(rounds):
+            for group, variants in groups.items():
+                for name, work in variants:
+                    sampler.start(name)
+                    times.setdefault((group, name), []).append(timed(work))
+                    sampler.stop()
+                    peak = max(sampler.peak_query_bytes.values(), default=0) / 2**20
+                    memory[(group, name)] = max(memory.get((group, name), 0.0), peak)
+    finally:
+        drop_scratch(client)
+        client.command("DROP TABLE IF EXISTS crumb._bench_next")
+    floor_now = statistics.median(times[("floor", "floor")])
+    rows = []
+    for (group, name), runs in times.items():
+        median = statistics.median(runs)
+        rows.append({"group": group, "variant": name, "median_s": round(median, 3),
+                     "runs_s": [round(t, 3) for t in runs],
+                     "over_floor": round(median / floor_now, 2), "clickhouse_peak_mb": round(memory[(group, name)])})
+        print(f"  {group:<8} {name:<50} {median:7.2f}s  {median / floor_now:6.2f}× floor  "
+              f"CH peak {memory[(group, name)]:6.0f} MB", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--cookies", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--data-dir", type=Path, help="load here once; later runs reuse the events")
+    parser.add_argument("--quick", action="store_true", help="1M events / 100k cookies: a smoke check")
+    parser.add_argument("--segments", type=int, default=100)
+    parser.add_argument("--no-direct", action="store_true", help="skip the direct-compile reference query")
+    parser.add_argument("--experiments", action="store_true",
+                        help="also time the builder's lookups, scan and deltas statements against variants")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the experiments")
+    parser.add_argument("--load-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.events, args.cookies = 1_000_000, 100_000
+    if args.load_only:
+        load_only(args.data_dir.resolve(), args.events, args.cookies, args.days)
+        return 0
+
+    temporary = args.data_dir is None
+    data_dir = Path(tempfile.mkdtemp(prefix="crumb-bench-segments-")) if temporary else args.data_dir.resolve()
+    try:
+        return run(args, data_dir)
+    finally:
+        if temporary:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, data_dir: Path) -> int:
+    started = time.perf_counter()
+    load_avg_start = os.getloadavg()
+    if (data_dir / META).exists():
+        meta = json.loads((data_dir / META).read_text())
+        meta["reused"] = True
+        print(f"reusing {data_dir}: {meta['events']:,} events / {meta['cookies']:,} cookies / {meta['days']} days, "
+              f"loaded in {meta['load_s']:.0f}s then", flush=True)
+        if (meta["events"], meta["cookies"], meta["days"]) != (args.events, args.cookies, args.days):
+            print("  (not the sizes asked for: the data dir's own are measured)", flush=True)
+    else:
+        print(f"bulk-loading {args.events:,} events / {args.cookies:,} cookies / {args.days} days into {data_dir} ...",
+              flush=True)
+        meta = load(data_dir, args.events, args.cookies, args.days)
+        meta["reused"] = False
+        print(f"loaded in {meta['load_s']:.0f}s ({meta['events_per_s']:,} events/s; load average "
+              f"{meta['load_avg_before'][0]:.2f} → {meta['load_avg_after'][0]:.2f})", flush=True)
+
+    tracemalloc.start()
+    dsn = f"chdb://{data_dir}"
+    client = clickhouse_connect.get_client(dsn=dsn)
+    sampler = Sampler(dsn)
+    try:
+        result = measure(args, client, sampler, meta)
+    finally:
+        sampler.close()
+        client.close()
+    result["load_average"] = {"start": [round(x, 2) for x in load_avg_start],
+                              "end": [round(x, 2) for x in os.getloadavg()], "cores": os.cpu_count()}
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    report(result)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "segments.json").write_text(json.dumps(result, indent=2))
+    print(f"\nwritten to {RESULTS / 'segments.json'}")
+    return 0
+
+
+def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: dict[str, Any]) -> dict[str, Any]:
+    as_of_ms = int(client.query("SELECT toUnixTimestamp64Milli(max(ts)) FROM crumb.events").result_rows[0][0])
+    counts = client.query("SELECT count(), uniqExact(cookie_id) FROM crumb.events").result_rows[0]
+    probe = compile_segments(SegmentSet([parse_segment(
+        {"id": 1, "name": "window", "lookback_days": LOOKBACK_DAYS, "rule": {"where": []}})]))
+    params = window_params(probe, as_of_ms)
+    window_rows = client.query(f"SELECT count(), uniqExact(cookie_id) FROM crumb.events WHERE {window_filter()}",
+                               parameters=params).result_rows[0]
+    all_segments = make_segments(vocabulary(client, params), args.segments)
+    sets = {10: SegmentSet(all_segments[:10]), len(all_segments): SegmentSet(all_segments)}
+    big = len(all_segments)
+    plans = {n: compile_segments(s, BUILTIN) for n, s in sets.items()}
+    print(f"{counts[0]:,} events, {counts[1]:,} cookies; window ({LOOKBACK_DAYS} days, eligible): "
+          f"{window_rows[0]:,} events, {window_rows[1]:,} cookies", flush=True)
+    for n, plan in plans.items():
+        print(f"{n} segments: {len(plan.predicates)} predicates over {len(plan.fields())} fields, "
+              f"{len(plan.conditions)} conditions", flush=True)
+    result: dict[str, Any] = {
+        "data": {**meta, "events_in_table": counts[0], "cookies_in_table": counts[1],
+                 "window_events": window_rows[0], "window_cookies": window_rows[1], "as_of_ms": as_of_ms},
+        "plans": {str(n): {"segments": len(p.segments), "predicates": len(p.predicates), "fields": p.fields(),
+                           "conditions": len(p.conditions)} for n, p in plans.items()},
+        "targets": {"build_over_floor": TARGET_FLOOR_RATIO, "growth_10_to_100": TARGET_GROWTH,
+                    "peak_rss_mb": TARGET_RSS_MB},
+    }
+
+    # (1) the floor: same window, same eligibility, same parameters
+    client.command(floor_sql(), parameters=params)  # warm the page cache, as the builds will find it
+    with Phase(sampler, "floor") as phase:
+        floor_runs = [timed(lambda: client.command(floor_sql(), parameters=params)) for _ in range(3)]
+    floor_s = statistics.median(floor_runs)
+    result["floor"] = {"median_s": round(floor_s, 3), "runs_s": [round(t, 3) for t in floor_runs],
+                       "memory": phase.memory.__dict__}
+    print(f"floor: {floor_s:.2f}s (runs {', '.join(f'{t:.2f}' for t in floor_runs)})", flush=True)
+
+    # (2) builds: each run starts from empty outputs (a first build: every member enters)
+    builds: dict[str, Any] = {}
+    for n, segment_set in sets.items():
+        runs: list[BuildResult] = []
+        walls: list[float] = []
+        with Phase(sampler) as phase:
+            for _ in range(2):
+                reset_outputs(client)
+                started = time.perf_counter()
+                runs.append(build(client, segment_set, BUILTIN, sampler.progress(), as_of_ms=as_of_ms))
+                walls.append(time.perf_counter() - started)
+                print(f"build {n}: {walls[-1]:.2f}s  {runs[-1].timings}  members {runs[-1].members:,}", flush=True)
+        builds[str(n)] = _build_summary(runs, walls, phase.memory)
+    # one more build on top of the last: nothing changed, the steady-state nightly rebuild
+    started = time.perf_counter()
+    steady = build(client, sets[big], BUILTIN, sampler.progress(), as_of_ms=as_of_ms)
+    steady_wall = time.perf_counter() - started
+    print(f"rebuild {big} (unchanged): {steady_wall:.2f}s  {steady.timings}", flush=True)
+    sizes = dict(client.query(
+        "SELECT segment_id, uniqExact(profile_id) FROM crumb.segment_members GROUP BY segment_id").result_rows)
+    result["builds"] = builds
+    result["steady_rebuild"] = {"wall_s": round(steady_wall, 3), "timings": steady.timings,
+                                "entered": steady.entered, "exited": steady.exited}
+    result["segment_sizes"] = {str(s.id): int(sizes.get(s.id, 0)) for s in all_segments}
+    result["segment_names"] = {str(s.id): s.name for s in all_segments}
+    result["empty_segments"] = [s.id for s in all_segments if not sizes.get(s.id)]
+
+    b10, b100 = builds["10"]["median_s"], builds[str(big)]["median_s"]
+    result["ratios"] = {
+        "build_over_floor": round(b100 / floor_s, 2),
+        "build10_over_floor": round(b10 / floor_s, 2),
+        "growth_10_to_100": round(b100 / b10, 2),
+        "scan_over_floor": round(builds[str(big)]["steps_median_s"]["scan"] / floor_s, 2),
+        "scan10_over_floor": round(builds["10"]["steps_median_s"]["scan"] / floor_s, 2),
+    }
+
+    # (3) for reference: the direct compile
+    if not args.no_direct:
+        sql, direct_params, aggregates = direct_statement(plans[big], as_of_ms)
+        with Phase(sampler, "direct") as phase:
+            direct_s = timed(lambda: client.command(sql, parameters=direct_params))
+        result["direct"] = {"s": round(direct_s, 3), "aggregates": aggregates,
+                            "over_floor": round(direct_s / floor_s, 2), "memory": phase.memory.__dict__}
+        print(f"direct compile ({aggregates} aggregates): {direct_s:.2f}s", flush=True)
+
+    if args.experiments:
+        print("experiments: the builder's statements by hand, and variants computing the same "
+              "(interleaved rounds, median):", flush=True)
+        result["experiments"] = experiments(client, sampler, sets[big], as_of_ms, floor_s, args.rounds)
+    return result
+
+
+def _build_summary(runs: list[BuildResult], walls: list[float], memory: Memory) -> dict[str, Any]:
+    steps = {step: round(statistics.median(r.timings.get(step, 0.0) for r in runs), 3) for step in STEPS}
+    return {
+        "median_s": round(statistics.median(walls), 3),
+        "runs_s": [round(w, 3) for w in walls],
+        "timed_steps_s": round(statistics.median(sum(r.timings.values()) for r in runs), 3),
+        "steps_median_s": steps,
+        "runs": [r.as_dict() for r in runs],
+        "memory": memory.__dict__,
+    }
+
+
+def report(r: dict[str, Any]) -> None:
+    d, floor, builds, ratios = r["data"], r["floor"], r["builds"], r["ratios"]
+    big = max(builds, key=int)
+    print("\n=== segment build benchmark ===")
+    print(f"data: {d['events_in_table']:,} events, {d['cookies_in_table']:,} cookies; window {d['window_events']:,} "
+          f"events / {d['window_cookies']:,} cookies; load {d['load_s']:.0f}s"
+          + (" (earlier run, reused)" if d.get("reused") else ""))
+    la = r["load_average"]
+    print(f"machine: {la['cores']} cores, load average {la['start'][0]:.2f} at start, {la['end'][0]:.2f} at end")
+    for n, plan in r["plans"].items():
+        print(f"plan {n:>3}: {plan['predicates']} predicates, {plan['conditions']} conditions, fields {plan['fields']}")
+    print()
+    header = f"{'':<22}{'total':>8}" + "".join(f"{s:>10}" for s in STEPS)
+    print(header)
+    print(f"{'floor (median of 3)':<22}{floor['median_s']:>8.2f}")
+    for n in builds:
+        b = builds[n]
+        print(f"{'build ' + n + ' (median of 2)':<22}{b['median_s']:>8.2f}"
+              + "".join(f"{b['steps_median_s'][s]:>10.2f}" for s in STEPS))
+    s = r["steady_rebuild"]
+    print(f"{'rebuild ' + big + ' unchanged':<22}{s['wall_s']:>8.2f}"
+          + "".join(f"{s['timings'].get(step, 0):>10.2f}" for step in STEPS))
+    if "direct" in r:
+        print(f"{'direct compile ' + big:<22}{r['direct']['s']:>8.2f}   ({r['direct']['aggregates']} aggregates, "
+              f"one GROUP BY cookie; no members written)")
+    print()
+    ok = lambda good: "ok" if good else "MISSED"  # noqa: E731
+    print(f"build({big}) / floor     {ratios['build_over_floor']:6.2f}×   target ≤ {TARGET_FLOOR_RATIO}×  "
+          f"{ok(ratios['build_over_floor'] <= TARGET_FLOOR_RATIO)}")
+    print(f"build({big}) / build(10) {ratios['growth_10_to_100']:6.2f}×   target ≤ {TARGET_GROWTH}×  "
+          f"{ok(ratios['growth_10_to_100'] <= TARGET_GROWTH)}")
+    print(f"scan({big}) / floor      {ratios['scan_over_floor']:6.2f}×   "
+          f"(scan(10) / floor {ratios['scan10_over_floor']:.2f}×)")
+    if "direct" in r:
+        print(f"direct({big}) / floor    {r['direct']['over_floor']:6.2f}×   (reference)")
+    print()
+    print(f"{'memory, MB':<22}{'peak RSS':>10}{'at start':>10}{'anon':>8}{'python':>8}{'CH query':>10}{'CH total':>10}")
+    phases = [("floor", floor["memory"])] + [(f"build {n}", b["memory"]) for n, b in builds.items()]
+    if "direct" in r:
+        phases.append(("direct", r["direct"]["memory"]))
+    for name, m in phases:
+        print(f"{name:<22}{m['peak_rss_mb']:>10.0f}{m['baseline_rss_mb']:>10.0f}{m['peak_anon_mb']:>8.0f}"
+              f"{m['python_heap_peak_mb']:>8.1f}{m['clickhouse_query_peak_mb']:>10.0f}{m['clickhouse_tracked_peak_mb']:>10.0f}")
+    m = builds[big]["memory"]
+    print(f"  build {big} per step (sampled RSS / CH query peak): " + ", ".join(
+        f"{step} {v['rss_mb']:.0f}/{v['clickhouse_query_mb']:.0f}" for step, v in m["by_step"].items()))
+    print(f"peak RSS of build({big}) {m['peak_rss_mb']:.0f} MB   target < {TARGET_RSS_MB:.0f} MB  "
+          f"{ok(m['peak_rss_mb'] < TARGET_RSS_MB)}  (the whole process: chdb runs ClickHouse in it)")
+    if r.get("experiments"):
+        print("\nexperiments (statements run by hand; interleaved rounds, median; ratio to the floor of the same "
+              "rounds):")
+        for e in r["experiments"]:
+            print(f"  {e['group']:<8} {e['variant']:<50} {e['median_s']:7.2f}s {e['over_floor']:7.2f}×  "
+                  f"CH peak {e['clickhouse_peak_mb']:>6} MB")
+    empty = r["empty_segments"]
+    sizes = sorted(r["segment_sizes"].values())
+    print(f"segment sizes (profiles): min {sizes[0]:,}, median {sizes[len(sizes) // 2]:,}, max {sizes[-1]:,}; "
+          f"empty: {len(empty)}" + (f" {empty}" if empty else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
