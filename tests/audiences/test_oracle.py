@@ -302,7 +302,7 @@ def cases(draw: st.DrawFn) -> Case:
 
 # -- the property ----------------------------------------------------------------------------------
 
-@settings(max_examples=int(os.environ.get("CRUMB_ORACLE_EXAMPLES", "60")), deadline=None,
+@settings(max_examples=int(os.environ.get("ORACLE_EXAMPLES", "60")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=cases())
 def test_builder_members_equal_the_oracle(warehouse: Client, case: Case) -> None:
