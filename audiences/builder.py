@@ -260,12 +260,18 @@ def _discard_build(client: Client, build_id: int) -> None:
 
 
 def _discard_incomplete_builds(client: Client, current: int) -> None:
-    """A build that died mid-way (the process was killed) left status 'running': clean up after it."""
+    """A build that died mid-way (the process was killed) left status 'running': clean up after it,
+    once, and mark it failed. (A build that failed in the open cleaned up after itself.)"""
     rows = client.query(
-        "SELECT build_id FROM crumb.builds FINAL WHERE status IN ('running', 'failed') AND build_id != {b:UInt64}",
+        "SELECT build_id FROM crumb.builds FINAL WHERE status = 'running' AND build_id != {b:UInt64}",
         parameters={"b": current}).result_rows
     for (build_id,) in rows:
         _discard_build(client, int(build_id))
+        client.command(
+            "INSERT INTO crumb.builds SELECT build_id, started_at, now64(3), as_of, 'failed', segments, conditions, "
+            "profiles, members, entered, exited, timings, 'interrupted: the process running it stopped', "
+            "{version:UInt64} FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
+            parameters={"b": int(build_id), "version": time.time_ns()})
 
 
 __all__ = ["ELIGIBLE", "BuildResult", "build"]

@@ -6,6 +6,7 @@ own events fall inside their windows.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -107,3 +108,20 @@ def test_a_failed_build_leaves_the_previous_one_in_place(warehouse: Client) -> N
     latest = warehouse.query("SELECT max(build_id) FROM crumb.builds").result_rows[0][0]
     assert warehouse.query("SELECT count() FROM crumb.segment_deltas WHERE build_id = {b:UInt64}",
                            parameters={"b": latest}).result_rows == [(0,)]
+
+
+def test_a_build_cut_short_is_cleaned_up_once_and_marked_failed(warehouse: Client) -> None:
+    at = T0 + 120 * DAY
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": cookie(), "path": "/sports"}])
+    crashed = build(warehouse, SPORTS, as_of_ms=at)
+    # As if the process had died mid-build: the row still says running, and its deltas exist.
+    warehouse.command(
+        "INSERT INTO crumb.builds SELECT build_id, started_at, finished_at, as_of, 'running', segments, conditions, "
+        "profiles, members, entered, exited, timings, error, {v:UInt64} FROM crumb.builds FINAL "
+        "WHERE build_id = {b:UInt64}", parameters={"b": crashed.build_id, "v": time.time_ns()})
+    build(warehouse, SPORTS, as_of_ms=at)
+    status, error = warehouse.query("SELECT status, error FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
+                                    parameters={"b": crashed.build_id}).result_rows[0]
+    assert status == "failed" and error.startswith("interrupted")
+    assert warehouse.query("SELECT count() FROM crumb.segment_deltas WHERE build_id = {b:UInt64}",
+                           parameters={"b": crashed.build_id}).result_rows == [(0,)]
