@@ -99,7 +99,7 @@ class Plan:
 
 def compile_segments(segments: SegmentSet, taxonomy: ContentTaxonomy | None = None) -> Plan:
     """Number the predicates and conditions of the active segments and write their booleans."""
-    plan = Plan(segments=segments.active())
+    plan = Plan(segments=[s for s in segments.active() if s.kind == "rule"])  # lookalikes are a model's
     predicate_numbers: dict[str, int] = {}
     condition_numbers: dict[tuple[Any, ...], int] = {}
 

@@ -58,6 +58,8 @@ def explain(
     if segment_id not in segments.by_id:
         raise UnknownSegment(f"no segment {segment_id} among the definitions")
     as_of_ms, as_of_source = _as_of(client, as_of_ms)
+    if segments.by_id[segment_id].kind != "rule":
+        raise UnknownSegment(f"segment {segment_id} is a lookalike, scored by a model: its evaluation explains it")
     plan = compile_segments(_activated(segments, segment_id), taxonomy)
     profile = resolve_profile(client, f"c:{cookie_id}", plan, as_of_ms)
     segment = segments.by_id[segment_id]
