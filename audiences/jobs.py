@@ -22,10 +22,6 @@ class BuildBusy(AudiencesError):
     code = "build_running"
 
 
-def segments_dir(settings: Settings) -> Path | None:
-    return settings.segments_dir
-
-
 def load_definitions(directory: Path | None, settings: Settings) -> SegmentSet:
     if directory is None:
         return SegmentSet([])

@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from collector.hits import Hit
@@ -108,7 +108,7 @@ class EventWriter:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self, recent_event_ids: list[str] = ()) -> None:  # type: ignore[assignment]
+    def start(self, recent_event_ids: Sequence[str] = ()) -> None:
         """Start the threads; `recent_event_ids` (stored before a restart) keep deduplicating retries."""
         self._recent.remember(list(recent_event_ids))
         self._drain_thread.start()

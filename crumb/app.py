@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -164,6 +163,3 @@ def build_app(server: CrumbServer, on_started: Any = None) -> ASGIApp:
     )
     return FastPaths(app, {"/p.gif": Pixel(server.collector)})
 
-
-def result_json(result: dict[str, Any]) -> str:
-    return json.dumps(result, default=str)
