@@ -1,16 +1,18 @@
 """Rule trees → one ClickHouse plan for all segments. Pure: no I/O.
 
-How a build reads far less than "one countIf per condition per row" would:
+How a build evaluates a hundred segments in one pass over the events:
 
-1. Every distinct predicate (`host prefix "shop."`, `category is 483`, ...) is numbered, and so is
-   every distinct condition (its predicates, window and bounds), across all segments.
-2. Predicates are evaluated once per *distinct value* of their field in the window (a few
-   thousand hosts, not ten million rows) into a lookup table: value → predicate numbers.
-3. One scan of the events looks each row's values up (a hash probe per field), finds the
-   conditions whose predicates the row satisfies, and aggregates (profile, condition) →
-   count, distinct days, engaged time.
-4. Per profile, the conditions that hold are a small array; each segment is a boolean over
-   `has(held, n)`, and the members are written in one INSERT ... SELECT.
+1. Every distinct predicate (`host prefix "shop."`, `category is 483`, ...) is numbered, every
+   distinct *matcher* (a set of predicates a row must satisfy together, and a window), and every
+   distinct condition (a matcher and its bounds: counts, distinct days, engaged time).
+2. One scan evaluates, per row, each predicate once (on LowCardinality columns ClickHouse
+   evaluates them per dictionary value, not per row) and each matcher as a boolean.
+3. Per ID, the matchers a row met are OR-ed into bit words; counts, day bitmasks and engaged
+   time are aggregated only for the matchers whose conditions have bounds on them. A profile of
+   linked IDs merges its IDs' words and aggregates (all of them merge by OR or sum).
+4. Each condition is then a bit test plus its bounds, each segment a boolean over conditions,
+   and the members are written in the same INSERT ... SELECT: nothing per (ID, condition) is
+   ever materialised.
 
 Every value a user wrote travels as a bound parameter. What reaches the SQL text is column
 names from the allow-list, the numbers this module assigns, and SQL keywords.
@@ -18,7 +20,6 @@ names from the allow-list, the numbers this module assigns, and SQL keywords.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -26,12 +27,12 @@ from audiences.definitions import All, Any_, Condition, Not, Op, Predicate, Segm
 from collector.categories import ContentTaxonomy
 
 EVENTS = "crumb.events"
-LOOKUP = "crumb._build_lookup"
+VALUES = "crumb._build_values"
 PROFILE_OF = "crumb._build_profile_of"
 PROFILE_IDS = "crumb._build_profile_ids"
-PROFILE_CONDITIONS = "crumb._build_profile_conditions"
-MEMBERS_NEXT = "crumb.segment_members_next"
+MEMBERS_NEXT = "crumb.id_segments_next"
 DAY_MS = 86_400_000
+DAY_BITS = 64  # a window of up to 63 days keeps its distinct days as a bitmask; a longer one, as a set
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,9 @@ class Tables:
     """Where the statements read and write. A build uses `BUILD`; a preview, scratch tables of its own."""
 
     events: str
-    lookup: str
+    values: str
     profile_of: str
     profile_ids: str
-    profile_conditions: str
     members: str
 
     @classmethod
@@ -50,22 +50,29 @@ class Tables:
         return cls(*(f"{prefix}{f.name}" for f in fields(cls)))
 
 
-BUILD = Tables(EVENTS, LOOKUP, PROFILE_OF, PROFILE_IDS, PROFILE_CONDITIONS, MEMBERS_NEXT)
+BUILD = Tables(EVENTS, VALUES, PROFILE_OF, PROFILE_IDS, MEMBERS_NEXT)
 
-# Allow-listed event fields and the SQL that reads each. Fields of few distinct values are bad
-# anchors for a condition (almost every row has them), so they come last when choosing one.
+# Allow-listed event fields and the SQL that reads each.
 COLUMNS = {
     "url": "url", "path": "path", "host": "host", "referrer_host": "referrer_host",
     "utm_source": "utm_source", "utm_medium": "utm_medium", "utm_campaign": "utm_campaign",
     "utm_term": "utm_term", "utm_content": "utm_content", "type": "type", "site": "site",
     "device_type": "device_type", "os": "os", "browser": "browser",
 }
-_BROAD_FIELDS = ("type", "site", "device_type", "os", "browser")
 
 # Who may be in a segment at all: no bots, profiling consent, an ID.
 ELIGIBLE = "is_bot = 0 AND can_profile = 1 AND (cookie_id != '' OR fp_id != '')"
 # The typed ID of a row: the third-party cookie when there is one (an event with both IDs links them).
 ROW_ID = "if(cookie_id != '', concat('c:', cookie_id), concat('f:', fp_id))"
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """What one row must satisfy: all of `predicates`, inside the last `window_days`."""
+
+    number: int
+    predicates: tuple[int, ...]
+    window_days: int
 
 
 @dataclass(frozen=True)
@@ -77,17 +84,23 @@ class ConditionSpec:
     max_count: int | None
     min_days: int | None
     min_engaged_ms: int | None
+    matcher: int = 0  # the number of its Matcher
+
+    @property
+    def counts(self) -> bool:
+        return self.min_count > 1 or self.max_count is not None
 
 
 @dataclass
 class Plan:
-    """Numbered predicates and conditions, and each segment's boolean over them."""
+    """Numbered predicates, matchers and conditions, and each segment's boolean over conditions."""
 
     segments: list[Segment]
-    predicates: list[Predicate] = field(default_factory=list)  # number = index + 1; 0 is "any event"
+    predicates: list[Predicate] = field(default_factory=list)  # number = index + 1
     category_values: dict[int, list[str]] = field(default_factory=dict)  # `is` → the IDs it covers
+    matchers: list[Matcher] = field(default_factory=list)  # number = index + 1
     conditions: list[ConditionSpec] = field(default_factory=list)  # number = index + 1
-    expressions: dict[int, str] = field(default_factory=dict)  # segment id → SQL over `held`
+    expressions: dict[int, str] = field(default_factory=dict)  # segment id → SQL over `h<condition>`
 
     @property
     def max_window_days(self) -> int:
@@ -96,11 +109,16 @@ class Plan:
     def fields(self) -> list[str]:
         return sorted({p.field for p in self.predicates})
 
+    def bounded(self, bound: str) -> list[int]:
+        """The matchers that some condition bounds by `bound` ('counts', 'min_days', 'min_engaged_ms')."""
+        return sorted({c.matcher for c in self.conditions if getattr(c, bound)})
+
 
 def compile_segments(segments: SegmentSet, taxonomy: ContentTaxonomy | None = None) -> Plan:
-    """Number the predicates and conditions of the active segments and write their booleans."""
+    """Number the predicates, matchers and conditions of the active segments and write their booleans."""
     plan = Plan(segments=[s for s in segments.active() if s.kind == "rule"])  # lookalikes are a model's
     predicate_numbers: dict[str, int] = {}
+    matcher_numbers: dict[tuple[tuple[int, ...], int], int] = {}
     condition_numbers: dict[tuple[Any, ...], int] = {}
 
     def predicate(p: Predicate) -> int:
@@ -112,21 +130,27 @@ def compile_segments(segments: SegmentSet, taxonomy: ContentTaxonomy | None = No
                 plan.category_values[len(plan.predicates)] = _category_ids(str(p.value), taxonomy)
         return predicate_numbers[key]
 
+    def matcher(numbers: tuple[int, ...], window_days: int) -> int:
+        if (numbers, window_days) not in matcher_numbers:
+            plan.matchers.append(Matcher(len(plan.matchers) + 1, numbers, window_days))
+            matcher_numbers[numbers, window_days] = len(plan.matchers)
+        return matcher_numbers[numbers, window_days]
+
     def condition(c: Condition, lookback_days: int) -> int:
         numbers = tuple(sorted({predicate(p) for p in c.where}))
         spec = (numbers, c.within_days or lookback_days, c.min_count, c.max_count, c.min_days, c.min_engaged_ms)
         if spec not in condition_numbers:
-            plan.conditions.append(ConditionSpec(len(plan.conditions) + 1, *spec))
+            plan.conditions.append(ConditionSpec(len(plan.conditions) + 1, *spec, matcher=matcher(*spec[:2])))
             condition_numbers[spec] = len(plan.conditions)
         return condition_numbers[spec]
 
     def expression(segment: Segment) -> str:
         universe = condition(Condition(), segment.lookback_days)  # seen at all in the lookback
-        return f"(has(held, {universe}) AND {rule(segment.rule, segment.lookback_days)})"
+        return f"(h{universe} AND {rule(segment.rule, segment.lookback_days)})"
 
     def rule(node: Any, lookback_days: int) -> str:
         if isinstance(node, Condition):
-            return f"has(held, {condition(node, lookback_days)})"
+            return f"h{condition(node, lookback_days)}"
         if isinstance(node, All):
             return "(" + " AND ".join(rule(child, lookback_days) for child in node.all) + ")"
         if isinstance(node, Any_):
@@ -152,6 +176,11 @@ def _category_ids(category: str, taxonomy: ContentTaxonomy | None) -> list[str]:
 
 Statement = tuple[str, dict[str, Any]]
 
+# The membership statement runs once an hour: ClickHouse's JIT would wait for a third run of the
+# same expressions before compiling them, so it is asked to compile at once (the aggregates of
+# one row then update in one pass, not one pass per function).
+MEMBERSHIP_SETTINGS = {"min_count_to_compile_expression": 0, "min_count_to_compile_aggregate_expression": 0}
+
 
 def window_filter() -> str:
     return (f"{ELIGIBLE} AND ts > fromUnixTimestamp64Milli({{since_ms:Int64}}, 'UTC') "
@@ -163,133 +192,253 @@ def window_params(plan: Plan, as_of_ms: int) -> dict[str, Any]:
     return {"since_ms": as_of_ms - plan.max_window_days * DAY_MS, "as_of_ms": as_of_ms}
 
 
-def lookup_statements(plan: Plan, as_of_ms: int, tables: Tables = BUILD) -> Iterator[Statement]:
-    """One INSERT per field: its distinct values in the window → the predicates each satisfies."""
-    for field_name in plan.fields():
-        numbered = [(n, p) for n, p in enumerate(plan.predicates, 1) if p.field == field_name]
-        params: dict[str, Any] = {"field": field_name, **window_params(plan, as_of_ms)}
-        tests = []
-        for number, p in numbered:
-            params[f"p{number}"] = plan.category_values.get(number, p.value)
-            tests.append(f"if({predicate_sql(p, number)}, {number}, 0)")
-        value = _value_sql(field_name, params, distinct=True)
-        sql = (
-            f"INSERT INTO {tables.lookup} (field, value, preds) "
-            f"SELECT {{field:String}}, v, arrayFilter(x -> x != 0, [{', '.join(tests)}]) AS preds "
-            f"FROM (SELECT DISTINCT {value} AS v FROM {tables.events} WHERE {window_filter()}) WHERE notEmpty(preds)"
-        )
-        yield sql, params
-
-
-def predicate_sql(p: Predicate, number: int) -> str:
-    """A predicate over `v`, its value bound as parameter `p<number>`."""
+def predicate_sql(p: Predicate, number: int, value: str = "v") -> str:
+    """A predicate over one value (`v` unless told), its value bound as parameter `p<number>`."""
     param = f"p{number}"
     if p.op in (Op.IN, Op.IS):
-        return f"has({{{param}:Array(String)}}, v)"
+        return f"{value} IN {{{param}:Array(String)}}"
     return {
-        Op.EQ: f"v = {{{param}:String}}",
-        Op.NEQ: f"v != {{{param}:String}}",
-        Op.PREFIX: f"startsWith(v, {{{param}:String}})",
-        Op.CONTAINS: f"position(v, {{{param}:String}}) > 0",
-        Op.REGEX: f"match(v, {{{param}:String}})",
+        Op.EQ: f"{value} = {{{param}:String}}",
+        Op.NEQ: f"{value} != {{{param}:String}}",
+        Op.PREFIX: f"startsWith({value}, {{{param}:String}})",
+        Op.CONTAINS: f"position({value}, {{{param}:String}}) > 0",
+        Op.REGEX: f"match({value}, {{{param}:String}})",
     }[p.op]
 
 
-def _value_sql(field_name: str, params: dict[str, Any], distinct: bool = False) -> str:
-    """The SQL reading a field's value from an events row; a prop's name is a bound parameter."""
-    if field_name == "category":
-        return "arrayJoin(categories)" if distinct else "categories"
+def row_predicate_sql(plan: Plan, number: int, params: dict[str, Any]) -> str:
+    """Predicate `number` on an events row, as a boolean. Categories are a list: the row matches
+    when one of them does."""
+    p = plan.predicates[number - 1]
+    params[f"p{number}"] = plan.category_values.get(number, p.value)
+    if p.field == "category":
+        if p.op in (Op.IN, Op.IS):
+            return f"hasAny(categories, {{p{number}:Array(String)}})"
+        if p.op is Op.EQ:
+            return f"has(categories, {{p{number}:String}})"
+        return f"arrayExists(v -> {predicate_sql(p, number)}, categories)"
+    return predicate_sql(p, number, _value_sql(plan, p.field, params))
+
+
+LITERAL_OPS = (Op.EQ, Op.IN, Op.IS)
+# Stored as LowCardinality: a function of one is evaluated once per dictionary value, not per row.
+LOW_CARDINALITY = {"host", "referrer_host", "utm_source", "utm_medium", "type", "site", "device_type", "os", "browser"}
+
+
+def looked_up(plan: Plan, field_name: str, numbers: list[int]) -> bool:
+    """A plain String field with a test other than equality (a path prefix, a URL regex) is
+    evaluated once per distinct value of the window into a lookup table, not once per row."""
+    return (field_name not in LOW_CARDINALITY and field_name != "category"
+            and any(plan.predicates[n - 1].op not in LITERAL_OPS for n in numbers))
+
+
+@dataclass
+class _Layout:
+    """Where each predicate and matcher lives in the per-row and per-ID columns.
+
+    A row's predicates are bits of one mask per field (`f<k>`, 64 predicates a mask): a field's
+    equality tests are one `transform` of its value, the rest a bit each. A matcher of a single
+    predicate over the scan's whole window is then just that bit, and its presence per ID is the
+    OR of the field masks; only the other matchers (several predicates, or a narrower window) are
+    booleans of their own, packed into words `w<j>`. Per-row work follows the fields and the
+    compound matchers, not every condition of every segment.
+    """
+
+    masks: list[tuple[str, str, list[int]]] = field(default_factory=list)  # (name, field, predicates)
+    bit_of: dict[int, tuple[str, int]] = field(default_factory=dict)  # predicate → (mask, bit)
+    packed: dict[int, tuple[str, int]] = field(default_factory=dict)  # compound matcher → (word, bit)
+
+    @classmethod
+    def of(cls, plan: Plan) -> _Layout:
+        layout = cls()
+        for field_name in plan.fields():
+            numbers = [n for n, p in enumerate(plan.predicates, 1) if p.field == field_name]
+            for start in range(0, len(numbers), 64):
+                name = f"f{len(layout.masks)}"
+                layout.masks.append((name, field_name, numbers[start:start + 64]))
+                for bit, number in enumerate(numbers[start:start + 64]):
+                    layout.bit_of[number] = (name, bit)
+        compound = [m.number for m in plan.matchers if not layout.plain(plan, m.number)]
+        for index, number in enumerate(compound):
+            layout.packed[number] = (f"w{index // 64}", index % 64)
+        return layout
+
+    @staticmethod
+    def plain(plan: Plan, matcher: int) -> bool:
+        m = plan.matchers[matcher - 1]
+        return len(m.predicates) == 1 and m.window_days == plan.max_window_days
+
+    def words(self) -> list[str]:
+        return sorted({word for word, _bit in self.packed.values()}, key=lambda w: int(w[1:]))
+
+    def row_test(self, plan: Plan, matcher: int) -> str:
+        """The matcher on one row."""
+        if matcher in self.packed:
+            return f"m{matcher}"
+        mask, bit = self.bit_of[plan.matchers[matcher - 1].predicates[0]]
+        return f"bitTest({mask}, {bit})"
+
+    def presence(self, plan: Plan, matcher: int) -> str:
+        """Some row of the ID (or profile) met the matcher: a bit of the OR-ed masks or words."""
+        if matcher in self.packed:
+            return "bitTest({}_any, {})".format(*self.packed[matcher])
+        return "bitTest({}_any, {})".format(*self.bit_of[plan.matchers[matcher - 1].predicates[0]])
+
+
+def _mask_sql(plan: Plan, field_name: str, numbers: list[int], params: dict[str, Any], value: str = "") -> str:
+    """One field's predicates as the bits of a UInt64: over the events row, or over `value`."""
+    parts = []
+    keys: dict[str, int] = {}
+    for bit, number in enumerate(numbers):
+        p = plan.predicates[number - 1]
+        if p.op in LITERAL_OPS:
+            literals = plan.category_values.get(number) or (p.value if isinstance(p.value, list) else [p.value])
+            for literal in literals:
+                keys[str(literal)] = keys.get(str(literal), 0) | 1 << bit
+        else:
+            test = predicate_sql(p, number, value) if value else row_predicate_sql(plan, number, params)
+            params[f"p{number}"] = p.value
+            parts.append(f"bitShiftLeft(toUInt64({test}), {bit})")
+    if keys:
+        name = f"k{numbers[0]}"
+        params[f"{name}_values"], params[f"{name}_bits"] = list(keys), list(keys.values())
+        table = f"{{{name}_values:Array(String)}}, {{{name}_bits:Array(UInt64)}}, toUInt64(0)"
+        if field_name == "category":  # the OR over the row's categories
+            parts.append(f"arrayReduce('groupBitOr', arrayMap(c -> transform(c, {table}), categories))")
+        else:
+            parts.append(f"transform({value or _value_sql(plan, field_name, params)}, {table})")
+    expression = parts[0]
+    for part in parts[1:]:
+        expression = f"bitOr({expression}, {part})"
+    return expression
+
+
+def _value_sql(plan: Plan, field_name: str, params: dict[str, Any]) -> str:
+    """A scalar field of an events row; a prop's name is a parameter, one per name."""
     if field_name.startswith("prop."):
-        params["prop_name"] = field_name[len("prop."):]
-        return "props[{prop_name:String}]"
+        key = f"prop{[f for f in plan.fields() if f.startswith('prop.')].index(field_name)}"
+        params[key] = field_name[len("prop."):]
+        return f"props[{{{key}:String}}]"
     return COLUMNS[field_name]
 
 
-def scan_statement(plan: Plan, as_of_ms: int, tables: Tables = BUILD) -> Statement:
-    """The one scan: each eligible row → the conditions it satisfies → per-profile aggregates."""
-    params: dict[str, Any] = window_params(plan, as_of_ms)
-    params["need"] = [list(c.predicates) for c in plan.conditions]
-    params["since"] = [as_of_ms - c.window_days * DAY_MS for c in plan.conditions]
-    params["anchor"] = _anchors(plan)
-    lookups = ["[toUInt32(0)]"]
-    for index, field_name in enumerate(plan.fields()):
-        key = f"field{index}"
-        params[key] = field_name
-        value = _value_sql(field_name, params)
-        if field_name.startswith("prop."):  # each prop reads its own name
-            params[f"prop{index}"] = params.pop("prop_name")
-            value = f"props[{{prop{index}:String}}]"
-        probe = f"joinGet('{tables.lookup}', 'preds', {{{key}:String}}, "
-        if field_name == "category":  # an array: each category is looked up
-            lookups.append(f"arrayFlatten(arrayMap(c -> {probe}c), {value}))")
+def values_statements(plan: Plan, as_of_ms: int, tables: Tables = BUILD) -> list[Statement]:
+    """For each looked-up field mask: its distinct values in the window → the mask, where not 0.
+    The window is on `ts` alone: a value of an ineligible row costs a row here, nothing more."""
+    statements = []
+    for index, (_name, field_name, numbers) in enumerate(_Layout.of(plan).masks):
+        if looked_up(plan, field_name, numbers):
+            params: dict[str, Any] = {**window_params(plan, as_of_ms), "mask": index}
+            value = _value_sql(plan, field_name, params)
+            statements.append((
+                f"INSERT INTO {tables.values} (mask, value, bits) SELECT {{mask:UInt16}}, v, bits FROM ("
+                f"SELECT v, {_mask_sql(plan, field_name, numbers, params, 'v')} AS bits FROM ("
+                f"SELECT DISTINCT {value} AS v FROM {tables.events} "
+                "WHERE ts > fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
+                "AND ts <= fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC'))) WHERE bits != 0", params))
+    return statements
+
+
+def _row_columns(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str, Any], tables: Tables) -> list[str]:
+    """Per row: the field masks, each window narrower than the scan's (`in<days>`), each compound
+    matcher (`m<n>`) and their words, and the row's day as a bit (`day_bit`) and a date (`day`)."""
+    columns = []
+    for index, (name, field_name, numbers) in enumerate(layout.masks):
+        if looked_up(plan, field_name, numbers):
+            value = _value_sql(plan, field_name, params)
+            columns.append(f"joinGet('{tables.values}', 'bits', toUInt16({index}), {value}) AS {name}")
         else:
-            lookups.append(f"{probe}{value})")
-    sql = f"""
-INSERT INTO {tables.profile_conditions} (profile, cond, n, days, engaged)
-SELECT profile, cond, count(), uniqExact(toDate(ts)), sum(engaged_ms)
-FROM (
-    SELECT
-        {ROW_ID} AS row_id, joinGet('{tables.profile_of}', 'profile', row_id) AS linked,
-        if(linked = '', row_id, linked) AS profile, ts, engaged_ms, toUnixTimestamp64Milli(ts) AS ts_ms,
-        arrayConcat({', '.join(lookups)}) AS preds,
-        arrayJoin(arrayFilter(
-            c -> ts_ms > {{since:Array(Int64)}}[c] AND hasAll(preds, {{need:Array(Array(UInt32))}}[c]),
-            arrayDistinct(arrayFlatten(arrayMap(p -> {{anchor:Array(Array(UInt32))}}[p + 1], preds)))
-        )) AS cond
-    FROM {tables.events}
-    WHERE {window_filter()}
-)
-GROUP BY profile, cond"""
-    return sql, params
+            columns.append(f"{_mask_sql(plan, field_name, numbers, params)} AS {name}")
+    for days in sorted({m.window_days for m in plan.matchers if m.window_days < plan.max_window_days}):
+        params[f"since{days}"] = as_of_ms - days * DAY_MS
+        columns.append(f"ts > fromUnixTimestamp64Milli({{since{days}:Int64}}, 'UTC') AS in{days}")
+    for number in layout.packed:
+        m = plan.matchers[number - 1]
+        tests = ["bitTest({}, {})".format(*layout.bit_of[n]) for n in m.predicates]
+        if m.window_days < plan.max_window_days:
+            tests.append(f"in{m.window_days}")
+        columns.append(f"{' AND '.join(tests) or '1'} AS m{number}")
+    for word in layout.words():
+        bits = " + ".join(f"bitShiftLeft(toUInt64(m{number}), {bit})"
+                          for number, (w, bit) in layout.packed.items() if w == word)
+        columns.append(f"{bits} AS {word}")
+    # Days before as_of, 0 for as_of's own date: bit d of a day mask. Clamped so that rows of a
+    # longer window do not shift past the word (their masks are never read).
+    columns.append(f"toDate(ts) AS day, bitShiftLeft(toUInt64(1), least(toUInt8(dateDiff('day', day, "
+                   f"toDate(fromUnixTimestamp64Milli({{as_of_ms:Int64}}, 'UTC')))), {DAY_BITS - 1})) AS day_bit")
+    return columns
 
 
-def _anchors(plan: Plan) -> list[list[int]]:
-    """For each predicate number (0 first), the conditions it anchors: a row is tested only
-    against conditions anchored by a predicate it satisfies, not against all of them."""
-    anchors: list[list[int]] = [[] for _ in range(len(plan.predicates) + 1)]
+def _aggregates(plan: Plan, layout: _Layout) -> list[tuple[str, str]]:
+    """(per ID, per profile) aggregates: the second merges the first over a profile's IDs."""
+    # `<mask>_any`: a mask's OR over rows, named apart from the row's mask that other aggregates read.
+    aggregates = [(f"groupBitOr({name}) AS {name}_any", f"groupBitOr({name}_any) AS {name}_any")
+                  for name in [*(mask for mask, _f, _n in layout.masks), *layout.words()]]
+    for m in plan.bounded("counts"):
+        aggregates.append((f"countIf({layout.row_test(plan, m)}) AS n{m}", f"sum(n{m}) AS n{m}"))
+    for m in plan.bounded("min_days"):
+        test = layout.row_test(plan, m)
+        if plan.matchers[m - 1].window_days < DAY_BITS:
+            aggregates.append((f"groupBitOr(if({test}, day_bit, 0)) AS d{m}", f"groupBitOr(d{m}) AS d{m}"))
+        else:
+            aggregates.append((f"groupUniqArrayIf(day, {test}) AS d{m}", f"groupUniqArrayArray(d{m}) AS d{m}"))
+    for m in plan.bounded("min_engaged_ms"):
+        aggregates.append((f"sumIf(engaged_ms, {layout.row_test(plan, m)}) AS e{m}", f"sum(e{m}) AS e{m}"))
+    return aggregates
+
+
+def _held_columns(plan: Plan, layout: _Layout, params: dict[str, Any]) -> list[str]:
+    """Per profile: condition `h<n>` holds when its matcher met a row and its bounds hold."""
+    columns = []
     for c in plan.conditions:
-        anchors[_anchor(plan, c)].append(c.number)
-    return anchors
+        tests = [layout.presence(plan, c.matcher)]
+        if c.min_count > 1:
+            params[f"min_n{c.number}"] = c.min_count
+            tests.append(f"n{c.matcher} >= {{min_n{c.number}:UInt64}}")
+        if c.max_count is not None:
+            params[f"max_n{c.number}"] = c.max_count
+            tests.append(f"n{c.matcher} <= {{max_n{c.number}:UInt64}}")
+        if c.min_days:
+            params[f"min_days{c.number}"] = c.min_days
+            days = f"bitCount(d{c.matcher})" if c.window_days < DAY_BITS else f"length(d{c.matcher})"
+            tests.append(f"{days} >= {{min_days{c.number}:UInt64}}")
+        if c.min_engaged_ms:
+            params[f"min_engaged{c.number}"] = c.min_engaged_ms
+            tests.append(f"e{c.matcher} >= {{min_engaged{c.number}:UInt64}}")
+        columns.append(f"({' AND '.join(tests)}) AS h{c.number}")
+    return columns
 
 
-def _anchor(plan: Plan, c: ConditionSpec) -> int:
-    if not c.predicates:
-        return 0
-    return min(c.predicates, key=lambda n: (plan.predicates[n - 1].field in _BROAD_FIELDS, n))
-
-
-def membership_statement(plan: Plan, build_id: int, tables: Tables = BUILD) -> Statement:
-    """Per profile: the conditions that hold, each segment's boolean, one row per (segment, ID)."""
-    conditions = plan.conditions
-    params: dict[str, Any] = {
-        "build_id": build_id,
-        "min_n": [c.min_count for c in conditions],
-        "max_n": [c.max_count or 2**63 - 1 for c in conditions],
-        "min_days": [c.min_days or 0 for c in conditions],
-        "min_engaged": [c.min_engaged_ms or 0 for c in conditions],
-    }
+def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Tables = BUILD) -> Statement:
+    """The build in one statement: the scan, per-ID and per-profile aggregates, each segment's
+    boolean, and a row per ID with its segments into `tables.members`."""
+    params: dict[str, Any] = {**window_params(plan, as_of_ms), "build_id": build_id}
+    layout = _Layout.of(plan)
+    rows = ", ".join(_row_columns(plan, layout, as_of_ms, params, tables))
+    per_id, per_profile = zip(*_aggregates(plan, layout), strict=True)
+    held = ", ".join(_held_columns(plan, layout, params))
     picks = ", ".join(f"if({expr}, toUInt32({segment_id}), toUInt32(0))"
                       for segment_id, expr in plan.expressions.items())
     sql = f"""
-INSERT INTO {tables.members} (segment_id, id, id_type, profile_id, build_id)
-SELECT segment_id, substring(typed_id, 3), if(startsWith(typed_id, 'c:'), 'cookie', 'fp'), profile,
-       {{build_id:UInt64}}
+INSERT INTO {tables.members} (id, id_type, profile_id, segments, build_id)
+SELECT substring(typed_id, 3), if(startsWith(typed_id, 'c:'), 'cookie', 'fp'), profile, segments, {{build_id:UInt64}}
 FROM (
-    SELECT profile, arrayFilter(
-        (c, n, d, e) -> n >= {{min_n:Array(UInt64)}}[c] AND n <= {{max_n:Array(UInt64)}}[c]
-            AND d >= {{min_days:Array(UInt64)}}[c] AND e >= {{min_engaged:Array(UInt64)}}[c],
-        cs, ns, ds, es) AS held
+    SELECT profile, {held}, arrayFilter(s -> s != 0, [{picks}]) AS segments
     FROM (
-        SELECT profile, groupArray(cond) cs, groupArray(n) ns, groupArray(days) ds, groupArray(engaged) es
-        FROM {tables.profile_conditions} GROUP BY profile
+        SELECT if(linked = '', row_id, linked) AS profile, {', '.join(per_profile)}
+        FROM (
+            SELECT row_id, joinGet('{tables.profile_of}', 'profile', row_id) AS linked, {', '.join(per_id)}
+            FROM (SELECT {ROW_ID} AS row_id, engaged_ms, {rows} FROM {tables.events} WHERE {window_filter()})
+            GROUP BY row_id
+        )
+        GROUP BY profile
     )
-    WHERE profile NOT IN (
+    WHERE notEmpty(segments) AND profile NOT IN (
         SELECT if(linked = '', typed, linked) FROM (
             SELECT arrayJoin([concat('c:', id), concat('f:', id)]) AS typed,
                    joinGet('{tables.profile_of}', 'profile', typed) AS linked
             FROM crumb.optouts)
     )
 )
-ARRAY JOIN arrayFilter(s -> s != 0, [{picks}]) AS segment_id
 ARRAY JOIN if(empty(joinGet('{tables.profile_ids}', 'ids', profile) AS ids), [profile], ids) AS typed_id"""
     return sql, params

@@ -16,16 +16,15 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from audiences.builder import MAX_LINK_ROUNDS, OPEN_INTERVAL
+from audiences.builder import OPEN_INTERVAL
 from audiences.compiler import (
-    COLUMNS,
     DAY_MS,
     ELIGIBLE,
     EVENTS,
     ConditionSpec,
     Plan,
     compile_segments,
-    predicate_sql,
+    row_predicate_sql,
     window_filter,
     window_params,
 )
@@ -98,11 +97,14 @@ def _activated(segments: SegmentSet, segment_id: int) -> SegmentSet:
     return SegmentSet([active if s.id == segment_id else s for s in segments.by_id.values()])
 
 
+MAX_PROFILE_HOPS = 10_000  # a chain longer than this is cut short; no real profile is near it
+
+
 def resolve_profile(client: Client, typed_id: str, plan: Plan, as_of_ms: int) -> list[str]:
     """The typed IDs ('c:<cookie>', 'f:<fp>') of the profile holding `typed_id`, its label first:
     the component of the ID graph the build would find, followed one hop per query."""
     ids, frontier = {typed_id}, {typed_id}
-    for _ in range(MAX_LINK_ROUNDS):
+    for _ in range(MAX_PROFILE_HOPS):
         rows = client.query(
             f"SELECT DISTINCT cookie_id, fp_id FROM {EVENTS} WHERE {window_filter()} "
             "AND cookie_id != '' AND fp_id != '' "
@@ -134,7 +136,7 @@ def _condition_counts(
     for number in numbers:
         spec = plan.conditions[number - 1]
         params[f"since{number}"] = as_of_ms - spec.window_days * DAY_MS
-        matches = [f"ts_ms > {{since{number}:Int64}}", *(_row_test(plan, p, params) for p in spec.predicates)]
+        matches = [f"ts_ms > {{since{number}:Int64}}", *(row_predicate_sql(plan, p, params) for p in spec.predicates)]
         tests.append(f"if({' AND '.join(matches)}, toUInt32({number}), toUInt32(0))")
     rows = client.query(
         "SELECT cond, count(), uniqExact(toDate(ts)), sum(engaged_ms), min(ts_ms), max(ts_ms) FROM ("
@@ -144,20 +146,6 @@ def _condition_counts(
         " AND (has({cookies:Array(String)}, cookie_id) OR has({fps:Array(String)}, fp_id))"
         ") GROUP BY cond", parameters=params).result_rows
     return {int(row[0]): Found(*(int(v) for v in row[1:])) for row in rows}
-
-
-def _row_test(plan: Plan, number: int, params: dict[str, Any]) -> str:
-    """Predicate `number` on an events row: the compiler's test of a value, over the row's values."""
-    predicate = plan.predicates[number - 1]
-    params[f"p{number}"] = plan.category_values.get(number, predicate.value)
-    if predicate.field == "category":
-        values = "categories"
-    elif predicate.field.startswith("prop."):
-        params[f"prop{number}"] = predicate.field[len("prop."):]
-        values = f"[props[{{prop{number}:String}}]]"
-    else:
-        values = f"[{COLUMNS[predicate.field]}]"
-    return f"arrayExists(v -> {predicate_sql(predicate, number)}, {values})"
 
 
 class _Evaluation:

@@ -15,7 +15,7 @@ dropped from the feature table, so nobody else can be scored into an audience. P
 chunk of the population at a time; the training sample is capped.
 
 `build_lookalikes` runs inside a build (profiles as the build linked them, the seed from this
-build's `segment_members_next`); `run_lookalike` is the CLI's (each typed ID its own profile, the
+build's `id_segments_next`); `run_lookalike` is the CLI's (each typed ID its own profile, the
 seed from the last build's `segment_members`).
 """
 
@@ -307,7 +307,7 @@ def build_lookalikes(
     client: Client, segments: SegmentSet, build_id: int, as_of_ms: int, taxonomy: ContentTaxonomy | None = None,
     progress: Progress = SILENT,
 ) -> dict[int, dict[str, Any]]:
-    """Inside a build, after the rule members: each active lookalike's members → segment_members_next."""
+    """Inside a build, after the rule members: each active lookalike's members → id_segments_next."""
     return {segment.id: _build_one(client, segment, build_id, as_of_ms, taxonomy, progress)
             for segment in segments.lookalikes()}
 
@@ -323,8 +323,8 @@ def _build_one(client: Client, segment: Segment, build_id: int, as_of_ms: int,
     if result["status"] == "ok":
         sql, params = run.audience_sql()
         client.command(
-            f"INSERT INTO {MEMBERS_NEXT} (segment_id, id, id_type, profile_id, build_id) "
-            "SELECT {s:UInt32}, substring(typed_id, 3), if(startsWith(typed_id, 'c:'), 'cookie', 'fp'), profile, "
+            f"INSERT INTO {MEMBERS_NEXT} (id, id_type, profile_id, segments, build_id) "
+            "SELECT substring(typed_id, 3), if(startsWith(typed_id, 'c:'), 'cookie', 'fp'), profile, [{s:UInt32}], "
             f"{{r:UInt64}} FROM ({sql}) "
             f"ARRAY JOIN if(empty(joinGet('{PROFILE_IDS}', 'ids', profile) AS ids), [profile], ids) AS typed_id",
             parameters=params)

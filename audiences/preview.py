@@ -19,16 +19,16 @@ from audiences.compiler import (
     BUILD,
     DAY_MS,
     EVENTS,
+    MEMBERSHIP_SETTINGS,
     ROW_ID,
     Plan,
     Tables,
     compile_segments,
-    lookup_statements,
     membership_statement,
-    scan_statement,
+    values_statements,
     window_filter,
 )
-from audiences.definitions import Condition, Segment, SegmentSet, Status, references
+from audiences.definitions import Segment, SegmentSet, Status, references
 from collector.categories import ContentTaxonomy
 
 SAMPLE_BUCKETS = 1_000_000  # an ID is sampled when cityHash64(typed ID) % SAMPLE_BUCKETS < buckets
@@ -82,12 +82,14 @@ def _evaluate(client: Client, plan: Plan, segment: Segment, as_of_ms: int, bucke
     tables = Tables.scratch(f"crumb._preview_{uuid.uuid4().hex[:12]}_")
     try:
         _make_scratch(client, tables, buckets)
-        for sql, parameters in [*lookup_statements(plan, as_of_ms, tables), scan_statement(plan, as_of_ms, tables),
-                                membership_statement(plan, 0, tables)]:
+        for sql, parameters in values_statements(plan, as_of_ms, tables):
             client.command(sql, parameters=parameters)
+        sql, parameters = membership_statement(plan, as_of_ms, 0, tables)
+        client.command(sql, parameters=parameters, settings=MEMBERSHIP_SETTINGS)
         sampled = client.query(
-            f"SELECT count() FROM {tables.profile_conditions} WHERE cond = {{cond:UInt32}}",
-            parameters={"cond": _universe(plan, segment)}).result_rows[0][0]
+            f"SELECT uniqExact({ROW_ID}) FROM {tables.events} WHERE {window_filter()}",
+            parameters={"since_ms": as_of_ms - segment.lookback_days * DAY_MS, "as_of_ms": as_of_ms},
+        ).result_rows[0][0]
         members = client.query(f"SELECT uniqExact(profile_id) FROM {tables.members}").result_rows[0][0]
     finally:
         _drop_scratch(client, tables)
@@ -106,14 +108,6 @@ def _drop_scratch(client: Client, tables: Tables) -> None:
     drop_scratch(client, tables)
     client.command(f"DROP TABLE IF EXISTS {tables.members}")
     client.command(f"DROP VIEW IF EXISTS {tables.events}")
-
-
-def _universe(plan: Plan, segment: Segment) -> int:
-    """The number of the segment's "seen at all in the lookback" condition."""
-    seen = Condition.model_validate({})
-    return next(c.number for c in plan.conditions if c.predicates == () and c.window_days == segment.lookback_days
-                and (c.min_count, c.max_count, c.min_days, c.min_engaged_ms)
-                == (seen.min_count, seen.max_count, seen.min_days, seen.min_engaged_ms))
 
 
 def _population(client: Client, segment: Segment, as_of_ms: int) -> int:

@@ -106,9 +106,39 @@ CREATE TABLE IF NOT EXISTS {db}.lookalike_runs {on_cluster} (
 ) ENGINE = {MergeTree} ORDER BY (segment_id, run_id)
 """
 
+# Members of the last successful build, one row per ID with the segments it is in: a hundred
+# segments' members are a million rows, not ten million, so a build writes and compares them in
+# seconds. A build fills `id_segments_next` (a lookalike adds rows of its own for an ID), then the
+# two are exchanged atomically: a reader sees the old build or the new one, never half of one.
+_ID_SEGMENTS = """
+CREATE TABLE IF NOT EXISTS {db}.%s {on_cluster} (
+    id String,                          -- a cookie ID (third-party) or a first-party ID
+    id_type LowCardinality(String),     -- 'cookie' or 'fp'
+    profile_id String,                  -- the resolved profile the segments were computed for
+    segments Array(UInt32),
+    build_id UInt64
+) ENGINE = {MergeTree} ORDER BY (id_type, id)
+"""
+# `segment_members` (segment_id, id, id_type, profile_id, build_id) stays what readers query: a
+# view with a row per (segment, ID). The old tables go; the first build after the upgrade enters
+# every member again, which destinations take as the idempotent adds they are.
+_MEMBERS_VIEW = """
+CREATE VIEW IF NOT EXISTS {db}.%s {on_cluster} AS
+SELECT segment_id, id, id_type, profile_id, build_id FROM {db}.%s ARRAY JOIN segments AS segment_id
+"""
+
 MIGRATIONS = [
     Migration("audiences_0001_members", [_MEMBERS, _MEMBERS_NEXT]),
     Migration("audiences_0002_deltas_history", [_DELTAS, _HISTORY]),
     Migration("audiences_0003_builds", [_BUILDS, _SIZES]),
     Migration("audiences_0004_lookalikes", [_SCORES, _RUNS]),
+    Migration("audiences_0005_id_segments", [
+        _ID_SEGMENTS % "id_segments", _ID_SEGMENTS % "id_segments_next",
+        "DROP TABLE IF EXISTS {db}.segment_members {on_cluster}",
+        "DROP TABLE IF EXISTS {db}.segment_members_next {on_cluster}",
+        "DROP TABLE IF EXISTS {db}._build_lookup {on_cluster}",  # scratch tables of the earlier plan
+        "DROP TABLE IF EXISTS {db}._build_profile_conditions {on_cluster}",
+        _MEMBERS_VIEW % ("segment_members", "id_segments"),
+        _MEMBERS_VIEW % ("segment_members_next", "id_segments_next"),
+    ]),
 ]

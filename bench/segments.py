@@ -23,7 +23,6 @@ peak RSS of the build, the honest reading when the engine is embedded.
     python bench/segments.py                     # 10M events / 1M cookies / 30 days, temp dir
     python bench/segments.py --quick             # 1M events / 100k cookies: a smoke check
     python bench/segments.py --data-dir DIR      # load into DIR once; later runs reuse it
-    python bench/segments.py --experiments       # also: the scan under other ClickHouse settings
 
 Numbers go to the terminal and to bench/results/segments.json.
 """
@@ -54,14 +53,11 @@ if str(REPO) not in sys.path:
 import clickhouse_connect  # noqa: E402
 from clickhouse_connect.driver.client import Client  # noqa: E402
 
-from audiences.builder import BuildResult, build, drop_scratch, make_scratch  # noqa: E402
+from audiences.builder import BuildResult, build  # noqa: E402
 from audiences.compiler import (  # noqa: E402
-    COLUMNS,
     Plan,
     compile_segments,
-    lookup_statements,
-    predicate_sql,
-    scan_statement,
+    row_predicate_sql,
     window_filter,
     window_params,
 )
@@ -76,8 +72,8 @@ FIRST_SEGMENT_ID = 1000
 TARGET_FLOOR_RATIO = 3.0  # build(100) / floor
 TARGET_GROWTH = 2.0  # build(100) / build(10)
 TARGET_RSS_MB = 500.0
-STEPS = ("profiles", "lookups", "scan", "members", "deltas", "swap")
-OUTPUT_TABLES = ("segment_members", "segment_members_next", "segment_deltas", "segment_history", "segment_sizes")
+STEPS = ("profiles", "members", "deltas", "swap")
+OUTPUT_TABLES = ("id_segments", "id_segments_next", "segment_deltas", "segment_history", "segment_sizes")
 
 
 # --------------------------------------------------------------------------------------- memory
@@ -391,18 +387,7 @@ def floor_sql() -> str:
 def direct_statement(plan: Plan, as_of_ms: int) -> tuple[str, dict[str, Any], int]:
     """One countIf per condition (uniqExactIf / sumIf where its bounds need them), one GROUP BY cookie."""
     params: dict[str, Any] = window_params(plan, as_of_ms)
-    predicates = {}
-    for number, p in enumerate(plan.predicates, 1):
-        params[f"p{number}"] = plan.category_values.get(number, p.value)
-        if p.field == "category":
-            predicates[number] = f"hasAny(categories, {{p{number}:Array(String)}})"
-            continue
-        if p.field.startswith("prop."):
-            params[f"prop{number}"] = p.field[len("prop."):]
-            column = f"props[{{prop{number}:String}}]"
-        else:
-            column = COLUMNS[p.field]
-        predicates[number] = re.sub(r"(?<![\w{:])v(?!\w)", lambda _m, col=column: col, predicate_sql(p, number))
+    predicates = {number: row_predicate_sql(plan, number, params) for number in range(1, len(plan.predicates) + 1)}
     aggregates = []
     for c in plan.conditions:
         test = [predicates[n] for n in c.predicates]
@@ -431,132 +416,6 @@ def reset_outputs(client: Client) -> None:
         client.command(f"TRUNCATE TABLE IF EXISTS crumb.{table}")
 
 
-# ----------------------------------------------------------------------------------- experiments
-
-# A scan variant: (name, SQL, parameters, settings, statements run before each timing). "as built" is the
-# builder's own statement; the SELECT-only variants show where its time and memory go.
-ScanVariant = tuple[str, str, dict[str, Any], dict[str, Any], list[str]]
-TS_WINDOW = ("ts > fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
-             "AND ts <= fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC')")
-DELTAS_ANTI = (
-    "SELECT n.segment_id, n.id, n.id_type, 'enter' FROM crumb._bench_next AS n "
-    "LEFT ANTI JOIN crumb.segment_members AS o ON o.segment_id = n.segment_id AND o.id = n.id UNION ALL "
-    "SELECT o.segment_id, o.id, o.id_type, 'exit' FROM crumb.segment_members AS o "
-    "LEFT ANTI JOIN crumb._bench_next AS n ON o.segment_id = n.segment_id AND o.id = n.id FORMAT Null")
-DELTAS_FULL = (
-    "SELECT if(empty(n.id), o.segment_id, n.segment_id), if(empty(n.id), o.id, n.id), "
-    "if(empty(n.id), o.id_type, n.id_type), if(empty(n.id), 'exit', 'enter') "
-    "FROM crumb._bench_next AS n FULL OUTER JOIN crumb.segment_members AS o "
-    "ON o.segment_id = n.segment_id AND o.id = n.id WHERE empty(n.id) OR empty(o.id) FORMAT Null")
-
-
-def _lookups_sql(plan: Plan, as_of_ms: int, ts_only: bool) -> list[tuple[str, dict[str, Any]]]:
-    statements = list(lookup_statements(plan, as_of_ms))
-    return [(sql.replace(window_filter(), TS_WINDOW) if ts_only else sql, params) for sql, params in statements]
-
-
-def scan_variants(plan: Plan, as_of_ms: int) -> list[ScanVariant]:
-    scan_sql, scan_params = scan_statement(plan, as_of_ms)
-    inner = scan_sql.split("FROM (", 1)[1].rsplit(")\nGROUP BY", 1)[0]
-    per_row = inner.replace("arrayJoin(arrayFilter(", "(arrayFilter(", 1)  # each row's conditions as an array
-    bitmask_days = ("groupBitOr(bitShiftLeft(toUInt64(1), toUInt8(toDate(ts) - "
-                    "toDate(fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC')))))")
-    truncate = ["TRUNCATE TABLE crumb._build_profile_conditions"]
-    return [
-        ("as built", scan_sql, scan_params, {}, truncate),
-        ("max_threads=1", scan_sql, scan_params, {"max_threads": 1}, truncate),
-        ("optimize_aggregation_in_order=1", scan_sql, scan_params, {"optimize_aggregation_in_order": 1}, truncate),
-        ("max_bytes_before_external_group_by=300MB", scan_sql, scan_params,
-         {"max_bytes_before_external_group_by": 300_000_000}, truncate),
-        ("SELECT only, as built", f"SELECT profile, cond, count(), uniqExact(toDate(ts)), sum(engaged_ms) "
-         f"FROM ({inner}) GROUP BY profile, cond FORMAT Null", scan_params, {}, []),
-        ("SELECT only, days as a bitmask, not uniqExact", f"SELECT profile, cond, count(), {bitmask_days}, "
-         f"sum(engaged_ms) FROM ({inner}) GROUP BY profile, cond FORMAT Null", scan_params, {}, []),
-        ("per-row part alone (no aggregation)", f"SELECT profile, cond FROM ({per_row}) FORMAT Null",
-         scan_params, {}, []),
-        ("per-row part + GROUP BY profile (held set only)",
-         f"SELECT profile, groupUniqArrayArray(cond) FROM ({per_row}) GROUP BY profile FORMAT Null",
-         scan_params, {}, []),
-    ]
-
-
-def experiments(client: Client, sampler: Sampler, segments: SegmentSet, as_of_ms: int, floor_s: float,
-                rounds: int) -> list[dict[str, Any]]:
-    """The builder's own statements run by hand, next to variants that compute the same thing.
-
-    Rounds are interleaved (every variant once per round) so drift on a shared machine falls on all.
-    """
-    from audiences.builder import _drop_link_tables, _resolve_profiles
-
-    plan = compile_segments(segments, BUILTIN)
-    drop_scratch(client)
-    make_scratch(client)
-    # the next members: the current ones with ~1% of IDs replaced and ~1% of rows gone, a nightly change
-    client.command("DROP TABLE IF EXISTS crumb._bench_next")
-    client.command("CREATE TABLE crumb._bench_next AS crumb.segment_members")
-    client.command(
-        "INSERT INTO crumb._bench_next SELECT segment_id, if(cityHash64(id) % 100 = 0, concat(id, '~'), id), id_type, "
-        "profile_id, build_id FROM crumb.segment_members WHERE cityHash64(id, segment_id) % 97 != 0")
-    window = window_params(plan, as_of_ms)
-    groups: dict[str, list[tuple[str, Any]]] = {"lookups": [], "scan": [], "deltas": []}
-
-    def statements(sqls: list[tuple[str, dict[str, Any]]], settings: dict[str, Any]) -> Any:
-        def work() -> None:
-            client.command("TRUNCATE TABLE crumb._build_lookup")  # the scan variants read what the last one wrote
-            for sql, params in sqls:
-                client.command(sql, parameters=params, settings=settings)
-        return work
-
-    try:
-        _resolve_profiles(client, plan, as_of_ms)
-        _drop_link_tables(client)
-        for sql, params in lookup_statements(plan, as_of_ms):
-            client.command(sql, parameters=params)
-        groups["lookups"] = [
-            ("as built", statements(_lookups_sql(plan, as_of_ms, False), {})),
-            ("query_plan_filter_push_down=0", statements(_lookups_sql(plan, as_of_ms, False),
-                                                          {"query_plan_filter_push_down": 0})),
-            ("push-down off + window on ts only", statements(_lookups_sql(plan, as_of_ms, True),
-                                                              {"query_plan_filter_push_down": 0})),
-        ]
-        for name, sql, params, settings, before in scan_variants(plan, as_of_ms):
-            def run_one(sql: str = sql, params: dict[str, Any] = params, settings: dict[str, Any] = settings,
-                        before: list[str] = before) -> None:
-                for statement in before:
-                    client.command(statement)
-                client.command(sql, parameters=params, settings=settings)
-            groups["scan"].append((name, run_one))
-        groups["deltas"] = [
-            ("as built: two LEFT ANTI JOINs", lambda: client.command(DELTAS_ANTI)),
-            ("one FULL OUTER JOIN, full_sorting_merge",
-             lambda: client.command(DELTAS_FULL, settings={"join_algorithm": "full_sorting_merge"})),
-        ]
-        groups["floor"] = [("floor", lambda: client.command(floor_sql(), parameters=window))]
-        times: dict[tuple[str, str], list[float]] = {}
-        memory: dict[tuple[str, str], float] = {}
-        for _ in range(rounds):
-            for group, variants in groups.items():
-                for name, work in variants:
-                    sampler.start(name)
-                    times.setdefault((group, name), []).append(timed(work))
-                    sampler.stop()
-                    peak = max(sampler.peak_query_bytes.values(), default=0) / 2**20
-                    memory[(group, name)] = max(memory.get((group, name), 0.0), peak)
-    finally:
-        drop_scratch(client)
-        client.command("DROP TABLE IF EXISTS crumb._bench_next")
-    floor_now = statistics.median(times[("floor", "floor")])
-    rows = []
-    for (group, name), runs in times.items():
-        median = statistics.median(runs)
-        rows.append({"group": group, "variant": name, "median_s": round(median, 3),
-                     "runs_s": [round(t, 3) for t in runs],
-                     "over_floor": round(median / floor_now, 2), "clickhouse_peak_mb": round(memory[(group, name)])})
-        print(f"  {group:<8} {name:<50} {median:7.2f}s  {median / floor_now:6.2f}× floor  "
-              f"CH peak {memory[(group, name)]:6.0f} MB", flush=True)
-    return rows
-
-
 # ------------------------------------------------------------------------------------------- run
 
 
@@ -569,9 +428,6 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1M events / 100k cookies: a smoke check")
     parser.add_argument("--segments", type=int, default=100)
     parser.add_argument("--no-direct", action="store_true", help="skip the direct-compile reference query")
-    parser.add_argument("--experiments", action="store_true",
-                        help="also time the builder's lookups, scan and deltas statements against variants")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the experiments")
     parser.add_argument("--load-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -679,11 +535,19 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
     steady = build(client, sets[big], BUILTIN, sampler.progress(), as_of_ms=as_of_ms)
     steady_wall = time.perf_counter() - started
     print(f"rebuild {big} (unchanged): {steady_wall:.2f}s  {steady.timings}", flush=True)
+    # and the hourly build: an hour later, windows have moved, some members exit
+    started = time.perf_counter()
+    later = build(client, sets[big], BUILTIN, sampler.progress(), as_of_ms=as_of_ms + 3_600_000)
+    later_wall = time.perf_counter() - started
+    print(f"rebuild {big} an hour later: {later_wall:.2f}s  {later.timings}  entered {later.entered:,} "
+          f"exited {later.exited:,}", flush=True)
     sizes = dict(client.query(
         "SELECT segment_id, uniqExact(profile_id) FROM crumb.segment_members GROUP BY segment_id").result_rows)
     result["builds"] = builds
     result["steady_rebuild"] = {"wall_s": round(steady_wall, 3), "timings": steady.timings,
                                 "entered": steady.entered, "exited": steady.exited}
+    result["hour_later_rebuild"] = {"wall_s": round(later_wall, 3), "timings": later.timings,
+                                    "entered": later.entered, "exited": later.exited}
     result["segment_sizes"] = {str(s.id): int(sizes.get(s.id, 0)) for s in all_segments}
     result["segment_names"] = {str(s.id): s.name for s in all_segments}
     result["empty_segments"] = [s.id for s in all_segments if not sizes.get(s.id)]
@@ -693,8 +557,9 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
         "build_over_floor": round(b100 / floor_s, 2),
         "build10_over_floor": round(b10 / floor_s, 2),
         "growth_10_to_100": round(b100 / b10, 2),
-        "scan_over_floor": round(builds[str(big)]["steps_median_s"]["scan"] / floor_s, 2),
-        "scan10_over_floor": round(builds["10"]["steps_median_s"]["scan"] / floor_s, 2),
+        "members_over_floor": round(builds[str(big)]["steps_median_s"]["members"] / floor_s, 2),
+        "members10_over_floor": round(builds["10"]["steps_median_s"]["members"] / floor_s, 2),
+        "hour_later_over_floor": round(later_wall / floor_s, 2),
     }
 
     # (3) for reference: the direct compile
@@ -706,10 +571,6 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
                             "over_floor": round(direct_s / floor_s, 2), "memory": phase.memory.__dict__}
         print(f"direct compile ({aggregates} aggregates): {direct_s:.2f}s", flush=True)
 
-    if args.experiments:
-        print("experiments: the builder's statements by hand, and variants computing the same "
-              "(interleaved rounds, median):", flush=True)
-        result["experiments"] = experiments(client, sampler, sets[big], as_of_ms, floor_s, args.rounds)
     return result
 
 
@@ -747,6 +608,10 @@ def report(r: dict[str, Any]) -> None:
     s = r["steady_rebuild"]
     print(f"{'rebuild ' + big + ' unchanged':<22}{s['wall_s']:>8.2f}"
           + "".join(f"{s['timings'].get(step, 0):>10.2f}" for step in STEPS))
+    h = r["hour_later_rebuild"]
+    print(f"{'rebuild ' + big + ' hour later':<22}{h['wall_s']:>8.2f}"
+          + "".join(f"{h['timings'].get(step, 0):>10.2f}" for step in STEPS)
+          + f"   ({h['entered']:,} entered, {h['exited']:,} exited)")
     if "direct" in r:
         print(f"{'direct compile ' + big:<22}{r['direct']['s']:>8.2f}   ({r['direct']['aggregates']} aggregates, "
               f"one GROUP BY cookie; no members written)")
@@ -756,8 +621,9 @@ def report(r: dict[str, Any]) -> None:
           f"{ok(ratios['build_over_floor'] <= TARGET_FLOOR_RATIO)}")
     print(f"build({big}) / build(10) {ratios['growth_10_to_100']:6.2f}×   target ≤ {TARGET_GROWTH}×  "
           f"{ok(ratios['growth_10_to_100'] <= TARGET_GROWTH)}")
-    print(f"scan({big}) / floor      {ratios['scan_over_floor']:6.2f}×   "
-          f"(scan(10) / floor {ratios['scan10_over_floor']:.2f}×)")
+    print(f"members({big}) / floor   {ratios['members_over_floor']:6.2f}×   "
+          f"(members(10) / floor {ratios['members10_over_floor']:.2f}×; the step that reads the events)")
+    print(f"hourly rebuild / floor {ratios['hour_later_over_floor']:6.2f}×")
     if "direct" in r:
         print(f"direct({big}) / floor    {r['direct']['over_floor']:6.2f}×   (reference)")
     print()
@@ -773,12 +639,6 @@ def report(r: dict[str, Any]) -> None:
         f"{step} {v['rss_mb']:.0f}/{v['clickhouse_query_mb']:.0f}" for step, v in m["by_step"].items()))
     print(f"peak RSS of build({big}) {m['peak_rss_mb']:.0f} MB   target < {TARGET_RSS_MB:.0f} MB  "
           f"{ok(m['peak_rss_mb'] < TARGET_RSS_MB)}  (the whole process: chdb runs ClickHouse in it)")
-    if r.get("experiments"):
-        print("\nexperiments (statements run by hand; interleaved rounds, median; ratio to the floor of the same "
-              "rounds):")
-        for e in r["experiments"]:
-            print(f"  {e['group']:<8} {e['variant']:<50} {e['median_s']:7.2f}s {e['over_floor']:7.2f}×  "
-                  f"CH peak {e['clickhouse_peak_mb']:>6} MB")
     empty = r["empty_segments"]
     sizes = sorted(r["segment_sizes"].values())
     print(f"segment sizes (profiles): min {sizes[0]:,}, median {sizes[len(sizes) // 2]:,}, max {sizes[-1]:,}; "

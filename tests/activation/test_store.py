@@ -52,9 +52,13 @@ class Builds:
                            column_names=["build_id", "built_at", "segment_id", "id", "id_type", "change"])
 
     def members(self, build_id: int, members: list[tuple[int, str]], id_type: str = "cookie") -> None:
-        self.client.command(f"TRUNCATE TABLE {self.db}.segment_members")
-        self.client.insert(f"{self.db}.segment_members", [[seg, i, id_type, i, build_id] for seg, i in members],
-                           column_names=["segment_id", "id", "id_type", "profile_id", "build_id"])
+        """The members after a build, as the builder keeps them: a row per ID with its segments."""
+        segments: dict[str, list[int]] = {}
+        for seg, i in members:
+            segments.setdefault(i, []).append(seg)
+        self.client.command(f"TRUNCATE TABLE {self.db}.id_segments")
+        self.client.insert(f"{self.db}.id_segments", [[i, id_type, i, segs, build_id] for i, segs in segments.items()],
+                           column_names=["id", "id_type", "profile_id", "segments", "build_id"])
 
     def succeeded(self, build_id: int, changes: list[tuple[int, str, str]], members: list[tuple[int, str]]) -> None:
         """A whole build as the builder leaves it: deltas, the members after it, status."""
@@ -72,8 +76,10 @@ def redis_client(live_server: LiveServer) -> redis.Redis:
 def builds(warehouse: Client) -> Iterator[Builds]:
     db = f"store_{uuid.uuid4().hex[:10]}"
     warehouse.command(f"CREATE DATABASE {db}")
-    for table in ("builds", "segment_deltas", "segment_members"):
+    for table in ("builds", "segment_deltas", "id_segments"):
         warehouse.command(f"CREATE TABLE {db}.{table} AS crumb.{table}")
+    warehouse.command(f"CREATE VIEW {db}.segment_members AS SELECT segment_id, id, id_type, profile_id, build_id "
+                      f"FROM {db}.id_segments ARRAY JOIN segments AS segment_id")
     yield Builds(warehouse, db)
     warehouse.command(f"DROP DATABASE {db}")
 

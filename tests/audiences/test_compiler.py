@@ -8,7 +8,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from audiences.builder import build
-from audiences.compiler import compile_segments, lookup_statements, membership_statement, scan_statement
+from audiences.compiler import compile_segments, membership_statement, values_statements
 from audiences.definitions import SegmentSet, parse_segment
 from collector.categories import ContentTaxonomy
 
@@ -36,27 +36,53 @@ def test_golden_plan_numbers_shared_predicates_once() -> None:
     assert plan.category_values == {1: ["483", "533"]}
     assert [(c.predicates, c.window_days, c.min_count) for c in plan.conditions] == [
         ((), 30, 1), ((1,), 30, 3), ((), 14, 1), ((2,), 7, 1)]
+    assert [(m.predicates, m.window_days) for m in plan.matchers] == [((), 30), ((1,), 30), ((), 14), ((2,), 7)]
     assert plan.expressions == {
-        1: "(has(held, 1) AND has(held, 2))",
-        2: "(has(held, 3) AND ((has(held, 1) AND has(held, 2)) AND (NOT has(held, 4))))",
+        1: "(h1 AND h2)",
+        2: "(h3 AND ((h1 AND h2) AND (NOT h4)))",
     }
-    (host_sql, host_params), = [s for s in lookup_statements(plan, AS_OF) if s[1]["field"] == "host"]
-    assert "if(v = {p2:String}, 2, 0)" in host_sql and host_params["p2"] == "shop.example"
-    scan_sql, scan_params = scan_statement(plan, AS_OF)
-    assert scan_params["need"] == [[], [1], [], [2]]
-    assert scan_params["anchor"] == [[1, 3], [2], [4]]  # "any event" conditions anchor at predicate 0
-    assert scan_params["since"] == [AS_OF - 30 * 86_400_000, AS_OF - 30 * 86_400_000,
-                                    AS_OF - 14 * 86_400_000, AS_OF - 7 * 86_400_000]
-    assert "GROUP BY profile, cond" in scan_sql
+    sql, params = membership_statement(plan, AS_OF, 7)
+    # One mask per field; equality tests (a category's descendants too) are one transform of the value.
+    assert params["k1_values"] == ["483", "533"] and params["k1_bits"] == [1, 1]
+    assert "transform(c, {k1_values:Array(String)}, {k1_bits:Array(UInt64)}, toUInt64(0))" in sql
+    assert params["k2_values"] == ["shop.example"] and "transform(host, {k2_values:Array(String)}" in sql
+    # A one-predicate matcher over the whole window is a bit of its field's mask; a narrower
+    # window makes a compound matcher of its own, packed into a word.
+    assert "bitTest(f1, 0) AND in7 AS m4" in sql and params["since7"] == AS_OF - 7 * 86_400_000
+    assert "countIf(bitTest(f0, 0)) AS n2" in sql and params["min_n2"] == 3
+    assert "(bitTest(f0_any, 0) AND n2 >= {min_n2:UInt64}) AS h2" in sql
+    assert "(bitTest(w0_any, 2)) AS h4" in sql
 
 
-def test_broad_fields_do_not_anchor_a_condition() -> None:
-    rule = {"where": [{"field": "type", "op": "eq", "value": "pageview"},
-                      {"field": "path", "op": "prefix", "value": "/sale"}]}
+def test_conditions_that_differ_only_in_bounds_share_a_matcher() -> None:
+    segments = SegmentSet([
+        segment(1, where("host", "eq", "a.example", min_count=2)),
+        segment(2, where("host", "eq", "a.example", min_count=5, min_days=2)),
+    ])
+    plan = compile_segments(segments)
+    assert len(plan.conditions) == 3 and len(plan.matchers) == 2
+    sql, _params = membership_statement(plan, AS_OF, 7)
+    assert sql.count("countIf(bitTest(f0, 0))") == 1 and "groupBitOr(if(bitTest(f0, 0), day_bit, 0)) AS d2" in sql
+
+
+def test_string_fields_with_patterns_are_looked_up_once_per_value() -> None:
+    rule = {"all": [where("path", "prefix", "/sport"), where("path", "eq", "/home"), where("host", "prefix", "a.")]}
     plan = compile_segments(SegmentSet([segment(1, rule)]))
-    _sql, params = scan_statement(plan, AS_OF)
-    path_number = 1 + [p.field for p in plan.predicates].index("path")
-    assert 2 in params["anchor"][path_number]
+    (values_sql, values_params), = values_statements(plan, AS_OF)
+    # The path's prefix and its equality are evaluated over its distinct values, into the lookup
+    # table; the host (LowCardinality) is evaluated inline, per dictionary value.
+    assert "SELECT DISTINCT path AS v" in values_sql and "startsWith(v, {p" in values_sql
+    assert values_params["mask"] == 1
+    sql, _params = membership_statement(plan, AS_OF, 7)
+    assert "joinGet('crumb._build_values', 'bits', toUInt16(1), path) AS f1" in sql
+    assert "startsWith(host, {p" in sql
+
+
+def test_long_windows_count_days_as_a_set() -> None:
+    plan = compile_segments(SegmentSet([segment(1, where("host", "eq", "a", min_days=3, within_days=90),
+                                                lookback_days=90)]))
+    sql, _params = membership_statement(plan, AS_OF, 7)
+    assert "groupUniqArrayIf(day, bitTest(f0, 0)) AS d2" in sql and "length(d2) >=" in sql
 
 
 ATTACKS = [
@@ -72,7 +98,7 @@ ATTACKS = [
 
 def every_statement(segments: SegmentSet) -> list[tuple[str, dict[str, Any]]]:
     plan = compile_segments(segments, TAXONOMY)
-    return [*lookup_statements(plan, AS_OF), scan_statement(plan, AS_OF), membership_statement(plan, 7)]
+    return [*values_statements(plan, AS_OF), membership_statement(plan, AS_OF, 7)]
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
