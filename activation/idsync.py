@@ -29,6 +29,7 @@ from clickhouse_connect.driver.client import Client
 from activation.partners import Partner, fill, load_partners, macro_values
 from collector.consent import decode_consent
 from collector.identity import CookieSigner
+from crumb.privacy import on_cluster
 from crumb.runtime import Runtime
 
 log = logging.getLogger("crumb.idsync")
@@ -354,9 +355,7 @@ def match_rates(client: Client, since_days: int = 30, partners: Sequence[str] = 
 
 def erase_matches(client: Client, redis_client: redis.Redis, ids: list[str]) -> None:
     """Erasure of IDs from the match table and from both Redis hashes (an Eraser for crumb.privacy)."""
-    cluster = getattr(client, "crumb_cluster", "")
-    on_cluster = f"ON CLUSTER `{cluster}`" if cluster else ""
-    client.command(f"DELETE FROM crumb.id_matches {on_cluster} WHERE id IN {{ids:Array(String)}}",
+    client.command(f"DELETE FROM crumb.id_matches {on_cluster(client)} WHERE id IN {{ids:Array(String)}}",
                    parameters={"ids": ids})
     for cookie_id in ids:  # one slot per ID: no multi-key DEL across slots on a cluster
         redis_client.delete(match_key(cookie_id), sync_key(cookie_id))
