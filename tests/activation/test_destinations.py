@@ -13,12 +13,12 @@ from activation.destinations.config import (
     DestinationConfigError,
     build_destination,
     load_destinations,
-    url_destination_urls,
 )
 from activation.destinations.google import GoogleDestination
 from activation.destinations.ttd import TTDDestination
 from activation.destinations.webhook import WebhookDestination, sign
 from activation.destinations.xandr import XandrDestination, encode_lines
+from activation.url_destinations import url_destination_urls
 from tests.activation.conformance.google import GoogleServer
 from tests.activation.conformance.ttd import TTDServer
 from tests.activation.conformance.webhook import WebhookServer
