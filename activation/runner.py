@@ -337,7 +337,8 @@ SELECT d.segment_id, d.id, toString(d.change) AS change, {uid} AS partner_uid,
 FROM crumb.segment_deltas AS d
 {join}
 LEFT JOIN (SELECT id, max(completed_at) AS erased_at FROM crumb.erasures GROUP BY id) AS e ON e.id = d.id
-LEFT JOIN (SELECT id, segment_id, 1 AS held FROM crumb.delivered FINAL
+LEFT JOIN (SELECT DISTINCT id, segment_id, 1 AS held FROM crumb.delivered  -- no FINAL: a stale row costs
+           -- only a redundant removal, and the key (destination, id) keeps this an index lookup
            WHERE destination = {{destination:String}} AND present = 1 AND id IN (SELECT id FROM crumb.erasures)
           ) AS h ON h.id = d.id AND h.segment_id = d.segment_id
 WHERE d.build_id = {{build:UInt64}} AND d.segment_id IN {{segments:Array(UInt32)}}
