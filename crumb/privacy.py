@@ -127,7 +127,7 @@ class ErasureWorker:
         if not lock.acquire():
             return 0
         try:
-            ids = [i.decode() for i in self._redis.lrange(ERASE_QUEUE_KEY, 0, limit - 1)]
+            ids = [i.decode() if isinstance(i, bytes) else i for i in self._redis.lrange(ERASE_QUEUE_KEY, 0, limit - 1)]
             if ids:
                 self._before_erase(ids)
                 erase(self._client, self._redis, ids, reason="optout")
