@@ -29,6 +29,7 @@ from clickhouse_connect.driver.client import Client
 from activation.partners import Partner, fill, load_partners, macro_values
 from collector.consent import decode_consent
 from collector.identity import CookieSigner
+from crumb.privacy import on_cluster
 from crumb.runtime import Runtime
 
 log = logging.getLogger("crumb.idsync")
@@ -39,7 +40,7 @@ MAX_UID_CHARS = 256
 MATCH_COLUMNS = ["partner", "id", "partner_uid", "matched_at", "version"]
 
 # The cap, checked and set in one step: two frames loading at once start one sync, not two.
-_CLAIM = """
+CLAIM_SCRIPT = """
 local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 if last > tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -231,10 +232,8 @@ class IdSync:
 
     def _claim_attempt(self, partner: Partner, cookie_id: str) -> bool:
         if self._claim is None:
-            self._claim = self._redis.register_script(_CLAIM)
-        now = self._clock()
-        args = [partner.name, f"{now:.3f}", f"{now - partner.resync_days * 86_400:.3f}", MATCH_TTL_S]
-        return bool(self._claim(keys=[sync_key(cookie_id)], args=args))
+            self._claim = self._redis.register_script(CLAIM_SCRIPT)
+        return claim(self._claim, cookie_id, partner.name, self._clock(), partner.resync_days * 86_400)
 
     def _store(self, partner: Partner, cookie_id: str, uid: str) -> None:
         now = self._clock()
@@ -253,6 +252,13 @@ class IdSync:
     @property
     def _redis(self) -> redis.Redis:
         return self.runtime.redis
+
+
+def claim(script: Any, cookie_id: str, field: str, now: float, interval_s: float) -> bool:
+    """Record an attempt of `field` (a partner, or a URL destination) for this browser now, unless
+    one was made within `interval_s`; `script` is CLAIM_SCRIPT registered on the Redis client."""
+    args = [field, f"{now:.3f}", f"{now - interval_s:.3f}", MATCH_TTL_S]
+    return bool(script(keys=[sync_key(cookie_id)], args=args))
 
 
 def _text(value: bytes | str) -> str:
@@ -354,9 +360,7 @@ def match_rates(client: Client, since_days: int = 30, partners: Sequence[str] = 
 
 def erase_matches(client: Client, redis_client: redis.Redis, ids: list[str]) -> None:
     """Erasure of IDs from the match table and from both Redis hashes (an Eraser for crumb.privacy)."""
-    cluster = getattr(client, "crumb_cluster", "")
-    on_cluster = f"ON CLUSTER `{cluster}`" if cluster else ""
-    client.command(f"DELETE FROM crumb.id_matches {on_cluster} WHERE id IN {{ids:Array(String)}}",
+    client.command(f"DELETE FROM crumb.id_matches {on_cluster(client)} WHERE id IN {{ids:Array(String)}}",
                    parameters={"ids": ids})
     for cookie_id in ids:  # one slot per ID: no multi-key DEL across slots on a cluster
         redis_client.delete(match_key(cookie_id), sync_key(cookie_id))

@@ -1,6 +1,7 @@
 """ID sync over HTTP: the frame the tag loads, the redirect out to a partner, the callback in.
 
-  GET /sync/frame                 a tiny page with one <img> per partner due for this browser
+  GET /sync/frame                 a tiny page with one <img> per partner due for this browser,
+                                  and one per URL destination due (url_destinations.py)
   GET /sync/{partner}             302 to the partner's match URL, or the GIF when refused/not due
   GET /sync/{partner}/callback    stores the partner's ID, answers the GIF (a push: 302 back)
 
@@ -9,6 +10,7 @@ Handlers are plain functions: Starlette runs them in its thread pool, as they ta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from html import escape
 from urllib.parse import urlencode
 
@@ -18,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 
 from activation.idsync import BadCallback, IdSync, SyncSignals
 from activation.partners import Partner
+from activation.url_destinations import UrlDestinations
 from collector.endpoints import GIF
 from collector.http import parse_cookies, read_meta
 from collector.identity import OPTOUT_COOKIE, THIRD_PARTY_COOKIE
@@ -26,10 +29,11 @@ NO_STORE = {"cache-control": "no-store, max-age=0"}
 _MAX_PARAM_CHARS = 4096
 
 
-def routes(idsync: IdSync) -> list[BaseRoute]:
+def routes(idsync: IdSync, pixels: UrlDestinations | None = None) -> list[BaseRoute]:
     def frame(request: Request) -> Response:
         cookie_id, signals = _browser(request, idsync)
-        return HTMLResponse(frame_html(idsync.due_partners(cookie_id, signals), signals), headers=NO_STORE)
+        urls = pixels.due(cookie_id, signals) if pixels else []
+        return HTMLResponse(frame_html(idsync.due_partners(cookie_id, signals), signals, urls), headers=NO_STORE)
 
     def start(request: Request) -> Response:
         partner = idsync.partner(request.path_params["partner"])
@@ -58,13 +62,17 @@ def routes(idsync: IdSync) -> list[BaseRoute]:
     ]
 
 
-def frame_html(partners: list[Partner], signals: SyncSignals) -> str:
+def frame_html(partners: list[Partner], signals: SyncSignals, urls: Sequence[str] = ()) -> str:
     query = urlencode(signals.query())
     images = "".join(
         f'<img src="{escape(f"/sync/{p.name}" + (f"?{query}" if query else ""))}" width="1" height="1" alt="">'
         for p in partners
     )
-    return f'<!doctype html><meta charset="utf-8"><title>sync</title>{images}'
+    # URL destinations: no referrer, as the frame's address carries the consent string
+    pixels = "".join(
+        f'<img src="{escape(url)}" width="1" height="1" alt="" referrerpolicy="no-referrer">' for url in urls
+    )
+    return f'<!doctype html><meta charset="utf-8"><title>sync</title>{images}{pixels}'
 
 
 def _browser(request: Request, idsync: IdSync) -> tuple[str | None, SyncSignals]:

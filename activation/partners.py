@@ -91,19 +91,24 @@ def macro_values(
     partner: Partner, cookie_id: str, *, gdpr: bool, tc_string: str, us_privacy: str, gpp: str, gpp_sid: str,
     callback_url: str = "", push: str = "",
 ) -> dict[str, str]:
-    def q(value: str) -> str:
-        return quote(value, safe="")
-
     return {
         "CRUMB_ID": quote(encode_id(cookie_id, partner.id_encoding), safe="="),
         "CALLBACK_URL": quote(callback_url, safe="$"),  # `$` kept: the partner's own macro stays findable
-        "GDPR": "1" if gdpr else "0",
-        f"GDPR_CONSENT_{partner.gvl_id}": q(tc_string),
-        "US_PRIVACY": q(us_privacy),
-        f"GPP_STRING_{partner.gvl_id}": q(gpp),
-        "GPP_SID": q(gpp_sid),
-        "PUSH": q(push),
+        "PUSH": quote(push, safe=""),
+        **consent_macros(partner.gvl_id, gdpr=gdpr, tc_string=tc_string, us_privacy=us_privacy, gpp=gpp,
+                         gpp_sid=gpp_sid),
     }
+
+
+def consent_macros(
+    gvl_id: int | None, *, gdpr: bool, tc_string: str, us_privacy: str, gpp: str = "", gpp_sid: str = "",
+) -> dict[str, str]:
+    """The consent macros, URL-encoded; the vendor-specific ones only for a vendor with a GVL ID."""
+    values = {"GDPR": "1" if gdpr else "0", "US_PRIVACY": quote(us_privacy, safe=""),
+              "GPP_SID": quote(gpp_sid, safe="")}
+    if gvl_id:
+        values |= {f"GDPR_CONSENT_{gvl_id}": quote(tc_string, safe=""), f"GPP_STRING_{gvl_id}": quote(gpp, safe="")}
+    return values
 
 
 def load_partners(directory: Path | None) -> dict[str, Partner]:

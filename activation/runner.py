@@ -11,6 +11,10 @@ For each configured destination:
   crumb.delivered → the checkpoint moves to the build. A crash anywhere leaves the checkpoint on
   the last finished build: the next run re-sends that build's deltas (adds and removals are
   idempotent on every platform), so nothing is lost. One crumb.sync_runs row per destination run.
+
+Erasure: before its builds, each run sends the removals erasures queued for the destination
+(activation/removals.py) through the same batching, retries and dead letters; and deltas built
+before an ID's erasure are never sent, so a destination whose checkpoint lags cannot re-add it.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from activation.destinations.base import (
     chunks,
 )
 from activation.destinations.config import build_destination, load_destinations
+from activation.removals import clear_removals, stream_removals
 from crumb.progress import Progress
 from crumb.runtime import Runtime
 
@@ -176,6 +181,7 @@ class DestinationSync:
         checkpoint = read_checkpoint(self.client, self.name)
         to_build, status, error = checkpoint, "succeeded", ""
         try:
+            self._send_removals()
             for build_id in pending_builds(self.client, checkpoint):
                 self._sync_build(build_id)
                 write_checkpoint(self.client, self.name, build_id)
@@ -202,7 +208,8 @@ class DestinationSync:
 
     def _sync_build(self, build_id: int) -> None:
         segments = self.config.segments
-        for rows in stream_deltas(self.client, build_id, sorted(segments), self._partner(), self.lookback_days):
+        for rows in stream_deltas(self.client, self.name, build_id, sorted(segments), self._partner(),
+                                  self.lookback_days):
             items = []
             for segment_id, cookie, change, partner_uid, opted_out in rows:
                 if opted_out and change == "enter":
@@ -215,6 +222,20 @@ class DestinationSync:
             outcome = self._deliver(items)
             self._record(build_id, outcome)
             self.progress.count(f"{self.name}: build {build_id} deltas sent", self.counts["sent"])
+
+    def _send_removals(self) -> None:
+        """The removals erasures owe this destination; each row goes once its outcome is recorded."""
+        segments = self.config.segments
+        for rows in stream_removals(self.client, self.name):
+            items = []
+            for cookie, segment_id, partner_uid in rows:
+                if partner_uid and segment_id in segments:
+                    items.append(Item(cookie, partner_uid, segment_id, segments[segment_id], "exit", 0))
+                else:  # delivered before the ledger kept partner IDs, or the segment is no longer mapped
+                    self.counts["unmatched"] += 1
+            self._record(0, self._deliver(items), ledger=False)  # the ID is erased: no ledger row again
+            clear_removals(self.client, self.name, [(cookie, segment_id) for cookie, segment_id, _ in rows])
+            self.progress.count(f"{self.name}: erasure removals sent", self.counts["sent"])
 
     def _partner(self) -> str | None:
         return None if self.config.ids == "cookie" else self.config.partner
@@ -263,12 +284,13 @@ class DestinationSync:
         except PermanentError as exc:
             return PushResult(failed=[Failure(i, exc.code, str(exc), False) for i in items], requests=1)
 
-    def _record(self, build_id: int, outcome: _Outcome) -> None:
+    def _record(self, build_id: int, outcome: _Outcome, ledger: bool = True) -> None:
         now = _ms(time.time())
-        if outcome.delivered:
+        if outcome.delivered and ledger:
             self.client.insert("crumb.delivered", [
-                [self.name, i.id, i.segment_id, int(i.change == "enter"), build_id, now] for i in outcome.delivered
-            ], column_names=["destination", "id", "segment_id", "present", "build_id", "at"])
+                [self.name, i.id, i.segment_id, int(i.change == "enter"), build_id, now, i.partner_uid]
+                for i in outcome.delivered
+            ], column_names=["destination", "id", "segment_id", "present", "build_id", "at", "partner_uid"])
         if outcome.dead:
             self.client.insert("crumb.dead_letters", [
                 [self.run_id, self.name, build_id, f.item.segment_id, f.item.id, f.item.partner_uid, f.item.change,
@@ -314,7 +336,15 @@ SELECT d.segment_id, d.id, toString(d.change) AS change, {uid} AS partner_uid,
                 WHERE can_share = 0 AND ts >= now() - INTERVAL {{lookback:UInt32}} DAY AND fp_id != '') AS opted_out
 FROM crumb.segment_deltas AS d
 {join}
+LEFT JOIN (SELECT id, max(completed_at) AS erased_at FROM crumb.erasures GROUP BY id) AS e ON e.id = d.id
+LEFT JOIN (SELECT DISTINCT id, segment_id, 1 AS held FROM crumb.delivered  -- no FINAL: a stale row costs
+           -- only a redundant removal, and the key (destination, id) keeps this an index lookup
+           WHERE destination = {{destination:String}} AND present = 1 AND id IN (SELECT id FROM crumb.erasures)
+          ) AS h ON h.id = d.id AND h.segment_id = d.segment_id
 WHERE d.build_id = {{build:UInt64}} AND d.segment_id IN {{segments:Array(UInt32)}}
+  -- An erased ID (erased_at is the epoch for the others): nothing built before its erasure, and
+  -- after it only additions, and removals of what the destination holds again since.
+  AND (e.erased_at = 0 OR (d.built_at > e.erased_at AND (d.change = 'enter' OR h.held = 1)))
   AND (d.segment_id, d.id, toInt8(d.change)) > ({{after_segment:UInt32}}, {{after_id:String}}, {{after_change:Int8}})
 ORDER BY d.segment_id, d.id, toInt8(d.change)
 LIMIT {{limit:UInt32}}
@@ -324,15 +354,17 @@ _MATCH_JOIN = """LEFT JOIN (SELECT id, partner_uid FROM crumb.id_matches FINAL W
 
 
 def stream_deltas(
-    client: Client, build_id: int, segments: Sequence[int], partner: str | None, lookback_days: int,
-    chunk_rows: int = CHUNK_ROWS,
+    client: Client, destination: str, build_id: int, segments: Sequence[int], partner: str | None,
+    lookback_days: int, chunk_rows: int = CHUNK_ROWS,
 ) -> Iterator[list[tuple[int, str, str, str, bool]]]:
-    """(segment_id, id, change, partner_uid or '' when unmatched, opted_out) in chunks."""
+    """The destination's deltas of a build: (segment_id, id, change, partner_uid or '' when
+    unmatched, opted_out) in chunks."""
     sql = _DELTAS.format(uid="m.partner_uid" if partner else "d.id", join=_MATCH_JOIN if partner else "")
     after: tuple[int, str, int] = (0, "", 0)
     while True:
         rows = client.query(sql, parameters={
-            "build": build_id, "segments": list(segments), "partner": partner or "", "lookback": lookback_days,
+            "destination": destination, "build": build_id, "segments": list(segments), "partner": partner or "",
+            "lookback": lookback_days,
             "after_segment": after[0], "after_id": after[1], "after_change": after[2], "limit": chunk_rows,
         }).result_rows
         if not rows:

@@ -79,7 +79,28 @@ CREATE TABLE IF NOT EXISTS {db}.delivered {on_cluster} (
 ORDER BY (destination, id, segment_id)
 """
 
+# The ID the platform holds for each delivery: an erasure must still address its removal after
+# the match table has forgotten the partner's ID.
+_DELIVERED_PARTNER_UID = """
+ALTER TABLE {db}.delivered {on_cluster} ADD COLUMN IF NOT EXISTS partner_uid String DEFAULT ''
+"""
+
+# Removals an erasure owes the destinations (activation/removals.py): an erased ID's ledger rows
+# move here, and the next sync of each destination deletes its rows once each removal was
+# delivered or dead-lettered. Dead letters of these removals carry build_id 0.
+_PENDING_REMOVALS = """
+CREATE TABLE IF NOT EXISTS {db}.pending_removals {on_cluster} (
+    destination LowCardinality(String),
+    id String,
+    segment_id UInt32,
+    partner_uid String,
+    erased_at DateTime64(3, 'UTC')
+) ENGINE = {ReplacingMergeTree}
+ORDER BY (destination, id, segment_id)
+"""
+
 MIGRATIONS = [
     Migration("activation_0001_id_matches", [_ID_MATCHES]),
     Migration("activation_0002_sync", [_CHECKPOINTS, _SYNC_RUNS, _DEAD_LETTERS, _DELIVERED]),
+    Migration("activation_0003_erasure_removals", [_DELIVERED_PARTNER_UID, _PENDING_REMOVALS]),
 ]

@@ -4,6 +4,7 @@ Each part lives in its own module; this class only wires them from the runtime:
   store.py            the Redis segment store, loaded from each build's deltas
   lookup_endpoints.py GET /v1/segments (JSON, OpenRTB user.data, Google Ad Manager key-values)
   idsync.py           partner ID sync: redirects, callbacks, match tables (+ idsync_endpoints.py)
+  url_destinations.py pixels the browser fires for its segments, in the ID sync frame
   runner.py           `crumb activate sync`: deltas → destinations, checkpoints, retries, dead letters
   destinations/       one module per platform behind one small protocol
 """
@@ -23,17 +24,21 @@ class Activation:
     def __init__(self, runtime: Runtime, signer: CookieSigner) -> None:
         from activation.idsync import IdSync
         from activation.store import SegmentCatalog, SegmentStore
+        from activation.url_destinations import UrlDestinations
 
         self.runtime = runtime
         self.signer = signer
         self.store = SegmentStore(runtime.redis, catalog=SegmentCatalog.from_settings(runtime.settings))
         self.idsync = IdSync(runtime, signer)
+        self.url_destinations = UrlDestinations.from_runtime(runtime, self.store.segments_of)
 
     def routes(self) -> list[BaseRoute]:
         from activation.idsync_endpoints import routes as idsync_routes
         from activation.lookup_endpoints import routes as lookup_routes
 
-        return [*lookup_routes(self.store, self.runtime, self.signer), *idsync_routes(self.idsync)]
+        return [
+            *lookup_routes(self.store, self.runtime, self.signer), *idsync_routes(self.idsync, self.url_destinations),
+        ]
 
     def after_build(self, build_id: int) -> dict[str, Any]:
         """Load a successful build's deltas into the segment store."""

@@ -31,15 +31,21 @@ class Eraser:
 
 def _erase_events(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
     client.command(
-        f"DELETE FROM crumb.events {_on_cluster(client)} "
+        f"DELETE FROM crumb.events {on_cluster(client)} "
         "WHERE cookie_id IN {ids:Array(String)} OR fp_id IN {ids:Array(String)}",
         parameters={"ids": ids},
     )
 
 
-def _on_cluster(client: Client) -> str:
+def on_cluster(client: Client) -> str:
     cluster = getattr(client, "crumb_cluster", "")  # set by crumb.warehouse.connect
     return f"ON CLUSTER `{cluster}`" if cluster else ""
+
+
+def _queue_removals(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
+    from activation.removals import queue_removals
+
+    queue_removals(client, ids)
 
 
 def _erase_scores(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
@@ -64,6 +70,8 @@ ERASERS: list[Eraser] = [
     Eraser("crumb.id_matches", _erase_matches),
     Eraser("redis segment store", _erase_from_store),
     Eraser("crumb.lookalike_scores", _erase_scores),
+    # What destinations received moves to the removals the next `crumb activate sync` sends.
+    Eraser("crumb.delivered (removals queued for destinations)", _queue_removals),
 ]
 
 
@@ -119,7 +127,7 @@ class ErasureWorker:
         if not lock.acquire():
             return 0
         try:
-            ids = [i.decode() for i in self._redis.lrange(ERASE_QUEUE_KEY, 0, limit - 1)]
+            ids = [i.decode() if isinstance(i, bytes) else i for i in self._redis.lrange(ERASE_QUEUE_KEY, 0, limit - 1)]
             if ids:
                 self._before_erase(ids)
                 erase(self._client, self._redis, ids, reason="optout")

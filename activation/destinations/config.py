@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
-from functools import partial
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote
 
 import httpx
 import yaml
@@ -35,6 +33,7 @@ from activation.destinations.ttd import TTDDestination
 from activation.destinations.webhook import WebhookDestination
 from activation.destinations.xandr import XandrDestination
 from activation.errors import DestinationConfigError  # noqa: F401 - re-exported for callers
+from activation.partners import check_template
 
 
 class _Config(BaseModel):
@@ -135,9 +134,19 @@ class WebhookConfig(_Config):
 
 
 class UrlConfig(_Config):
+    """A pixel the browser fires for its segments (activation/url_destinations.py): `template`
+    takes ${CRUMB_ID}, ${SEGMENTS} and the consent macros of partners.py, filled server-side."""
+
     type: Literal["url"]
-    template: str = Field(pattern=r"^https://")
-    ids: Literal["partner", "cookie"] = "cookie"
+    template: str = Field(pattern=r"^(https://|http://(localhost|127\.0\.0\.1)[:/])")  # plain http: loopback only
+    ids: Literal["cookie"] = "cookie"  # a partner's own ID reaches it through ID sync, not here
+    gvl_id: int | None = Field(None, gt=0)  # the vendor's; without one it never fires where GDPR applies
+    interval_hours: float = Field(24.0, gt=0, le=24 * 365)  # at most one firing per browser per interval
+
+    @model_validator(mode="after")
+    def _macros(self) -> UrlConfig:
+        check_template(self.template, self.gvl_id or 0, "template", extra={"SEGMENTS"})
+        return self
 
 
 DestinationConfig = Annotated[
@@ -209,25 +218,3 @@ def _build(config: Any, client: httpx.Client, environ: Mapping[str, str]) -> Des
                                   id_key="cookie_id" if config.ids == "cookie" else "partner_id",
                                   max_batch_items=config.max_batch_items)
     raise DestinationConfigError(f"type {config.type} is fired by the tag, not pushed")
-
-
-_MACRO = re.compile(r"\$\{(CRUMB_ID|SEGMENTS)\}")
-
-
-def _macro(values: dict[str, str], match: re.Match[str]) -> str:
-    return values[match.group(1)]
-
-
-def url_destination_urls(configs: Iterable[Any], cookie_id: str, segments: Iterable[int]) -> list[str]:
-    """The URLs the tag fires for a browser holding `segments`: `${CRUMB_ID}` our cookie ID and
-    `${SEGMENTS}` the partner names of the held segments the destination takes, comma-joined."""
-    held = set(segments)
-    urls = []
-    for config in configs:
-        if not isinstance(config, UrlConfig) or not config.enabled:
-            continue
-        names = [name for segment_id, name in sorted(config.segments.items()) if segment_id in held]
-        if names:
-            values = {"CRUMB_ID": quote(cookie_id, safe=""), "SEGMENTS": quote(",".join(names), safe=",")}
-            urls.append(_MACRO.sub(partial(_macro, values), config.template))
-    return urls

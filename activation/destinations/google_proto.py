@@ -3,6 +3,12 @@
 Field numbers follow Google's published file (developers.google.com/authorized-buyers/rtb/
 downloads/cookie-bulk-upload-proto); only the fields Crumb reads or writes are declared —
 protobuf keeps unknown fields, so a fuller peer still parses our messages and we parse theirs.
+Checked against that page (v.24: the UserIdType values, UserDataOperation up to user_list_id)
+and a generated copy of the file in segmentio/action-destinations (display-video-360/proto:
+every UserDataOperation, ErrorInfo, NotificationInfo and UpdateUsersDataResponse number, the
+ErrorCode values to 21). That copy predates `process_consent` (3 here) and the consent error
+codes (22, 23), which no stored source showed; tests/activation/test_destinations.py pins the
+wire bytes so a change to any number is deliberate.
 """
 
 from __future__ import annotations

@@ -9,16 +9,17 @@ import httpx
 import pytest
 
 from activation.destinations import AuthError, Batch, Item
+from activation.destinations import google_proto as pb
 from activation.destinations.config import (
     DestinationConfigError,
     build_destination,
     load_destinations,
-    url_destination_urls,
 )
 from activation.destinations.google import GoogleDestination
 from activation.destinations.ttd import TTDDestination
 from activation.destinations.webhook import WebhookDestination, sign
 from activation.destinations.xandr import XandrDestination, encode_lines
+from activation.url_destinations import url_destination_urls
 from tests.activation.conformance.google import GoogleServer
 from tests.activation.conformance.ttd import TTDServer
 from tests.activation.conformance.webhook import WebhookServer
@@ -159,6 +160,19 @@ def test_webhook_wrong_secret_is_refused(hook: WebhookServer, http: httpx.Client
 
 def test_signature_covers_the_timestamp() -> None:
     assert sign("s", "1", b"{}") != sign("s", "2", b"{}")
+
+
+def test_google_field_numbers_on_the_wire() -> None:
+    """Tags as Google's cookie-bulk-upload.proto numbers them (see google_proto.py for the source):
+    ops=1, process_consent=3; user_id=1, user_list_id=4, delete=6, user_id_type=14; status=1,
+    errors=2; ErrorInfo user_list_id=2, user_id=3, error_code=4, user_id_type=7."""
+    op = pb.UserDataOperation(user_id="a", user_id_type=4, user_list_id=5, delete=True)
+    assert op.SerializeToString() == b"\x0a\x01a" b"\x20\x05" b"\x30\x01" b"\x70\x04"
+    request = pb.UpdateUsersDataRequest(ops=[op], process_consent=True).SerializeToString()
+    assert request == b"\x0a\x09" + op.SerializeToString() + b"\x18\x01"
+    reply = pb.UpdateUsersDataResponse(status=pb.ERROR_CODES["PARTIAL_SUCCESS"])
+    reply.errors.add(user_list_id=5, user_id="a", user_id_type=4, error_code=pb.ERROR_CODES["UNKNOWN_ID"])
+    assert reply.SerializeToString() == b"\x08\x01" b"\x12\x09" b"\x10\x05" b"\x1a\x01a" b"\x20\x15" b"\x38\x04"
 
 
 # --- configuration -----------------------------------------------------------------------------
