@@ -53,6 +53,14 @@ def _erase_scores(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
     client.command("DELETE FROM crumb.lookalike_scores WHERE profile IN {ids:Array(String)}", parameters={"ids": typed})
 
 
+def _erase_memberships(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
+    # The current members (what a full reload of the Redis store reads), what each build changed
+    # and the membership intervals. Destinations that got the ID learn of it from the removals.
+    for table in ("id_segments", "segment_deltas", "segment_history"):
+        client.command(f"DELETE FROM crumb.{table} {on_cluster(client)} WHERE id IN {{ids:Array(String)}}",
+                       parameters={"ids": ids})
+
+
 def _erase_matches(client: Client, redis_client: redis.Redis, ids: list[str]) -> None:
     from activation.idsync import erase_matches
 
@@ -70,6 +78,7 @@ ERASERS: list[Eraser] = [
     Eraser("crumb.id_matches", _erase_matches),
     Eraser("redis segment store", _erase_from_store),
     Eraser("crumb.lookalike_scores", _erase_scores),
+    Eraser("crumb.id_segments, segment_deltas, segment_history", _erase_memberships),
     # What destinations received moves to the removals the next `crumb activate sync` sends.
     Eraser("crumb.delivered (removals queued for destinations)", _queue_removals),
 ]

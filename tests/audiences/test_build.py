@@ -15,7 +15,9 @@ from clickhouse_connect.driver.client import Client
 from audiences.builder import build
 from audiences.definitions import SegmentSet, parse_segment
 from audiences.errors import BuildError
+from crumb.privacy import erase
 from tests.audiences.events import cookie, insert_events
+from tests.conftest import LiveServer
 
 DAY = 86_400_000
 T0 = 2_100_000_000_000  # 2036
@@ -125,3 +127,20 @@ def test_a_build_cut_short_is_cleaned_up_once_and_marked_failed(warehouse: Clien
     assert status == "failed" and error.startswith("interrupted")
     assert warehouse.query("SELECT count() FROM crumb.segment_deltas WHERE build_id = {b:UInt64}",
                            parameters={"b": crashed.build_id}).result_rows == [(0,)]
+
+
+def test_erasure_removes_the_id_from_members_deltas_and_history(warehouse: Client, live_server: LiveServer) -> None:
+    kept, erased = cookie(), cookie()
+    insert(warehouse, [{"ts": T0 - 1000, "cookie_id": kept, "path": "/sports/x"},
+                       {"ts": T0 - 2000, "cookie_id": erased, "path": "/sports/y"}])
+    build(warehouse, SPORTS, as_of_ms=T0)
+    assert {(1, kept, "cookie"), (1, erased, "cookie")} <= members(warehouse)
+
+    names = erase(warehouse, live_server.crumb.runtime.redis, [erased], "test")
+
+    assert "crumb.id_segments, segment_deltas, segment_history" in names
+    for table in ("segment_members", "segment_deltas", "segment_history"):
+        held = {r[0] for r in warehouse.query(
+            f"SELECT DISTINCT id FROM crumb.{table} WHERE id IN {{ids:Array(String)}}",
+            parameters={"ids": [kept, erased]}).result_rows}
+        assert held == {kept}, table
