@@ -19,7 +19,7 @@ class WarehouseSink:
     def insert(self, batch: Batch) -> int:
         rows = self._optouts.keep_rows(batch.rows, _ID_COLUMNS)
         if rows:
-            columns = [list(column) for column in zip(*rows)]
+            columns = list(zip(*rows))
             self._client.insert(
                 EVENTS_TABLE, columns, column_names=EVENT_COLUMNS, column_oriented=True,
                 settings={"insert_deduplication_token": batch.token},

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from collector.hits import Hit
 from collector.metrics import CollectorStats
 from collector.rows import Enricher
-from collector.spool import Batch, Spool
+from collector.spool import Batch, Row, Spool
 
 log = logging.getLogger("crumb.collector.writer")
 
@@ -156,7 +156,7 @@ class EventWriter:
             self._settled()
 
     def _prepare(self, hits: list[tuple[Any, ...]]) -> Batch:
-        rows = []
+        rows: list[Row] = []
         for raw in hits:
             hit = Hit._make(raw)
             if not self._recent.first_time(hit.event_id):

@@ -36,7 +36,7 @@ def test_a_row_is_enriched_from_rules_taxonomy_and_user_agent(tmp_path: Path) ->
                           "    categories:\n      - match: '^/sports/soccer'\n        ids: ['533']\n")
     enricher = Enricher(load_sites(sites_file, TAXONOMY).rules(), TAXONOMY)
     row = dict(zip(EVENT_COLUMNS, enricher.row(hit(categories=("483", "NOPE9")))))
-    assert row["categories"] == ["483", "533"]  # the tag's known ID, then the rule's; unknown dropped
+    assert row["categories"] == ("483", "533")  # the tag's known ID, then the rule's; unknown dropped
     assert (row["host"], row["path"], row["utm_campaign"]) == ("shop.example.com", "/sports/soccer/x", "spring")
     assert "555" not in row["url"]
     assert (row["device_type"], row["os"], row["is_bot"]) == ("mobile", "iOS", 0)
@@ -60,3 +60,4 @@ def test_uuids_are_not_mistaken_for_phone_numbers() -> None:
     ids = [str(uuid.uuid4()) for _ in range(2000)] + ["a925a172-1621-4415-9cc6-eb2551fe9162"]
     assert all(scrub_props({"pageview_id": i}) == {"pageview_id": i} for i in ids)
     assert scrub_props({"note": "call +44 20 7946 0958"}) == {"note": "call [redacted]"}
+
