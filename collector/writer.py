@@ -157,9 +157,8 @@ class EventWriter:
 
     def _prepare(self, hits: list[tuple[Any, ...]]) -> Batch:
         rows: list[Row] = []
-        for raw in hits:
-            hit = Hit._make(raw)
-            if not self._recent.first_time(hit.event_id):
+        for hit in hits:
+            if not self._recent.first_time(hit[0]):  # the event_id
                 self.stats.duplicates += 1
                 continue
             rows.append(self._enricher.row(hit))
