@@ -61,3 +61,13 @@ def test_uuids_are_not_mistaken_for_phone_numbers() -> None:
     assert all(scrub_props({"pageview_id": i}) == {"pageview_id": i} for i in ids)
     assert scrub_props({"note": "call +44 20 7946 0958"}) == {"note": "call [redacted]"}
 
+
+
+def test_a_long_url_is_enriched_like_a_short_one_and_a_plain_tuple_like_a_hit() -> None:
+    enricher = Enricher(load_sites(None, None).rules(), None)
+    for path in ("/x", "/" + "x" * 700):  # cached, and past the cached length
+        short = hit(url=f"https://Shop.Example.com{path}?utm_source=nl&email=a@b.co")
+        row = dict(zip(EVENT_COLUMNS, enricher.row(short)))
+        assert (row["host"], row["path"], row["utm_source"]) == ("shop.example.com", path, "nl")
+        assert "a@b.co" not in row["url"]
+        assert enricher.row(tuple(short)) == enricher.row(short)
