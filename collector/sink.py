@@ -9,6 +9,7 @@ from collector.schema import EVENT_COLUMNS, EVENTS_TABLE
 from collector.spool import Batch
 
 _ID_COLUMNS = (EVENT_COLUMNS.index("cookie_id"), EVENT_COLUMNS.index("fp_id"))
+_PROPS = EVENT_COLUMNS.index("props")
 
 
 class WarehouseSink:
@@ -20,8 +21,10 @@ class WarehouseSink:
     def insert(self, batch: Batch) -> int:
         rows = self._optouts.keep_rows(batch.rows, _ID_COLUMNS)
         if rows:
+            columns = list(zip(*rows))
+            columns[_PROPS] = [dict(props) for props in columns[_PROPS]]  # rows hold (key, value) pairs
             self._client.insert(
-                EVENTS_TABLE, list(zip(*rows)), column_names=EVENT_COLUMNS, column_type_names=self._types(),
+                EVENTS_TABLE, columns, column_names=EVENT_COLUMNS, column_type_names=self._types(),
                 column_oriented=True, settings={"insert_deduplication_token": batch.token},
             )
         return len(rows)

@@ -84,6 +84,15 @@ def test_recent_event_ids_forget_after_two_generations() -> None:
     assert recent.first_time("a")
 
 
+def test_recent_event_ids_cost_the_garbage_collector_nothing() -> None:
+    import gc
+
+    recent = RecentEventIds(window_s=900)
+    recent.remember([str(uuid.uuid4()) for _ in range(100)])
+    assert recent.first_time("b") and not recent.first_time("b")
+    assert not gc.is_tracked(recent._current)
+
+
 def test_opted_out_ids_are_filtered_in_bulk(live_server: LiveServer) -> None:
     client: redis.Redis = live_server.crumb.runtime.redis
     optouts = OptoutSet(client)
