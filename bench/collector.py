@@ -579,6 +579,8 @@ def report(runs: list[Run], opts: argparse.Namespace, events: dict[str, Any], pr
     if noise > NOISY_CORES:
         print(f"WARNING: other processes used {noise:.2f} cores during the runs (median): the throughput ratio is "
               "noisy; trust the CPU ratio more, or rerun on a quiet machine")
+    load = os.getloadavg()
+    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1, 5, 15 min)")
     print(f"latency p50 / p99: bare {median['bare']['p50_ms']:.2f} / {median['bare']['p99_ms']:.2f} ms, "
           f"crumb {median['crumb']['p50_ms']:.2f} / {median['crumb']['p99_ms']:.2f} ms")
     lost_note = "ok" if events["lost"] == 0 else "EVENTS LOST"
@@ -600,7 +602,7 @@ def report(runs: list[Run], opts: argparse.Namespace, events: dict[str, Any], pr
                      "wrk_threads": opts.threads, "pairs": opts.pairs, "cpus": os.cpu_count(), **SERVER_SETTINGS},
         "ratio": ratio, "ratios": ratios, "target_ratio": TARGET_RATIO, "meets_target": ratio >= TARGET_RATIO,
         "cpu_ratio": cpu_ratio, "cpu_ratios": cpu_ratios, "other_cores_median": round(noise, 2),
-        "noisy": noise > NOISY_CORES,
+        "noisy": noise > NOISY_CORES, "load_average": [round(x, 2) for x in os.getloadavg()],
         "median": median,
         "runs": [{k: v for k, v in asdict(r).items() if k != "wrk_output"} for r in runs],
         "events": events,

@@ -178,7 +178,20 @@ def _categories(value: object) -> tuple[str, ...]:
     if value is None or value == "":
         return ()
     if isinstance(value, str):
-        value = value.split(",")
+        return _categories_text(value) if len(value) <= _MAX_CATEGORIES_TEXT else _category_list(value.split(","))
+    return _category_list(value)
+
+
+_MAX_CATEGORIES_TEXT = MAX_CATEGORIES * 17  # the longest valid `cat` a pixel sends: cached below
+
+
+@lru_cache(maxsize=4096)
+def _categories_text(value: str) -> tuple[str, ...]:
+    # A pixel's `cat` is one of a site's few category lists: checked once each.
+    return _category_list(value.split(","))
+
+
+def _category_list(value: object) -> tuple[str, ...]:
     if not isinstance(value, list | tuple) or len(value) > MAX_CATEGORIES:
         raise Rejected("bad_field", f"categories must be a list of at most {MAX_CATEGORIES} IDs")
     if not all(isinstance(c, str) and _CATEGORY.fullmatch(c) for c in value):

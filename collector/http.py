@@ -59,7 +59,15 @@ def set_cookie(
     name: str, value: str, *, max_age: int, domain: str = "", secure: bool = True,
     same_site: str = "None", http_only: bool = True,
 ) -> str:
-    parts = [f"{name}={value}", f"Max-Age={max_age}", "Path=/", f"SameSite={same_site}"]
+    return f"{name}={value}" + cookie_attributes(
+        max_age=max_age, domain=domain, secure=secure, same_site=same_site, http_only=http_only)
+
+
+def cookie_attributes(
+    *, max_age: int, domain: str = "", secure: bool = True, same_site: str = "None", http_only: bool = True,
+) -> str:
+    """What follows `name=value` in a Set-Cookie header; callers that set one cookie often keep it."""
+    parts = ["", f"Max-Age={max_age}", "Path=/", f"SameSite={same_site}"]
     if domain:
         parts.append(f"Domain={domain}")
     if secure or same_site == "None":  # browsers drop SameSite=None cookies that are not Secure

@@ -30,7 +30,7 @@ class OptoutSet:
             return []
         return [bool(flag) for flag in self._redis.smismember(OPTOUT_KEY, list(ids))]
 
-    def keep_rows(self, rows: list[list[Any]], id_columns: Sequence[int]) -> list[list[Any]]:
+    def keep_rows(self, rows: list[Sequence[Any]], id_columns: Sequence[int]) -> list[Sequence[Any]]:
         """The rows none of whose IDs opted out. Raises redis errors: the caller retries later."""
         ids = sorted({row[c] for row in rows for c in id_columns if row[c]})
         opted_out = {i for i, flag in zip(ids, self.contains(ids)) if flag}

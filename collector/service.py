@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -21,7 +22,7 @@ from collector.hits import (
     make_hit,
     pixel_hit,
 )
-from collector.http import RequestMeta, parse_cookies, set_cookie
+from collector.http import RequestMeta, cookie_attributes, parse_cookies, set_cookie
 from collector.identity import (
     COOKIE_MAX_AGE_S,
     FIRST_PARTY_COOKIE,
@@ -68,6 +69,9 @@ class Collector:
         self.stats = stats
         self._add_hit = add_hit
         self._opt_out_ids = opt_out_ids
+        # crumb_id is set on nearly every hit: its attributes are joined once.
+        self._id_cookie_attributes = cookie_attributes(
+            max_age=COOKIE_MAX_AGE_S, domain=config.cookie_domain, secure=config.cookie_secure)
 
     # -- the two ways in ------------------------------------------------------------------------
 
@@ -135,7 +139,7 @@ class Collector:
                 self.stats.cookies_replaced += 1
             cookie_id = new_cookie_id()
             signed = self._signer.sign(cookie_id)
-        set_cookies.append(self._cookie(THIRD_PARTY_COOKIE, signed))  # rolling 13 months
+        set_cookies.append(f"{THIRD_PARTY_COOKIE}={signed}{self._id_cookie_attributes}")  # rolling 13 months
         fp_id = check_fp_id(fp_field)
         if self.config.cookie_domain:  # served from the site's own subdomain: we keep _crumb too
             fp_id = fp_id or check_fp_id(cookies.get(FIRST_PARTY_COOKIE)) or new_cookie_id()
@@ -201,9 +205,9 @@ def parse_query(query: bytes) -> dict[str, str]:
         for pair in text.split("&"):
             name, _, value = pair.partition("=")
             if "%" in name or "+" in name:
-                name = unquote_plus(name, errors="strict")
+                name = _decode(name)
             if "%" in value or "+" in value:
-                value = unquote_plus(value, errors="strict")
+                value = _decode(value)
             if name and name not in params:
                 params[name] = value
     except UnicodeDecodeError:
@@ -211,6 +215,21 @@ def parse_query(query: bytes) -> dict[str, str]:
     if len(params) > 100:
         raise Rejected("too_large", "query string has more than 100 parameters")
     return params
+
+
+_MAX_CACHED_CHARS = 512  # with the cache's size, bounds its memory to ~10 MB
+
+
+def _decode(text: str) -> str:
+    if len(text) > _MAX_CACHED_CHARS:
+        return unquote_plus(text, errors="strict")
+    return _decode_cached(text)
+
+
+@lru_cache(maxsize=16384)
+def _decode_cached(text: str) -> str:
+    # Pixel values repeat (page URLs, referrers), and decoding each anew cost a fifth of a hit.
+    return unquote_plus(text, errors="strict")
 
 
 def _consent(fields: Mapping[str, Any], meta: RequestMeta, vendor_id: int) -> Consent:

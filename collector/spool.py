@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+Row = Sequence[Any]  # in collector.schema.EVENT_COLUMNS order; JSON-safe values (tuples as arrays)
 
 
 @dataclass
 class Batch:
     token: str
-    rows: list[list[Any]]  # in collector.schema.EVENT_COLUMNS order; JSON-safe values
+    rows: list[Row]
 
 
 class Spool:

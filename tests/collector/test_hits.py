@@ -79,3 +79,10 @@ def test_a_hit_is_plain_data_the_gc_can_untrack() -> None:
 
     hit = make_hit(event(props={"a": "b", "n": 1}, categories=["1", "2"], engaged_ms=5), ctx())
     assert plain(tuple(hit))
+
+
+def test_a_pixel_category_list_is_checked_every_time() -> None:
+    for _ in range(2):
+        assert pixel_hit({"event_id": EID, "cat": "1,2,1"}, ctx()).categories == ("1", "2")
+        with pytest.raises(Rejected):
+            pixel_hit({"event_id": EID, "cat": "1,<b>"}, ctx())

@@ -35,3 +35,12 @@ def test_signed_cookie_round_trip_and_forgery() -> None:
 )
 def test_event_ids_are_uuids(value: str, ok: bool) -> None:
     assert is_event_id(value) is ok
+
+
+def test_new_ids_never_repeat_across_draws_or_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        batches = list(pool.map(lambda _: [new_cookie_id() for _ in range(2000)], range(4)))
+    ids = [i for batch in batches for i in batch]
+    assert len(set(ids)) == len(ids) == 8000 and all(is_cookie_id(i) for i in ids)

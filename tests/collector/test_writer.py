@@ -84,6 +84,15 @@ def test_recent_event_ids_forget_after_two_generations() -> None:
     assert recent.first_time("a")
 
 
+def test_recent_event_ids_cost_the_garbage_collector_nothing() -> None:
+    import gc
+
+    recent = RecentEventIds(window_s=900)
+    recent.remember([str(uuid.uuid4()) for _ in range(100)])
+    assert recent.first_time("b") and not recent.first_time("b")
+    assert not gc.is_tracked(recent._current)
+
+
 def test_opted_out_ids_are_filtered_in_bulk(live_server: LiveServer) -> None:
     client: redis.Redis = live_server.crumb.runtime.redis
     optouts = OptoutSet(client)
@@ -95,3 +104,20 @@ def test_opted_out_ids_are_filtered_in_bulk(live_server: LiveServer) -> None:
     rows[1][cookie], rows[1][fp] = "", gone
     rows[2][cookie], rows[2][fp] = gone, kept
     assert optouts.keep_rows(rows, (cookie, fp)) == [rows[0]]
+
+
+def test_add_enriches_each_hit_once_and_drops_its_retries(live_server: LiveServer, site: str) -> None:
+    from collector.consent import NO_GDPR
+    from collector.hits import Hit, consent_columns
+
+    writer, stats = live_server.crumb.writer, live_server.stats
+    accepted, duplicates = stats.accepted, stats.duplicates
+    now_ms = int(time.time() * 1000)
+    hit = Hit(str(uuid.uuid4()), now_ms, now_ms, site, "pageview", uuid.uuid4().hex, "",
+              "https://X.example/p?email=a@b.co", "", (), 0, (), "203.0.113.0", "ua", consent_columns(NO_GDPR), "test")
+    writer.add(hit)
+    writer.add(hit)  # a retry
+    live_server.flush()
+    assert (stats.accepted - accepted, stats.duplicates - duplicates) == (2, 1)
+    assert live_server.query("SELECT host, url FROM crumb.events WHERE site = {s:String}", {"s": site}) == [
+        ("x.example", "https://X.example/p")]
