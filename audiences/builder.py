@@ -45,7 +45,7 @@ from crumb.progress import SILENT, Progress
 OPEN_INTERVAL = "2106-01-01 00:00:00.000"
 # The scratch tables of a build (or a preview), by their field in `Tables`.
 SCRATCH_TABLES = {
-    "values": "(mask UInt16, value String, bits UInt64) ENGINE = Join(ANY, LEFT, mask, value)",
+    "values": "(chunk UInt16, value String, bits UInt64) ENGINE = Join(ANY, LEFT, chunk, value)",
     "profile_of": "(id String, profile String) ENGINE = Join(ANY, LEFT, id)",
     "profile_ids": "(profile String, ids Array(String)) ENGINE = Join(ANY, LEFT, profile)",
 }
@@ -227,16 +227,20 @@ def _write_deltas(client: Client, build_id: int, as_of_ms: int) -> None:
         f"INSERT INTO crumb.segment_history SELECT segment_id, id, id_type, {at}, '{OPEN_INTERVAL}', "
         "{build_id:UInt64} FROM crumb.segment_deltas WHERE build_id = {build_id:UInt64} AND change = 'enter'",
         parameters=params)
-    # Close the open intervals of the exits: FINAL only over the exited keys, found by the key index.
+    # Close the open interval of each exit: the latest one of its (segment, ID), found through the
+    # key index; no FINAL, which would merge the whole history on every build.
     client.command(
-        f"INSERT INTO crumb.segment_history SELECT segment_id, id, id_type, entered_at, {at}, "
-        "{build_id:UInt64} FROM crumb.segment_history FINAL WHERE (segment_id, id) IN ("
+        f"INSERT INTO crumb.segment_history SELECT segment_id, id, any(id_type), max(entered_at), {at}, "
+        "{build_id:UInt64} FROM crumb.segment_history WHERE (segment_id, id) IN ("
         " SELECT segment_id, id FROM crumb.segment_deltas WHERE build_id = {build_id:UInt64} AND change = 'exit')"
-        f" AND exited_at = '{OPEN_INTERVAL}'",
+        " GROUP BY segment_id, id",
         parameters=params)
+    # Profiles per segment without hashing ten million IDs: every ID of a profile has the same
+    # segments, so the profile's own row (its label is its smallest typed ID) counts it once.
     client.command(
-        f"INSERT INTO crumb.segment_sizes SELECT {{build_id:UInt64}}, {at}, segment_id, uniqExact(profile_id), count() "
-        "FROM crumb.segment_members_next GROUP BY segment_id", parameters=params)
+        f"INSERT INTO crumb.segment_sizes SELECT {{build_id:UInt64}}, {at}, segment_id, "
+        "countIf(concat(if(id_type = 'cookie', 'c:', 'f:'), id) = profile_id), count() "
+        "FROM crumb.id_segments_next ARRAY JOIN segments AS segment_id GROUP BY segment_id", parameters=params)
 
 
 def _count(client: Client, result: BuildResult) -> None:

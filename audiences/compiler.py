@@ -232,32 +232,49 @@ def looked_up(plan: Plan, field_name: str, numbers: list[int]) -> bool:
             and any(plan.predicates[n - 1].op not in LITERAL_OPS for n in numbers))
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    """Up to 64 predicates of one field, at bits `offset`.. of the row's mask word `word`."""
+
+    index: int
+    field_name: str
+    numbers: list[int]
+    word: str
+    offset: int
+
+
 @dataclass
 class _Layout:
     """Where each predicate and matcher lives in the per-row and per-ID columns.
 
-    A row's predicates are bits of one mask per field (`f<k>`, 64 predicates a mask): a field's
-    equality tests are one `transform` of its value, the rest a bit each. A matcher of a single
-    predicate over the scan's whole window is then just that bit, and its presence per ID is the
-    OR of the field masks; only the other matchers (several predicates, or a narrower window) are
-    booleans of their own, packed into words `w<j>`. Per-row work follows the fields and the
-    compound matchers, not every condition of every segment.
+    A row's predicates are bits of a few mask words (`f<k>`): each field's predicates take a run
+    of bits, its equality tests one `transform` of its value giving them all, the rest a bit
+    each. A matcher of a single predicate over the scan's whole window is then just that bit,
+    and its presence per ID is a bit of the OR of the words; only the other matchers (several
+    predicates, or a narrower window) are booleans of their own, packed into words `w<j>`.
+    Per-row work and per-ID aggregates follow the number of words, not of conditions.
     """
 
-    masks: list[tuple[str, str, list[int]]] = field(default_factory=list)  # (name, field, predicates)
-    bit_of: dict[int, tuple[str, int]] = field(default_factory=dict)  # predicate → (mask, bit)
+    chunks: list[_Chunk] = field(default_factory=list)
+    bit_of: dict[int, tuple[str, int]] = field(default_factory=dict)  # predicate → (word, bit)
     packed: dict[int, tuple[str, int]] = field(default_factory=dict)  # compound matcher → (word, bit)
 
     @classmethod
     def of(cls, plan: Plan) -> _Layout:
         layout = cls()
+        words: list[int] = []  # bits used in each mask word
         for field_name in plan.fields():
             numbers = [n for n, p in enumerate(plan.predicates, 1) if p.field == field_name]
             for start in range(0, len(numbers), 64):
-                name = f"f{len(layout.masks)}"
-                layout.masks.append((name, field_name, numbers[start:start + 64]))
-                for bit, number in enumerate(numbers[start:start + 64]):
-                    layout.bit_of[number] = (name, bit)
+                part = numbers[start:start + 64]
+                word = next((w for w, used in enumerate(words) if used + len(part) <= 64), len(words))
+                if word == len(words):
+                    words.append(0)
+                chunk = _Chunk(len(layout.chunks), field_name, part, f"f{word}", words[word])
+                layout.chunks.append(chunk)
+                words[word] += len(part)
+                for bit, number in enumerate(part, chunk.offset):
+                    layout.bit_of[number] = (chunk.word, bit)
         compound = [m.number for m in plan.matchers if not layout.plain(plan, m.number)]
         for index, number in enumerate(compound):
             layout.packed[number] = (f"w{index // 64}", index % 64)
@@ -268,6 +285,9 @@ class _Layout:
         m = plan.matchers[matcher - 1]
         return len(m.predicates) == 1 and m.window_days == plan.max_window_days
 
+    def mask_words(self) -> list[str]:
+        return list(dict.fromkeys(chunk.word for chunk in self.chunks))
+
     def words(self) -> list[str]:
         return sorted({word for word, _bit in self.packed.values()}, key=lambda w: int(w[1:]))
 
@@ -275,21 +295,21 @@ class _Layout:
         """The matcher on one row."""
         if matcher in self.packed:
             return f"m{matcher}"
-        mask, bit = self.bit_of[plan.matchers[matcher - 1].predicates[0]]
-        return f"bitTest({mask}, {bit})"
+        word, bit = self.bit_of[plan.matchers[matcher - 1].predicates[0]]
+        return f"bitTest({word}, {bit})"
 
     def presence(self, plan: Plan, matcher: int) -> str:
-        """Some row of the ID (or profile) met the matcher: a bit of the OR-ed masks or words."""
+        """Some row of the ID (or profile) met the matcher: a bit of the OR-ed words."""
         if matcher in self.packed:
             return "bitTest({}_any, {})".format(*self.packed[matcher])
         return "bitTest({}_any, {})".format(*self.bit_of[plan.matchers[matcher - 1].predicates[0]])
 
 
-def _mask_sql(plan: Plan, field_name: str, numbers: list[int], params: dict[str, Any], value: str = "") -> str:
-    """One field's predicates as the bits of a UInt64: over the events row, or over `value`."""
+def _mask_sql(plan: Plan, chunk: _Chunk, params: dict[str, Any], value: str = "") -> str:
+    """A chunk's predicates as bits of a UInt64 (from its offset): over the events row, or over `value`."""
     parts = []
     keys: dict[str, int] = {}
-    for bit, number in enumerate(numbers):
+    for bit, number in enumerate(chunk.numbers, chunk.offset):
         p = plan.predicates[number - 1]
         if p.op in LITERAL_OPS:
             literals = plan.category_values.get(number) or (p.value if isinstance(p.value, list) else [p.value])
@@ -300,13 +320,17 @@ def _mask_sql(plan: Plan, field_name: str, numbers: list[int], params: dict[str,
             params[f"p{number}"] = p.value
             parts.append(f"bitShiftLeft(toUInt64({test}), {bit})")
     if keys:
-        name = f"k{numbers[0]}"
+        name = f"k{chunk.numbers[0]}"
         params[f"{name}_values"], params[f"{name}_bits"] = list(keys), list(keys.values())
         table = f"{{{name}_values:Array(String)}}, {{{name}_bits:Array(UInt64)}}, toUInt64(0)"
-        if field_name == "category":  # the OR over the row's categories
+        if chunk.field_name == "category":  # the OR over the row's categories
             parts.append(f"arrayReduce('groupBitOr', arrayMap(c -> transform(c, {table}), categories))")
         else:
-            parts.append(f"transform({value or _value_sql(plan, field_name, params)}, {table})")
+            parts.append(f"transform({value or _value_sql(plan, chunk.field_name, params)}, {table})")
+    return _bit_or(parts)
+
+
+def _bit_or(parts: list[str]) -> str:
     expression = parts[0]
     for part in parts[1:]:
         expression = f"bitOr({expression}, {part})"
@@ -323,16 +347,16 @@ def _value_sql(plan: Plan, field_name: str, params: dict[str, Any]) -> str:
 
 
 def values_statements(plan: Plan, as_of_ms: int, tables: Tables = BUILD) -> list[Statement]:
-    """For each looked-up field mask: its distinct values in the window → the mask, where not 0.
+    """For each looked-up chunk: its field's distinct values in the window → its bits, where any.
     The window is on `ts` alone: a value of an ineligible row costs a row here, nothing more."""
     statements = []
-    for index, (_name, field_name, numbers) in enumerate(_Layout.of(plan).masks):
-        if looked_up(plan, field_name, numbers):
-            params: dict[str, Any] = {**window_params(plan, as_of_ms), "mask": index}
-            value = _value_sql(plan, field_name, params)
+    for chunk in _Layout.of(plan).chunks:
+        if looked_up(plan, chunk.field_name, chunk.numbers):
+            params: dict[str, Any] = {**window_params(plan, as_of_ms), "chunk": chunk.index}
+            value = _value_sql(plan, chunk.field_name, params)
             statements.append((
-                f"INSERT INTO {tables.values} (mask, value, bits) SELECT {{mask:UInt16}}, v, bits FROM ("
-                f"SELECT v, {_mask_sql(plan, field_name, numbers, params, 'v')} AS bits FROM ("
+                f"INSERT INTO {tables.values} (chunk, value, bits) SELECT {{chunk:UInt16}}, v, bits FROM ("
+                f"SELECT v, {_mask_sql(plan, chunk, params, 'v')} AS bits FROM ("
                 f"SELECT DISTINCT {value} AS v FROM {tables.events} "
                 "WHERE ts > fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
                 "AND ts <= fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC'))) WHERE bits != 0", params))
@@ -340,15 +364,17 @@ def values_statements(plan: Plan, as_of_ms: int, tables: Tables = BUILD) -> list
 
 
 def _row_columns(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str, Any], tables: Tables) -> list[str]:
-    """Per row: the field masks, each window narrower than the scan's (`in<days>`), each compound
+    """Per row: the mask words, each window narrower than the scan's (`in<days>`), each compound
     matcher (`m<n>`) and their words, and the row's day as a bit (`day_bit`) and a date (`day`)."""
-    columns = []
-    for index, (name, field_name, numbers) in enumerate(layout.masks):
-        if looked_up(plan, field_name, numbers):
-            value = _value_sql(plan, field_name, params)
-            columns.append(f"joinGet('{tables.values}', 'bits', toUInt16({index}), {value}) AS {name}")
+    parts: dict[str, list[str]] = {}
+    for chunk in layout.chunks:
+        if looked_up(plan, chunk.field_name, chunk.numbers):
+            value = _value_sql(plan, chunk.field_name, params)
+            part = f"joinGet('{tables.values}', 'bits', toUInt16({chunk.index}), {value})"
         else:
-            columns.append(f"{_mask_sql(plan, field_name, numbers, params)} AS {name}")
+            part = _mask_sql(plan, chunk, params)
+        parts.setdefault(chunk.word, []).append(part)
+    columns = [f"{_bit_or(word_parts)} AS {word}" for word, word_parts in parts.items()]
     for days in sorted({m.window_days for m in plan.matchers if m.window_days < plan.max_window_days}):
         params[f"since{days}"] = as_of_ms - days * DAY_MS
         columns.append(f"ts > fromUnixTimestamp64Milli({{since{days}:Int64}}, 'UTC') AS in{days}")
@@ -373,7 +399,7 @@ def _aggregates(plan: Plan, layout: _Layout) -> list[tuple[str, str]]:
     """(per ID, per profile) aggregates: the second merges the first over a profile's IDs."""
     # `<mask>_any`: a mask's OR over rows, named apart from the row's mask that other aggregates read.
     aggregates = [(f"groupBitOr({name}) AS {name}_any", f"groupBitOr({name}_any) AS {name}_any")
-                  for name in [*(mask for mask, _f, _n in layout.masks), *layout.words()]]
+                  for name in [*layout.mask_words(), *layout.words()]]
     for m in plan.bounded("counts"):
         aggregates.append((f"countIf({layout.row_test(plan, m)}) AS n{m}", f"sum(n{m}) AS n{m}"))
     for m in plan.bounded("min_days"):

@@ -42,13 +42,15 @@ def test_golden_plan_numbers_shared_predicates_once() -> None:
         2: "(h3 AND ((h1 AND h2) AND (NOT h4)))",
     }
     sql, params = membership_statement(plan, AS_OF, 7)
-    # One mask per field; equality tests (a category's descendants too) are one transform of the value.
+    # The fields share a mask word, a run of bits each; equality tests (a category's descendants
+    # too) are one transform of the value, giving the field's bits at once.
     assert params["k1_values"] == ["483", "533"] and params["k1_bits"] == [1, 1]
     assert "transform(c, {k1_values:Array(String)}, {k1_bits:Array(UInt64)}, toUInt64(0))" in sql
-    assert params["k2_values"] == ["shop.example"] and "transform(host, {k2_values:Array(String)}" in sql
-    # A one-predicate matcher over the whole window is a bit of its field's mask; a narrower
-    # window makes a compound matcher of its own, packed into a word.
-    assert "bitTest(f1, 0) AND in7 AS m4" in sql and params["since7"] == AS_OF - 7 * 86_400_000
+    assert params["k2_values"] == ["shop.example"] and params["k2_bits"] == [2]
+    assert "transform(host, {k2_values:Array(String)}" in sql and sql.count(" AS f0,") == 1 and " AS f1" not in sql
+    # A one-predicate matcher over the whole window is a bit of the mask word; a narrower window
+    # makes a compound matcher of its own, packed into a word of matchers.
+    assert "bitTest(f0, 1) AND in7 AS m4" in sql and params["since7"] == AS_OF - 7 * 86_400_000
     assert "countIf(bitTest(f0, 0)) AS n2" in sql and params["min_n2"] == 3
     assert "(bitTest(f0_any, 0) AND n2 >= {min_n2:UInt64}) AS h2" in sql
     assert "(bitTest(w0_any, 2)) AS h4" in sql
@@ -72,9 +74,9 @@ def test_string_fields_with_patterns_are_looked_up_once_per_value() -> None:
     # The path's prefix and its equality are evaluated over its distinct values, into the lookup
     # table; the host (LowCardinality) is evaluated inline, per dictionary value.
     assert "SELECT DISTINCT path AS v" in values_sql and "startsWith(v, {p" in values_sql
-    assert values_params["mask"] == 1
+    assert values_params["chunk"] == 1 and "bitShiftLeft(toUInt64(startsWith(v, {p1:String})), 1)" in values_sql
     sql, _params = membership_statement(plan, AS_OF, 7)
-    assert "joinGet('crumb._build_values', 'bits', toUInt16(1), path) AS f1" in sql
+    assert "joinGet('crumb._build_values', 'bits', toUInt16(1), path)) AS f0" in sql
     assert "startsWith(host, {p" in sql
 
 
