@@ -395,39 +395,93 @@ def _row_columns(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str, A
     return columns
 
 
-def _aggregates(plan: Plan, layout: _Layout) -> list[tuple[str, str]]:
+HALF = 32  # two counters, or two day masks of windows up to 31 days, share one UInt64 aggregate
+LOW_HALF = 2**HALF - 1
+
+
+def _halves(matchers: list[int], prefix: str) -> dict[int, tuple[str, int]]:
+    """Matchers paired into UInt64 aggregates: matcher → (aggregate name, shift of its half)."""
+    return {m: (f"{prefix}{i // 2}", HALF * (i % 2)) for i, m in enumerate(matchers)}
+
+
+def _read_half(name: str, shift: int) -> str:
+    return f"bitShiftRight({name}, {shift})" if shift else f"bitAnd({name}, {LOW_HALF})"
+
+
+@dataclass
+class _Bounded:
+    """Where the bounded aggregates of each matcher are: counts and short day masks by halves
+    (a count never nears 2^32 events; a window of 31 days has at most 32 dates), the rest whole."""
+
+    counts: dict[int, tuple[str, int]]
+    short_days: dict[int, tuple[str, int]]
+    long_days: list[int]  # 32 to 63 days: a UInt64 mask each
+    day_sets: list[int]  # longer: the set of dates
+    engaged: list[int]
+
+    @classmethod
+    def of(cls, plan: Plan) -> _Bounded:
+        days = plan.bounded("min_days")
+        window = {m: plan.matchers[m - 1].window_days for m in days}
+        return cls(
+            counts=_halves(plan.bounded("counts"), "n"),
+            short_days=_halves([m for m in days if window[m] < HALF], "d"),
+            long_days=[m for m in days if HALF <= window[m] < DAY_BITS],
+            day_sets=[m for m in days if window[m] >= DAY_BITS],
+            engaged=plan.bounded("min_engaged_ms"),
+        )
+
+    def count(self, matcher: int) -> str:
+        return _read_half(*self.counts[matcher])
+
+    def days(self, matcher: int) -> str:
+        if matcher in self.short_days:
+            return f"bitCount({_read_half(*self.short_days[matcher])})"
+        return f"bitCount(D{matcher})" if matcher in self.long_days else f"length(D{matcher})"
+
+
+def _aggregates(plan: Plan, layout: _Layout, bounded: _Bounded) -> list[tuple[str, str]]:
     """(per ID, per profile) aggregates: the second merges the first over a profile's IDs."""
     # `<mask>_any`: a mask's OR over rows, named apart from the row's mask that other aggregates read.
     aggregates = [(f"groupBitOr({name}) AS {name}_any", f"groupBitOr({name}_any) AS {name}_any")
                   for name in [*layout.mask_words(), *layout.words()]]
-    for m in plan.bounded("counts"):
-        aggregates.append((f"countIf({layout.row_test(plan, m)}) AS n{m}", f"sum(n{m}) AS n{m}"))
-    for m in plan.bounded("min_days"):
+
+    def packed(slots: dict[int, tuple[str, int]], term: str) -> dict[str, str]:
+        terms: dict[str, list[str]] = {}
+        for m, (name, shift) in slots.items():
+            value = term.format(layout.row_test(plan, m))
+            terms.setdefault(name, []).append(f"bitShiftLeft({value}, {shift})" if shift else value)
+        return {name: " + ".join(parts) for name, parts in terms.items()}
+
+    for name, total in packed(bounded.counts, "toUInt64({})").items():
+        aggregates.append((f"sum({total}) AS {name}", f"sum({name}) AS {name}"))
+    for name, mask in packed(bounded.short_days, "if({}, day_bit, 0)").items():
+        aggregates.append((f"groupBitOr({mask}) AS {name}", f"groupBitOr({name}) AS {name}"))
+    for m in bounded.long_days:
         test = layout.row_test(plan, m)
-        if plan.matchers[m - 1].window_days < DAY_BITS:
-            aggregates.append((f"groupBitOr(if({test}, day_bit, 0)) AS d{m}", f"groupBitOr(d{m}) AS d{m}"))
-        else:
-            aggregates.append((f"groupUniqArrayIf(day, {test}) AS d{m}", f"groupUniqArrayArray(d{m}) AS d{m}"))
-    for m in plan.bounded("min_engaged_ms"):
+        aggregates.append((f"groupBitOr(if({test}, day_bit, 0)) AS D{m}", f"groupBitOr(D{m}) AS D{m}"))
+    for m in bounded.day_sets:
+        test = layout.row_test(plan, m)
+        aggregates.append((f"groupUniqArrayIf(day, {test}) AS D{m}", f"groupUniqArrayArray(D{m}) AS D{m}"))
+    for m in bounded.engaged:
         aggregates.append((f"sumIf(engaged_ms, {layout.row_test(plan, m)}) AS e{m}", f"sum(e{m}) AS e{m}"))
     return aggregates
 
 
-def _held_columns(plan: Plan, layout: _Layout, params: dict[str, Any]) -> list[str]:
+def _held_columns(plan: Plan, layout: _Layout, bounded: _Bounded, params: dict[str, Any]) -> list[str]:
     """Per profile: condition `h<n>` holds when its matcher met a row and its bounds hold."""
     columns = []
     for c in plan.conditions:
         tests = [layout.presence(plan, c.matcher)]
         if c.min_count > 1:
             params[f"min_n{c.number}"] = c.min_count
-            tests.append(f"n{c.matcher} >= {{min_n{c.number}:UInt64}}")
+            tests.append(f"{bounded.count(c.matcher)} >= {{min_n{c.number}:UInt64}}")
         if c.max_count is not None:
             params[f"max_n{c.number}"] = c.max_count
-            tests.append(f"n{c.matcher} <= {{max_n{c.number}:UInt64}}")
+            tests.append(f"{bounded.count(c.matcher)} <= {{max_n{c.number}:UInt64}}")
         if c.min_days:
             params[f"min_days{c.number}"] = c.min_days
-            days = f"bitCount(d{c.matcher})" if c.window_days < DAY_BITS else f"length(d{c.matcher})"
-            tests.append(f"{days} >= {{min_days{c.number}:UInt64}}")
+            tests.append(f"{bounded.days(c.matcher)} >= {{min_days{c.number}:UInt64}}")
         if c.min_engaged_ms:
             params[f"min_engaged{c.number}"] = c.min_engaged_ms
             tests.append(f"e{c.matcher} >= {{min_engaged{c.number}:UInt64}}")
@@ -441,8 +495,9 @@ def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Table
     params: dict[str, Any] = {**window_params(plan, as_of_ms), "build_id": build_id}
     layout = _Layout.of(plan)
     rows = ", ".join(_row_columns(plan, layout, as_of_ms, params, tables))
-    per_id, per_profile = zip(*_aggregates(plan, layout), strict=True)
-    held = ", ".join(_held_columns(plan, layout, params))
+    bounded = _Bounded.of(plan)
+    per_id, per_profile = zip(*_aggregates(plan, layout, bounded), strict=True)
+    held = ", ".join(_held_columns(plan, layout, bounded, params))
     picks = ", ".join(f"if({expr}, toUInt32({segment_id}), toUInt32(0))"
                       for segment_id, expr in plan.expressions.items())
     sql = f"""

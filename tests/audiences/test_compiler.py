@@ -51,8 +51,8 @@ def test_golden_plan_numbers_shared_predicates_once() -> None:
     # A one-predicate matcher over the whole window is a bit of the mask word; a narrower window
     # makes a compound matcher of its own, packed into a word of matchers.
     assert "bitTest(f0, 1) AND in7 AS m4" in sql and params["since7"] == AS_OF - 7 * 86_400_000
-    assert "countIf(bitTest(f0, 0)) AS n2" in sql and params["min_n2"] == 3
-    assert "(bitTest(f0_any, 0) AND n2 >= {min_n2:UInt64}) AS h2" in sql
+    assert "sum(toUInt64(bitTest(f0, 0))) AS n0" in sql and params["min_n2"] == 3
+    assert "(bitTest(f0_any, 0) AND bitAnd(n0, 4294967295) >= {min_n2:UInt64}) AS h2" in sql
     assert "(bitTest(w0_any, 2)) AS h4" in sql
 
 
@@ -64,7 +64,20 @@ def test_conditions_that_differ_only_in_bounds_share_a_matcher() -> None:
     plan = compile_segments(segments)
     assert len(plan.conditions) == 3 and len(plan.matchers) == 2
     sql, _params = membership_statement(plan, AS_OF, 7)
-    assert sql.count("countIf(bitTest(f0, 0))") == 1 and "groupBitOr(if(bitTest(f0, 0), day_bit, 0)) AS d2" in sql
+    assert sql.count("sum(toUInt64(bitTest(f0, 0)))") == 1 and "groupBitOr(if(bitTest(f0, 0), day_bit, 0)) AS d0" in sql
+
+
+def test_two_counts_and_two_short_day_masks_share_an_aggregate() -> None:
+    segments = SegmentSet([segment(1, where("host", "eq", "a", min_count=2, min_days=2)),
+                           segment(2, where("host", "eq", "b", min_count=3, min_days=2, within_days=40))])
+    plan = compile_segments(segments)
+    sql, _params = membership_statement(plan, AS_OF, 7)
+    # Counts: halves of one sum. Day masks: a 30-day window fits 32 bits, a 40-day one does not.
+    # (The 40-day condition is the scan's whole window, so it is a plain bit; the 30-day one, m2, is not.)
+    assert "sum(toUInt64(m2) + bitShiftLeft(toUInt64(bitTest(f0, 1)), 32)) AS n0" in sql
+    assert "bitShiftRight(n0, 32) >= {min_n3:UInt64}" in sql
+    assert "groupBitOr(if(m2, day_bit, 0)) AS d0" in sql and "bitCount(bitAnd(d0, 4294967295))" in sql
+    assert "groupBitOr(if(bitTest(f0, 1), day_bit, 0)) AS D3" in sql and "bitCount(D3) >=" in sql
 
 
 def test_string_fields_with_patterns_are_looked_up_once_per_value() -> None:
@@ -84,7 +97,7 @@ def test_long_windows_count_days_as_a_set() -> None:
     plan = compile_segments(SegmentSet([segment(1, where("host", "eq", "a", min_days=3, within_days=90),
                                                 lookback_days=90)]))
     sql, _params = membership_statement(plan, AS_OF, 7)
-    assert "groupUniqArrayIf(day, bitTest(f0, 0)) AS d2" in sql and "length(d2) >=" in sql
+    assert "groupUniqArrayIf(day, bitTest(f0, 0)) AS D2" in sql and "length(D2) >=" in sql
 
 
 ATTACKS = [
