@@ -28,6 +28,7 @@ from audiences.compiler import (
     MEMBERSHIP_SETTINGS,
     PROFILE_IDS,
     PROFILE_OF,
+    VALUES_SETTINGS,
     Plan,
     Tables,
     compile_segments,
@@ -106,7 +107,7 @@ def build(
         result.link_rounds = steps.run("profiles", lambda: _resolve_profiles(client, plan, as_of_ms))
         client.command("TRUNCATE TABLE crumb.id_segments_next")
         if plan.segments:
-            steps.run("values", lambda: _run(client, values_statements(plan, as_of_ms)))
+            steps.run("values", lambda: _run(client, values_statements(plan, as_of_ms), VALUES_SETTINGS))
             steps.run("members", lambda: _run(client, [membership_statement(plan, as_of_ms, result.build_id)],
                                               MEMBERSHIP_SETTINGS))
         if segments.lookalikes():

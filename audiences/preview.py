@@ -21,6 +21,7 @@ from audiences.compiler import (
     EVENTS,
     MEMBERSHIP_SETTINGS,
     ROW_ID,
+    VALUES_SETTINGS,
     Plan,
     Tables,
     compile_segments,
@@ -83,7 +84,7 @@ def _evaluate(client: Client, plan: Plan, segment: Segment, as_of_ms: int, bucke
     try:
         _make_scratch(client, tables, buckets)
         for sql, parameters in values_statements(plan, as_of_ms, tables):
-            client.command(sql, parameters=parameters)
+            client.command(sql, parameters=parameters, settings=VALUES_SETTINGS)
         sql, parameters = membership_statement(plan, as_of_ms, 0, tables)
         client.command(sql, parameters=parameters, settings=MEMBERSHIP_SETTINGS)
         sampled = client.query(
