@@ -226,7 +226,8 @@ def row_predicate_sql(plan: Plan, number: int, params: dict[str, Any]) -> str:
 
 
 LITERAL_OPS = (Op.EQ, Op.IN, Op.IS)
-# Stored as LowCardinality: a function of one is evaluated once per dictionary value, not per row.
+# Stored as LowCardinality: ClickHouse can evaluate a function of one per dictionary value, so
+# their tests stay inline; plain String fields with patterns get a lookup table instead.
 LOW_CARDINALITY = {"host", "referrer_host", "utm_source", "utm_medium", "type", "site", "device_type", "os", "browser"}
 
 
