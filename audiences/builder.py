@@ -182,7 +182,7 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int) -> int:
         f" FROM {EVENTS} WHERE {window_filter()} AND cookie_id != '' AND fp_id != '')"
         " ARRAY JOIN [(a, b), (b, a)] AS pair", parameters=params)
     # The parents, as the profile_of table itself is: (id, profile) by id.
-    structure = "(id String, profile String) ENGINE = Join(ANY, LEFT, id)"
+    structure = SCRATCH_TABLES["profile_of"]
     client.command(f"CREATE TABLE crumb._build_parent {structure}")
     client.command("INSERT INTO crumb._build_parent SELECT u, min(least(u, v)) FROM crumb._build_edges GROUP BY u")
     parent = "joinGet('crumb._build_parent', 'profile', {})"

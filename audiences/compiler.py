@@ -322,8 +322,11 @@ def _mask_sql(plan: Plan, chunk: _Chunk, params: dict[str, Any], value: str = ""
             for literal in literals:
                 keys[str(literal)] = keys.get(str(literal), 0) | 1 << bit
         else:
-            test = predicate_sql(p, number, value) if value else row_predicate_sql(plan, number, params)
-            params[f"p{number}"] = p.value
+            if value:  # over the lookup's distinct values
+                params[f"p{number}"] = p.value
+                test = predicate_sql(p, number, value)
+            else:
+                test = row_predicate_sql(plan, number, params)
             parts.append(f"bitShiftLeft(toUInt64({test}), {bit})")
     if keys:
         name = f"k{chunk.numbers[0]}"
