@@ -30,6 +30,7 @@ from audiences.compiler import (
     PROFILE_OF,
     VALUES_SETTINGS,
     Plan,
+    RollupRead,
     Tables,
     compile_segments,
     membership_statement,
@@ -40,6 +41,7 @@ from audiences.compiler import (
 from audiences.definitions import SegmentSet
 from audiences.errors import BuildError
 from audiences.lookalike import build_lookalikes
+from audiences.rollup import days_to_roll, read_plan, roll
 from collector.categories import ContentTaxonomy
 from crumb.progress import SILENT, Progress
 
@@ -63,6 +65,7 @@ class BuildResult:
     profiles: int = 0
     members: int = 0
     link_rounds: int = 0  # rounds the profile links took to settle
+    rolled_days: int = 0  # days rolled up (again) by this build; the others were read as rolled
     entered: int = 0
     exited: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -107,9 +110,13 @@ def build(
         result.link_rounds = steps.run("profiles", lambda: _resolve_profiles(client, plan, as_of_ms))
         client.command("TRUNCATE TABLE crumb.id_segments_next")
         if plan.segments:
-            steps.run("values", lambda: _run(client, values_statements(plan, as_of_ms), VALUES_SETTINGS))
-            steps.run("members", lambda: _run(client, [membership_statement(plan, as_of_ms, result.build_id)],
-                                              MEMBERSHIP_SETTINGS))
+            rollup = read_plan(plan, as_of_ms)
+            roll_days = steps.run("values", lambda: _values(client, plan, as_of_ms, rollup))
+            result.rolled_days = len(roll_days)
+            steps.run("rollup", lambda: roll(client, plan, roll_days, note=progress.note,
+                                             settings=MEMBERSHIP_SETTINGS))
+            steps.run("members", lambda: _run(
+                client, [membership_statement(plan, as_of_ms, result.build_id, rollup=rollup)], MEMBERSHIP_SETTINGS))
         if segments.lookalikes():
             result.lookalikes = steps.run("lookalikes", lambda: build_lookalikes(
                 client, segments, result.build_id, as_of_ms, taxonomy, progress))
@@ -127,6 +134,13 @@ def build(
         _drop_link_tables(client)
     _record(client, result, started_ms)
     return result
+
+
+def _values(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead) -> list[Any]:
+    """The days to roll up, and the lookups of every value the rollup and the members step read."""
+    roll_days = days_to_roll(client, plan, as_of_ms)
+    _run(client, values_statements(plan, as_of_ms, rollup=rollup, roll_days=roll_days), VALUES_SETTINGS)
+    return roll_days
 
 
 def _run(client: Client, statements: Iterable[tuple[str, dict[str, Any]]],

@@ -20,6 +20,7 @@ names from the allow-list, the numbers this module assigns, and SQL keywords.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -32,6 +33,7 @@ PROFILE_OF = "crumb._build_profile_of"
 PROFILE_IDS = "crumb._build_profile_ids"
 MEMBERS_NEXT = "crumb.id_segments_next"
 DAY_MS = 86_400_000
+EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 DAY_BITS = 64  # a window of up to 63 days keeps its distinct days as a bitmask; a longer one, as a set
 
 
@@ -187,10 +189,14 @@ MEMBERSHIP_SETTINGS = {"min_count_to_compile_expression": 0, "min_count_to_compi
 VALUES_SETTINGS = {"query_plan_filter_push_down": 0}
 
 
+# Rows of IDs that opted out count nowhere (their profiles are excluded too, in the build).
+OPTED_IN = "cookie_id NOT IN (SELECT id FROM crumb.optouts) AND fp_id NOT IN (SELECT id FROM crumb.optouts)"
+OPTED_OUT_TYPED = "SELECT arrayJoin([concat('c:', id), concat('f:', id)]) AS typed FROM crumb.optouts"
+
+
 def window_filter() -> str:
     return (f"{ELIGIBLE} AND ts > fromUnixTimestamp64Milli({{since_ms:Int64}}, 'UTC') "
-            "AND ts <= fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC') "
-            "AND cookie_id NOT IN (SELECT id FROM crumb.optouts) AND fp_id NOT IN (SELECT id FROM crumb.optouts)")
+            f"AND ts <= fromUnixTimestamp64Milli({{as_of_ms:Int64}}, 'UTC') AND {OPTED_IN}")
 
 
 def window_params(plan: Plan, as_of_ms: int) -> dict[str, Any]:
@@ -264,6 +270,12 @@ class _Layout:
     chunks: list[_Chunk] = field(default_factory=list)
     bit_of: dict[int, tuple[str, int]] = field(default_factory=dict)  # predicate → (word, bit)
     packed: dict[int, tuple[str, int]] = field(default_factory=dict)  # compound matcher → (word, bit)
+    # Window-free, so that an hour of an ID's rows can be rolled up into one row: predicates that
+    # must hold on one row together (→ a bit of an `x<j>` word), and the predicate sets whose
+    # rows are counted (→ `c<i>`) or whose engaged time is summed (→ `g<i>`).
+    sets: dict[tuple[int, ...], tuple[str, int]] = field(default_factory=dict)
+    counted: dict[tuple[int, ...], str] = field(default_factory=dict)
+    engaged: dict[tuple[int, ...], str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, plan: Plan) -> _Layout:
@@ -284,6 +296,12 @@ class _Layout:
         compound = [m.number for m in plan.matchers if not layout.plain(plan, m.number)]
         for index, number in enumerate(compound):
             layout.packed[number] = (f"w{index // 64}", index % 64)
+        together = sorted({m.predicates for m in plan.matchers if len(m.predicates) > 1})
+        for index, predicates in enumerate(together):
+            layout.sets[predicates] = (f"x{index // 64}", index % 64)
+        for bound, slots, prefix in (("counts", layout.counted, "c"), ("min_engaged_ms", layout.engaged, "g")):
+            for number in plan.bounded(bound):
+                slots.setdefault(plan.matchers[number - 1].predicates, f"{prefix}{len(slots)}")
         return layout
 
     @staticmethod
@@ -296,6 +314,26 @@ class _Layout:
 
     def words(self) -> list[str]:
         return sorted({word for word, _bit in self.packed.values()}, key=lambda w: int(w[1:]))
+
+    def set_words(self) -> list[str]:
+        return sorted({word for word, _bit in self.sets.values()}, key=lambda w: int(w[1:]))
+
+    def set_test(self, predicates: tuple[int, ...]) -> str:
+        """All of `predicates` held on one row (of an hour, on a rolled-up row)."""
+        if not predicates:
+            return "1"
+        if len(predicates) == 1:
+            return "bitTest({}, {})".format(*self.bit_of[predicates[0]])
+        return "bitTest({}, {})".format(*self.sets[predicates])
+
+    def hour_columns(self) -> list[tuple[str, str, str]]:
+        """The rolled-up row's columns after (row_id, hour): (name, type, how an hour rolls it up)."""
+        return ([(word, "UInt64", "groupBitOr") for word in [*self.mask_words(), *self.set_words()]]
+                + [(name, "UInt32", "sum") for name in self.counted.values()]
+                + [(name, "UInt64", "sum") for name in self.engaged.values()])
+
+    def hour_names(self) -> list[str]:
+        return [name for name, _type, _how in self.hour_columns()]
 
     def row_test(self, plan: Plan, matcher: int) -> str:
         """The matcher on one row."""
@@ -355,26 +393,60 @@ def _value_sql(plan: Plan, field_name: str, params: dict[str, Any]) -> str:
     return COLUMNS[field_name]
 
 
-def values_statements(plan: Plan, as_of_ms: int, tables: Tables = BUILD) -> list[Statement]:
-    """For each looked-up chunk: its field's distinct values in the window → its bits, where any.
-    The window is on `ts` alone: a value of an ineligible row costs a row here, nothing more."""
+@dataclass(frozen=True)
+class RollupRead:
+    """A build that reads rolled-up hours (`audiences.rollup`): from `table`, every hour of the
+    window before `raw_from_ms` except the `cut_hours` (epoch seconds) that a window boundary
+    falls in; those, and everything from `raw_from_ms` on (as_of's own day), come as events."""
+
+    table: str
+    raw_from_ms: int
+    cut_hours: list[int]
+
+    def params(self) -> dict[str, Any]:
+        days = {hour // 86_400 for hour in self.cut_hours} | {self.raw_from_ms // DAY_MS}
+        return {"raw_from_ms": self.raw_from_ms, "cut_hours": self.cut_hours,
+                "raw_days": [dt.date.fromordinal(EPOCH_ORDINAL + day) for day in sorted(days)]}
+
+    def raw_rows(self) -> str:
+        """The events read as events. The days they fall on are named too: the events key starts
+        with `toDate(ts)`, and its index is used for dates, not for ranges of `ts`."""
+        return ("(toDate(ts) IN {raw_days:Array(Date)} AND (ts >= fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC') "
+                "OR toUnixTimestamp(toStartOfHour(ts)) IN {cut_hours:Array(UInt32)}))")
+ROLL_DAYS = "toDate(ts) IN {roll_days:Array(Date)}"
+
+
+def values_statements(plan: Plan, as_of_ms: int, tables: Tables = BUILD, rollup: RollupRead | None = None,
+                      roll_days: list[Any] | None = None) -> list[Statement]:
+    """For each looked-up chunk: its field's distinct values → its bits, where any. The values are
+    those of the rows the build reads as events (the window, or with a rollup, the rows it does
+    not roll up) and of the whole days it rolls up. On `ts` alone: a value of an ineligible row
+    costs a row here, nothing more."""
+    rows = ("ts > fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
+            "AND ts <= fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC')")
+    scope: dict[str, Any] = window_params(plan, as_of_ms)
+    if rollup is not None:
+        rows = f"({rows} AND {rollup.raw_rows()})"
+        scope.update(rollup.params())
+    if roll_days:
+        rows = f"({rows} OR {ROLL_DAYS})"
+        scope["roll_days"] = roll_days
     statements = []
     for chunk in _Layout.of(plan).chunks:
         if looked_up(plan, chunk.field_name, chunk.numbers):
-            params: dict[str, Any] = {**window_params(plan, as_of_ms), "chunk": chunk.index}
+            params: dict[str, Any] = {**scope, "chunk": chunk.index}
             value = _value_sql(plan, chunk.field_name, params)
             statements.append((
                 f"INSERT INTO {tables.values} (chunk, value, bits) SELECT {{chunk:UInt16}}, v, bits FROM ("
                 f"SELECT v, {_mask_sql(plan, chunk, params, 'v')} AS bits FROM ("
-                f"SELECT DISTINCT {value} AS v FROM {tables.events} "
-                "WHERE ts > fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
-                "AND ts <= fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC'))) WHERE bits != 0", params))
+                f"SELECT DISTINCT {value} AS v FROM {tables.events} WHERE {rows})) WHERE bits != 0", params))
     return statements
 
 
-def _row_columns(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str, Any], tables: Tables) -> list[str]:
-    """Per row: the mask words, each window narrower than the scan's (`in<days>`), each compound
-    matcher (`m<n>`) and their words, and the row's day as a bit (`day_bit`) and a date (`day`)."""
+def event_columns(plan: Plan, layout: _Layout, params: dict[str, Any], tables: Tables) -> list[str]:
+    """Per events row, the columns of an hour row (`_Layout.hour_columns`): the mask words, the
+    words of predicates that hold together (`x<j>`), and the row's contribution to each count
+    (`c<i>`) and engaged-time sum (`g<i>`). Rolled up over an hour of an ID, they OR and add."""
     parts: dict[str, list[str]] = {}
     for chunk in layout.chunks:
         if looked_up(plan, chunk.field_name, chunk.numbers):
@@ -384,12 +456,65 @@ def _row_columns(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str, A
             part = _mask_sql(plan, chunk, params)
         parts.setdefault(chunk.word, []).append(part)
     columns = [f"{_bit_or(word_parts)} AS {word}" for word, word_parts in parts.items()]
+    for word in layout.set_words():
+        bits = " + ".join(
+            f"bitShiftLeft(toUInt64({' AND '.join('bitTest({}, {})'.format(*layout.bit_of[n]) for n in predicates)}),"
+            f" {bit})" for predicates, (w, bit) in layout.sets.items() if w == word)
+        columns.append(f"{bits} AS {word}")
+    columns += [f"toUInt32({layout.set_test(predicates)}) AS {name}" for predicates, name in layout.counted.items()]
+    columns += [f"if({layout.set_test(predicates)}, engaged_ms, 0) AS {name}"
+                for predicates, name in layout.engaged.items()]
+    return columns
+
+
+def rollup_columns(plan: Plan) -> list[tuple[str, str]]:
+    """The columns of the rollup table for this plan: (name, type)."""
+    return [("row_id", "String"), ("hour", "DateTime('UTC')"),
+            *((name, kind) for name, kind, _how in _Layout.of(plan).hour_columns())]
+
+
+def roll_statement(plan: Plan, table: str, tables: Tables = BUILD) -> Statement:
+    """Whole days of events (parameter `roll_days`), rolled up per ID and hour into `table`. The
+    statement's text and parameters, but for the days, are what the rolled rows depend on."""
+    params: dict[str, Any] = {}
+    layout = _Layout.of(plan)
+    rolled = [f"{how}({name}) AS {name}" for name, _kind, how in layout.hour_columns()]
+    sql = (f"INSERT INTO {table} ({', '.join(['row_id', 'hour', *layout.hour_names()])}) "
+           f"SELECT {', '.join(['row_id', 'toStartOfHour(ts) AS hour', *rolled])} FROM ("
+           f"SELECT {', '.join([f'{ROW_ID} AS row_id', 'ts', *event_columns(plan, layout, params, tables)])} "
+           f"FROM {tables.events} WHERE {ELIGIBLE} AND {ROLL_DAYS} AND {OPTED_IN}) GROUP BY row_id, hour")
+    return sql, params
+
+
+def _source_sql(plan: Plan, layout: _Layout, params: dict[str, Any], tables: Tables,
+                rollup: RollupRead | None) -> str:
+    """The rows a build aggregates, each an event or a rolled-up hour, in the hour row's columns
+    with their time `t`."""
+    columns = ", ".join([f"{ROW_ID} AS row_id", "ts AS t", *event_columns(plan, layout, params, tables)])
+    events = f"SELECT {columns} FROM {tables.events} WHERE {window_filter()}"
+    if rollup is None:
+        return events
+    params.update(rollup.params())
+    rolled = ", ".join(["row_id", "toDateTime64(hour, 3, 'UTC') AS t", *layout.hour_names()])
+    return (f"{events} AND {rollup.raw_rows()} UNION ALL SELECT {rolled} FROM {rollup.table} "
+            "WHERE hour > fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
+            "AND hour < fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC') "
+            "AND toUnixTimestamp(hour) NOT IN {cut_hours:Array(UInt32)} "
+            f"AND row_id NOT IN ({OPTED_OUT_TYPED})")
+
+
+def _window_columns(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str, Any]) -> list[str]:
+    """Per row (an event, or a rolled-up hour: `t` is its time, or its hour's start): each window
+    narrower than the scan's (`in<days>`), each compound matcher (`m<n>`) and their words, and the
+    row's day as a bit (`day_bit`) and a date (`day`). A rolled-up hour is never cut by a window:
+    the hours a window boundary falls in are read as events."""
+    columns = []
     for days in sorted({m.window_days for m in plan.matchers if m.window_days < plan.max_window_days}):
         params[f"since{days}"] = as_of_ms - days * DAY_MS
-        columns.append(f"ts > fromUnixTimestamp64Milli({{since{days}:Int64}}, 'UTC') AS in{days}")
+        columns.append(f"t > fromUnixTimestamp64Milli({{since{days}:Int64}}, 'UTC') AS in{days}")
     for number in layout.packed:
         m = plan.matchers[number - 1]
-        tests = ["bitTest({}, {})".format(*layout.bit_of[n]) for n in m.predicates]
+        tests = [layout.set_test(m.predicates)] if m.predicates else []
         if m.window_days < plan.max_window_days:
             tests.append(f"in{m.window_days}")
         columns.append(f"{' AND '.join(tests) or '1'} AS m{number}")
@@ -399,7 +524,7 @@ def _row_columns(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str, A
         columns.append(f"{bits} AS {word}")
     # Days before as_of, 0 for as_of's own date: bit d of a day mask. Clamped so that rows of a
     # longer window do not shift past the word (their masks are never read).
-    columns.append(f"toDate(ts) AS day, bitShiftLeft(toUInt64(1), least(toUInt8(dateDiff('day', day, "
+    columns.append(f"toDate(t) AS day, bitShiftLeft(toUInt64(1), least(toUInt8(dateDiff('day', day, "
                    f"toDate(fromUnixTimestamp64Milli({{as_of_ms:Int64}}, 'UTC')))), {DAY_BITS - 1})) AS day_bit")
     return columns
 
@@ -462,8 +587,17 @@ def _aggregates(plan: Plan, layout: _Layout, bounded: _Bounded) -> list[tuple[st
             terms.setdefault(name, []).append(f"bitShiftLeft({value}, {shift})" if shift else value)
         return {name: " + ".join(parts) for name, parts in terms.items()}
 
-    for name, total in packed(bounded.counts, "toUInt64({})").items():
-        aggregates.append((f"sum({total}) AS {name}", f"sum({name}) AS {name}"))
+    def windowed(matcher: int, column: str) -> str:
+        """A count or a sum of the matcher's predicates, taken only where the row is in its window."""
+        m = plan.matchers[matcher - 1]
+        return f"if(in{m.window_days}, {column}, 0)" if m.window_days < plan.max_window_days else column
+
+    counts: dict[str, list[str]] = {}
+    for m, (name, shift) in bounded.counts.items():
+        value = f"toUInt64({windowed(m, layout.counted[plan.matchers[m - 1].predicates])})"
+        counts.setdefault(name, []).append(f"bitShiftLeft({value}, {shift})" if shift else value)
+    for name, parts in counts.items():
+        aggregates.append((f"sum({' + '.join(parts)}) AS {name}", f"sum({name}) AS {name}"))
     for name, mask in packed(bounded.short_days, "if({}, day_bit, 0)").items():
         aggregates.append((f"groupBitOr({mask}) AS {name}", f"groupBitOr({name}) AS {name}"))
     for m in bounded.long_days:
@@ -473,7 +607,8 @@ def _aggregates(plan: Plan, layout: _Layout, bounded: _Bounded) -> list[tuple[st
         test = layout.row_test(plan, m)
         aggregates.append((f"groupUniqArrayIf(day, {test}) AS D{m}", f"groupUniqArrayArray(D{m}) AS D{m}"))
     for m in bounded.engaged:
-        aggregates.append((f"sumIf(engaged_ms, {layout.row_test(plan, m)}) AS e{m}", f"sum(e{m}) AS e{m}"))
+        total = windowed(m, layout.engaged[plan.matchers[m - 1].predicates])
+        aggregates.append((f"sum({total}) AS e{m}", f"sum(e{m}) AS e{m}"))
     return aggregates
 
 
@@ -498,36 +633,51 @@ def _held_columns(plan: Plan, layout: _Layout, bounded: _Bounded, params: dict[s
     return columns
 
 
-def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Tables = BUILD) -> Statement:
-    """The build in one statement: the scan, per-ID and per-profile aggregates, each segment's
-    boolean, and a row per ID with its segments into `tables.members`."""
+def _segment_arrays(plan: Plan, params: dict[str, Any]) -> str:
+    """Each segment's boolean as a bit of a word `s<n>`, and `segments` the IDs of the bits set:
+    a profile's array holds its own segments, not one slot per segment to filter afterwards."""
+    columns, words = [], []
+    items = list(plan.expressions.items())
+    for n, start in enumerate(range(0, len(items), 64)):
+        part = items[start:start + 64]
+        params[f"segment_ids{n}"] = [segment_id for segment_id, _expr in part]
+        columns.append(" + ".join(f"bitShiftLeft(toUInt64({expr}), {bit})" for bit, (_id, expr) in enumerate(part))
+                       + f" AS s{n}")
+        words.append(f"arrayMap(b -> {{segment_ids{n}:Array(UInt32)}}[b + 1], bitPositionsToArray(s{n}))")
+    return ", ".join([*columns, f"arrayConcat({', '.join(words)}) AS segments"])
+
+
+def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Tables = BUILD,
+                         rollup: RollupRead | None = None) -> Statement:
+    """The build in one statement: the scan (of events, or with `rollup`, of rolled-up hours and
+    the events around them), per-ID and per-profile aggregates, each segment's boolean, and a
+    row per ID with its segments into `tables.members`."""
     params: dict[str, Any] = {**window_params(plan, as_of_ms), "build_id": build_id}
     layout = _Layout.of(plan)
-    rows = ", ".join(_row_columns(plan, layout, as_of_ms, params, tables))
+    source = _source_sql(plan, layout, params, tables, rollup)
+    rows = ", ".join(layout.hour_names() + _window_columns(plan, layout, as_of_ms, params))
     bounded = _Bounded.of(plan)
     per_id, per_profile = zip(*_aggregates(plan, layout, bounded), strict=True)
     held = ", ".join(_held_columns(plan, layout, bounded, params))
-    picks = ", ".join(f"if({expr}, toUInt32({segment_id}), toUInt32(0))"
-                      for segment_id, expr in plan.expressions.items())
+    segments = _segment_arrays(plan, params)
     sql = f"""
 INSERT INTO {tables.members} (id, id_type, profile_id, segments, build_id)
 SELECT substring(typed_id, 3), if(startsWith(typed_id, 'c:'), 'cookie', 'fp'), profile, segments, {{build_id:UInt64}}
 FROM (
-    SELECT profile, {held}, arrayFilter(s -> s != 0, [{picks}]) AS segments
+    SELECT profile, {held}, {segments}
     FROM (
         SELECT if(linked = '', row_id, linked) AS profile, {', '.join(per_profile)}
         FROM (
             SELECT row_id, joinGet('{tables.profile_of}', 'profile', row_id) AS linked, {', '.join(per_id)}
-            FROM (SELECT {ROW_ID} AS row_id, engaged_ms, {rows} FROM {tables.events} WHERE {window_filter()})
+            FROM (SELECT row_id, t, {rows} FROM ({source}))
             GROUP BY row_id
         )
         GROUP BY profile
     )
-    WHERE notEmpty(segments) AND profile NOT IN (
+    WHERE {' OR '.join(f"s{n} != 0" for n in range((len(plan.expressions) + 63) // 64))} AND profile NOT IN (
         SELECT if(linked = '', typed, linked) FROM (
-            SELECT arrayJoin([concat('c:', id), concat('f:', id)]) AS typed,
-                   joinGet('{tables.profile_of}', 'profile', typed) AS linked
-            FROM crumb.optouts)
+            SELECT typed, joinGet('{tables.profile_of}', 'profile', typed) AS linked
+            FROM ({OPTED_OUT_TYPED}))
     )
 )
 ARRAY JOIN if(empty(joinGet('{tables.profile_ids}', 'ids', profile) AS ids), [profile], ids) AS typed_id"""

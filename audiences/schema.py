@@ -127,6 +127,17 @@ CREATE VIEW IF NOT EXISTS {db}.%s {on_cluster} AS
 SELECT segment_id, id, id_type, profile_id, build_id FROM {db}.%s ARRAY JOIN segments AS segment_id
 """
 
+# The days `audiences.rollup` has rolled up for the current plan, with what their events were
+# then (count, XOR of event ID hashes): a day whose events changed since is rolled up again.
+_ROLLED_DAYS = """
+CREATE TABLE IF NOT EXISTS {db}.segment_rollup_days {on_cluster} (
+    day Date,
+    events UInt64,
+    digest UInt64,
+    rolled_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = {MergeTree} ORDER BY day
+"""
+
 MIGRATIONS = [
     Migration("audiences_0001_members", [_MEMBERS, _MEMBERS_NEXT]),
     Migration("audiences_0002_deltas_history", [_DELTAS, _HISTORY]),
@@ -141,4 +152,5 @@ MIGRATIONS = [
         _MEMBERS_VIEW % ("segment_members", "id_segments"),
         _MEMBERS_VIEW % ("segment_members_next", "id_segments_next"),
     ]),
+    Migration("audiences_0006_rollup_days", [_ROLLED_DAYS]),
 ]

@@ -62,6 +62,7 @@ from audiences.compiler import (  # noqa: E402
     window_params,
 )
 from audiences.definitions import Segment, SegmentSet, parse_segment  # noqa: E402
+from audiences.rollup import ROLLED_DAYS, ROLLUP  # noqa: E402
 from collector.categories import BUILTIN  # noqa: E402
 from crumb.progress import Progress  # noqa: E402
 
@@ -72,7 +73,7 @@ FIRST_SEGMENT_ID = 1000
 TARGET_FLOOR_RATIO = 3.0  # build(100) / floor
 TARGET_GROWTH = 2.0  # build(100) / build(10)
 TARGET_RSS_MB = 500.0
-STEPS = ("profiles", "values", "members", "deltas", "swap")
+STEPS = ("profiles", "values", "rollup", "members", "deltas", "swap")
 OUTPUT_TABLES = ("id_segments", "id_segments_next", "segment_deltas", "segment_history", "segment_sizes")
 
 
@@ -412,8 +413,11 @@ def timed(work: Any) -> float:
 
 
 def reset_outputs(client: Client) -> None:
+    """Every measured build a first one: no earlier members, and nothing rolled up yet."""
     for table in OUTPUT_TABLES:
         client.command(f"TRUNCATE TABLE IF EXISTS crumb.{table}")
+    client.command(f"DROP TABLE IF EXISTS {ROLLUP}")
+    client.command(f"TRUNCATE TABLE IF EXISTS {ROLLED_DAYS}")
 
 
 # ------------------------------------------------------------------------------------------- run
@@ -466,6 +470,8 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
     tracemalloc.start()
     dsn = f"chdb://{data_dir}"
     client = clickhouse_connect.get_client(dsn=dsn)
+    from crumb.migrations import Dialect, apply
+    apply(client, Dialect())  # a reused data dir may predate the latest migrations
     sampler = Sampler(dsn)
     try:
         result = measure(args, client, sampler, meta)

@@ -61,6 +61,14 @@ def _erase_memberships(client: Client, _redis: redis.Redis, ids: list[str]) -> N
                        parameters={"ids": ids})
 
 
+def _erase_rollup(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
+    # The build's rolled-up hours (audiences.rollup): by typed ID. The table exists once a build ran.
+    exists = client.query("SELECT count() FROM system.tables WHERE database = 'crumb' AND name = 'segment_rollup'")
+    if exists.result_rows[0][0]:
+        client.command("DELETE FROM crumb.segment_rollup WHERE row_id IN {typed:Array(String)}",
+                       parameters={"typed": [f"{kind}:{i}" for i in ids for kind in ("c", "f")]})
+
+
 def _erase_matches(client: Client, redis_client: redis.Redis, ids: list[str]) -> None:
     from activation.idsync import erase_matches
 
@@ -79,6 +87,7 @@ ERASERS: list[Eraser] = [
     Eraser("redis segment store", _erase_from_store),
     Eraser("crumb.lookalike_scores", _erase_scores),
     Eraser("crumb.id_segments, segment_deltas, segment_history", _erase_memberships),
+    Eraser("crumb.segment_rollup", _erase_rollup),
     # What destinations received moves to the removals the next `crumb activate sync` sends.
     Eraser("crumb.delivered (removals queued for destinations)", _queue_removals),
 ]

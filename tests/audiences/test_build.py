@@ -131,9 +131,11 @@ def test_a_build_cut_short_is_cleaned_up_once_and_marked_failed(warehouse: Clien
 
 def test_erasure_removes_the_id_from_members_deltas_and_history(warehouse: Client, live_server: LiveServer) -> None:
     kept, erased = cookie(), cookie()
-    insert(warehouse, [{"ts": T0 - 1000, "cookie_id": kept, "path": "/sports/x"},
-                       {"ts": T0 - 2000, "cookie_id": erased, "path": "/sports/y"}])
+    # The day before as_of's: rolled up by the build, so the rollup holds them too.
+    insert(warehouse, [{"ts": T0 - DAY, "cookie_id": kept, "path": "/sports/x"},
+                       {"ts": T0 - DAY - 1000, "cookie_id": erased, "path": "/sports/y"}])
     build(warehouse, SPORTS, as_of_ms=T0)
+    assert rolled_ids(warehouse, [kept, erased]) == {f"c:{kept}", f"c:{erased}"}
     assert {(1, kept, "cookie"), (1, erased, "cookie")} <= members(warehouse)
 
     names = erase(warehouse, live_server.crumb.runtime.redis, [erased], "test")
@@ -144,3 +146,52 @@ def test_erasure_removes_the_id_from_members_deltas_and_history(warehouse: Clien
             f"SELECT DISTINCT id FROM crumb.{table} WHERE id IN {{ids:Array(String)}}",
             parameters={"ids": [kept, erased]}).result_rows}
         assert held == {kept}, table
+    assert rolled_ids(warehouse, [kept, erased]) == {f"c:{kept}"}
+
+
+def rolled_ids(client: Client, ids: list[str]) -> set[str]:
+    return {r[0] for r in client.query(
+        "SELECT DISTINCT row_id FROM crumb.segment_rollup WHERE row_id IN {typed:Array(String)}",
+        parameters={"typed": [f"c:{i}" for i in ids]}).result_rows}
+
+
+FREQUENT = SegmentSet([parse_segment({"id": 5, "name": "frequent sports", "lookback_days": 5, "rule": {
+    "where": [{"field": "path", "op": "prefix", "value": "/sports"}], "min_count": 4}})])
+
+
+def test_past_days_are_rolled_up_once_and_again_when_their_events_change(warehouse: Client) -> None:
+    a = cookie()
+    at = T0 + 60 * DAY + 6 * 3_600_000  # 06:00 UTC
+    insert(warehouse, [{"ts": at - 3 * DAY, "cookie_id": a, "path": "/sports/1"},
+                       {"ts": at - 2 * DAY, "cookie_id": a, "path": "/sports/2"},
+                       {"ts": at - 60_000, "cookie_id": a, "path": "/sports/3"}])
+    first = build(warehouse, FREQUENT, as_of_ms=at)
+    assert first.rolled_days == 2  # the past days with events; as_of's own day is read as events
+    assert rolled_ids(warehouse, [a]) == {f"c:{a}"} and (5, a, "cookie") not in members(warehouse)
+
+    an_hour_later = build(warehouse, FREQUENT, as_of_ms=at + 3_600_000)
+    assert an_hour_later.rolled_days == 0  # nothing changed: every past day is read as rolled up
+
+    # A late event for a rolled day (a spool replayed): that day alone is rolled up again, and counts.
+    insert(warehouse, [{"ts": at - 2 * DAY + 60_000, "cookie_id": a, "path": "/sports/4"}])
+    late = build(warehouse, FREQUENT, as_of_ms=at + 2 * 3_600_000)
+    assert late.rolled_days == 1 and (5, a, "cookie") in members(warehouse)
+
+    # The next day: what was as_of's own day is a whole past day now, and rolled up.
+    next_day = build(warehouse, FREQUENT, as_of_ms=at + DAY)
+    assert next_day.rolled_days == 1 and (5, a, "cookie") in members(warehouse)
+    assert build(warehouse, FREQUENT, as_of_ms=at + 3 * DAY).rolled_days == 0  # nothing new; old days dropped
+    assert (5, a, "cookie") not in members(warehouse)  # /sports/1 left the window
+
+
+def test_a_plan_with_other_predicates_starts_a_new_rollup(warehouse: Client) -> None:
+    a = cookie()
+    at = T0 + 70 * DAY
+    insert(warehouse, [{"ts": at - DAY - 1000, "cookie_id": a, "path": "/news/1"}])
+    build(warehouse, SPORTS, as_of_ms=at)
+    news = SegmentSet([parse_segment({"id": 6, "name": "news", "lookback_days": 3,
+                                      "rule": {"where": [{"field": "path", "op": "prefix", "value": "/news"}]}})])
+    result = build(warehouse, news, as_of_ms=at)
+    assert result.rolled_days == 1 and (6, a, "cookie") in members(warehouse)
+    again = build(warehouse, news, as_of_ms=at)
+    assert again.rolled_days == 0 and (6, a, "cookie") in members(warehouse)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
 from audiences.builder import build
-from audiences.compiler import compile_segments, membership_statement, values_statements
+from audiences.compiler import compile_segments, membership_statement, roll_statement, values_statements
 from audiences.definitions import SegmentSet, parse_segment
+from audiences.rollup import ROLLUP, read_plan
 from collector.categories import ContentTaxonomy
 
 AS_OF = 2_000_000_000_000
@@ -51,9 +53,12 @@ def test_golden_plan_numbers_shared_predicates_once() -> None:
     # A one-predicate matcher over the whole window is a bit of the mask word; a narrower window
     # makes a compound matcher of its own, packed into a word of matchers.
     assert "bitTest(f0, 1) AND in7 AS m4" in sql and params["since7"] == AS_OF - 7 * 86_400_000
-    assert "sum(toUInt64(bitTest(f0, 0))) AS n0" in sql and params["min_n2"] == 3
+    # A count: per row (or per rolled-up hour) a column of the matched rows; per ID, its sum.
+    assert "toUInt32(bitTest(f0, 0)) AS c0" in sql and "sum(toUInt64(c0)) AS n0" in sql and params["min_n2"] == 3
     assert "(bitTest(f0_any, 0) AND bitAnd(n0, 4294967295) >= {min_n2:UInt64}) AS h2" in sql
     assert "(bitTest(w0_any, 2)) AS h4" in sql
+    # Each segment a bit of a word; a profile's array, the IDs of the bits set.
+    assert params["segment_ids0"] == [1, 2] and "bitPositionsToArray(s0)" in sql
 
 
 def test_conditions_that_differ_only_in_bounds_share_a_matcher() -> None:
@@ -64,7 +69,7 @@ def test_conditions_that_differ_only_in_bounds_share_a_matcher() -> None:
     plan = compile_segments(segments)
     assert len(plan.conditions) == 3 and len(plan.matchers) == 2
     sql, _params = membership_statement(plan, AS_OF, 7)
-    assert sql.count("sum(toUInt64(bitTest(f0, 0)))") == 1 and "groupBitOr(if(bitTest(f0, 0), day_bit, 0)) AS d0" in sql
+    assert sql.count("sum(toUInt64(c0))") == 1 and "groupBitOr(if(bitTest(f0, 0), day_bit, 0)) AS d0" in sql
 
 
 def test_two_counts_and_two_short_day_masks_share_an_aggregate() -> None:
@@ -74,7 +79,7 @@ def test_two_counts_and_two_short_day_masks_share_an_aggregate() -> None:
     sql, _params = membership_statement(plan, AS_OF, 7)
     # Counts: halves of one sum. Day masks: a 30-day window fits 32 bits, a 40-day one does not.
     # (The 40-day condition is the scan's whole window, so it is a plain bit; the 30-day one, m2, is not.)
-    assert "sum(toUInt64(m2) + bitShiftLeft(toUInt64(bitTest(f0, 1)), 32)) AS n0" in sql
+    assert "sum(toUInt64(if(in30, c0, 0)) + bitShiftLeft(toUInt64(c1), 32)) AS n0" in sql
     assert "bitShiftRight(n0, 32) >= {min_n3:UInt64}" in sql
     assert "groupBitOr(if(m2, day_bit, 0)) AS d0" in sql and "bitCount(bitAnd(d0, 4294967295))" in sql
     assert "groupBitOr(if(bitTest(f0, 1), day_bit, 0)) AS D3" in sql and "bitCount(D3) >=" in sql
@@ -113,7 +118,28 @@ ATTACKS = [
 
 def every_statement(segments: SegmentSet) -> list[tuple[str, dict[str, Any]]]:
     plan = compile_segments(segments, TAXONOMY)
-    return [*values_statements(plan, AS_OF), membership_statement(plan, AS_OF, 7)]
+    rollup = read_plan(plan, AS_OF)
+    return [*values_statements(plan, AS_OF), membership_statement(plan, AS_OF, 7),
+            *values_statements(plan, AS_OF, rollup=rollup, roll_days=[date(2024, 1, 1)]),
+            roll_statement(plan, ROLLUP), membership_statement(plan, AS_OF, 7, rollup=rollup)]
+
+
+def test_a_build_reads_rolled_up_hours_and_the_events_around_them() -> None:
+    plan = compile_segments(SegmentSet([segment(1, where("path", "prefix", "/a", min_count=2, within_days=2)),
+                                        segment(2, where("host", "eq", "b", min_engaged_ms=1000))]))
+    rollup = read_plan(plan, AS_OF)
+    # Windows of 2 and 30 days start inside two hours: those come as events, with as_of's own day.
+    assert rollup.cut_hours == sorted({(AS_OF - d * 86_400_000) // 3_600_000 * 3600 for d in (2, 30)})
+    assert rollup.raw_from_ms == AS_OF - AS_OF % 86_400_000
+    roll_sql, _params = roll_statement(plan, ROLLUP)
+    # Rolled per ID and hour: masks OR-ed, the count's and the engaged time's columns summed.
+    assert "GROUP BY row_id, hour" in roll_sql and "groupBitOr(f0) AS f0" in roll_sql
+    assert "sum(c0) AS c0" in roll_sql and "sum(g0) AS g0" in roll_sql
+    assert "toUInt32(bitTest(f0, 1)) AS c0" in roll_sql and "if(bitTest(f0, 0), engaged_ms, 0) AS g0" in roll_sql
+    sql, params = membership_statement(plan, AS_OF, 7, rollup=rollup)
+    assert f"UNION ALL SELECT row_id, toDateTime64(hour, 3, 'UTC') AS t, f0, c0, g0 FROM {ROLLUP}" in sql
+    assert "toUnixTimestamp(hour) NOT IN {cut_hours:Array(UInt32)}" in sql and params["cut_hours"] == rollup.cut_hours
+    assert "sum(toUInt64(if(in2, c0, 0))) AS n0" in sql  # the narrower window, on events and hours alike
 
 
 @pytest.mark.parametrize("attack", ATTACKS)

@@ -24,7 +24,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,6 +78,7 @@ FRAGMENTS = ["", "a", "b", "/a", "x", "y", ".", "com", "https://a", "https://sho
 REGEXES = ["^/a", "b$", "x.y", "^$", "a|y", "[ab]", "^s", "com$", "^https://shop", r"\.co$", "a.*b", "^x$", "y"]
 EDGE_OFFSETS = sorted({o for w in range(1, 11) for o in (-w * DAY - 1, -w * DAY, -w * DAY + 1)} | {-1, 0, 1, DAY})
 AS_OF_OFFSETS = [0, 1, HOUR, 12 * HOUR, DAY - 1]  # where the UTC midnights fall relative to the windows
+LATER = [0, HOUR, DAY + 7 * HOUR]  # a second build: none, the next hourly one, one a day on
 EVENT_COLUMNS = [
     "event_id", "ts", "site", "type", "cookie_id", "fp_id", "url", "host", "path", "referrer_host",
     "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "categories", "device_type",
@@ -97,9 +98,15 @@ class Case:
     optout_cookies: Sequence[int] = ()
     optout_fps: Sequence[int] = ()
     as_of_offset: int = 0
+    # A second build `later` ms after the first (0: none), after `late_events` arrived (times
+    # relative to the first as-of): it reads the first build's rolled-up days, rolls up those
+    # that changed or are new, and must agree with the oracle as of its own as-of.
+    later: int = 0
+    late_events: list[dict[str, Any]] = field(default_factory=list)
 
     def __repr__(self) -> str:  # what hypothesis prints for a falsifying example
-        return (f"Case(as_of_offset={self.as_of_offset}, taxonomy={'TAXONOMY' if self.taxonomy else None}, "
+        return (f"Case(as_of_offset={self.as_of_offset}, later={self.later}, "
+                f"late_events={self.late_events!r}, taxonomy={'TAXONOMY' if self.taxonomy else None}, "
                 f"optout_cookies={list(self.optout_cookies)}, optout_fps={list(self.optout_fps)},\n"
                 f"  segments={json.dumps(self.segments)},\n  events=[\n"
                 + "".join(f"    {e!r},\n" for e in self.events) + "  ])")
@@ -150,23 +157,37 @@ def run_case(warehouse: Client, case: Case) -> Outcome:
         labels[value] = f"{kind}{index}"
         return value
 
-    events = []
-    for e in case.events:
-        row = {k: v for k, v in e.items() if k not in ("cookie", "fp", "dt")}
-        row.update(cookie_id=real("c", e["cookie"]), fp_id=real("f", e["fp"]), ts=as_of + e["dt"])
-        events.append(row)
-        _MONTHS.add(int(datetime.fromtimestamp(row["ts"] / 1000, UTC).strftime("%Y%m")))
+    def realised(symbolic: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows = []
+        for e in symbolic:
+            row = {k: v for k, v in e.items() if k not in ("cookie", "fp", "dt")}
+            row.update(cookie_id=real("c", e["cookie"]), fp_id=real("f", e["fp"]), ts=as_of + e["dt"])
+            rows.append(row)
+            _MONTHS.add(int(datetime.fromtimestamp(row["ts"] / 1000, UTC).strftime("%Y%m")))
+        return rows
+
+    def insert(rows: list[dict[str, Any]]) -> None:
+        if rows:
+            warehouse.insert("crumb.events", [[uuid.uuid4() if c == "event_id" else e[c] for c in EVENT_COLUMNS]
+                                              for e in rows], column_names=EVENT_COLUMNS)
+
+    events = realised(case.events)
     optout_ids = [real("c", i) for i in case.optout_cookies] + [real("f", i) for i in case.optout_fps]
     if optout_ids:
         warehouse.insert("crumb.optouts", [[i, as_of] for i in optout_ids], column_names=["id", "opted_out_at"])
-    if events:
-        warehouse.insert("crumb.events", [[uuid.uuid4() if c == "event_id" else e[c] for c in EVENT_COLUMNS]
-                                          for e in events], column_names=EVENT_COLUMNS)
+    insert(events)
     optouts = [row[0] for row in warehouse.query("SELECT DISTINCT id FROM crumb.optouts").result_rows]
     segments = SegmentSet([parse_segment(s) for s in case.segments])
 
     result = build(warehouse, segments, case.taxonomy, as_of_ms=as_of)
     assert result.status == "succeeded", result.error
+    if case.later:
+        late = realised(case.late_events)
+        insert(late)
+        events += late
+        as_of += case.later
+        result = build(warehouse, segments, case.taxonomy, as_of_ms=as_of)
+        assert result.status == "succeeded", result.error
     rows = warehouse.query("SELECT segment_id, id, id_type FROM crumb.segment_members").result_rows
     actual = {(int(s), str(i), str(t)) for s, i, t in rows}
     expected = oracle.members(events, segments, as_of, optouts, case.taxonomy)
@@ -301,6 +322,8 @@ def cases(draw: st.DrawFn) -> Case:
         optout_cookies=draw(st.lists(st.integers(0, cookies - 1), max_size=2, unique=True)),
         optout_fps=draw(st.lists(st.integers(0, fps - 1), max_size=2, unique=True)),
         as_of_offset=draw(st.sampled_from(AS_OF_OFFSETS)),
+        later=draw(st.sampled_from(LATER)),
+        late_events=draw(st.lists(events(cookies, fps), max_size=3)),
     )
 
 

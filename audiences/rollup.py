@@ -1,0 +1,122 @@
+"""Rolled-up hours: what a build needs of the events, per ID and hour, kept from build to build.
+
+A build used to read every event of its window (30 days: ten million rows, each tested against
+every predicate). Past days do not change, so a build rolls each whole day up once, per ID and
+hour, into the columns the membership statement aggregates (`compiler.event_columns`: predicate
+bits OR-ed, counts and engaged time summed), and later builds read those rows instead:
+
+  window:   since ──────────────────────────────────────────────────── as_of
+  read as:  [events in the hours a window boundary cuts] [rolled-up hours ...] [events of as_of's day]
+
+Rolled-up rows are about a third of the events, and need no predicate work.
+
+The rolled rows depend on the plan's predicates: the table carries a fingerprint of the roll
+statement (text and parameters), and a plan with another one starts a new table. A day is rolled
+again when its events changed since (late arrivals, a spool replayed, an erasure): each rolled
+day records the count and an order-free digest of its event IDs, compared before each build.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from audiences.compiler import (
+    BUILD,
+    DAY_MS,
+    EVENTS,
+    Plan,
+    RollupRead,
+    Tables,
+    roll_statement,
+    rollup_columns,
+    values_statements,
+)
+
+ROLLUP = "crumb.segment_rollup"
+ROLLED_DAYS = "crumb.segment_rollup_days"  # migration audiences_0006
+HOUR_MS = 3_600_000
+
+
+def fingerprint(plan: Plan, tables: Tables = BUILD) -> str:
+    """What the rolled rows mean: the roll statement, and the value lookups it reads (a path
+    prefix's value is a parameter of its lookup, not of the roll), without their time scope."""
+    lookups = [(sql, {k: v for k, v in params.items() if k not in ("since_ms", "as_of_ms")})
+               for sql, params in values_statements(plan, 0, tables)]
+    content = [roll_statement(plan, ROLLUP, tables), lookups]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def read_plan(plan: Plan, as_of_ms: int) -> RollupRead:
+    """How the build reads: rolled-up hours before as_of's day, but for the hours each window's
+    start falls in (a rolled-up hour is wholly in or out of every window)."""
+    starts = {as_of_ms - m.window_days * DAY_MS for m in plan.matchers} | {as_of_ms - plan.max_window_days * DAY_MS}
+    return RollupRead(ROLLUP, raw_from_ms=as_of_ms - as_of_ms % DAY_MS,
+                      cut_hours=sorted({start // HOUR_MS * 3600 for start in starts}))
+
+
+def days_to_roll(client: Client, plan: Plan, as_of_ms: int) -> list[dt.date]:
+    """Make the table fit the plan; return the whole days of the window, before as_of's day, whose
+    events are not rolled up as they are now. Days that left the window are dropped."""
+    key = fingerprint(plan)
+    if _table_key(client) != key:
+        client.command(f"DROP TABLE IF EXISTS {ROLLUP}")
+        columns = ", ".join(f"{name} {kind}" for name, kind in rollup_columns(plan))
+        client.command(f"CREATE TABLE {ROLLUP} ({columns}) ENGINE = MergeTree "
+                       f"PARTITION BY toYYYYMMDD(hour) ORDER BY (hour, row_id) COMMENT '{key}'")
+        client.command(f"TRUNCATE TABLE {ROLLED_DAYS}")
+    first = _day(as_of_ms - plan.max_window_days * DAY_MS)
+    last = _day(as_of_ms) - dt.timedelta(days=1)
+    if last < first:
+        return []
+    bounds = {"first": first, "last": last}
+    now = {day: (events, digest) for day, events, digest in client.query(
+        f"SELECT toDate(ts) AS day, count(), groupBitXor(cityHash64(event_id)) FROM {EVENTS} "
+        "WHERE day >= {first:Date} AND day <= {last:Date} GROUP BY day", parameters=bounds).result_rows}
+    rolled = {day: (events, digest) for day, events, digest in client.query(
+        f"SELECT day, argMax(events, rolled_at), argMax(digest, rolled_at) FROM {ROLLED_DAYS} "
+        "WHERE day >= {first:Date} AND day <= {last:Date} GROUP BY day", parameters=bounds).result_rows}
+    for (partition,) in client.query(
+            "SELECT DISTINCT partition_id FROM system.parts WHERE database = 'crumb' AND table = 'segment_rollup' "
+            "AND active AND partition_id < {first:String}", parameters={"first": first.strftime("%Y%m%d")}).result_rows:
+        client.command(f"ALTER TABLE {ROLLUP} DROP PARTITION ID '{int(partition)}'")
+    days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
+    return [day for day in days if now.get(day, (0, 0)) != rolled.get(day, (0, 0))]
+
+
+def roll(client: Client, plan: Plan, days: list[dt.date], tables: Tables = BUILD,
+         note: Callable[[str], None] = lambda line: None, settings: dict[str, Any] | None = None) -> int:
+    """Roll the days up (again): their rows are replaced, then the days are recorded. Returns the
+    rows written. Needs the build's value lookups filled for these days."""
+    if not days:
+        return 0
+    counts = {day: (events, digest) for day, events, digest in client.query(
+        f"SELECT toDate(ts) AS day, count(), groupBitXor(cityHash64(event_id)) FROM {EVENTS} "
+        "WHERE day IN {days:Array(Date)} GROUP BY day", parameters={"days": days}).result_rows}
+    for day in days:
+        client.command(f"ALTER TABLE {ROLLUP} DROP PARTITION ID '{day.strftime('%Y%m%d')}'")
+    sql, params = roll_statement(plan, ROLLUP, tables)
+    written = 0
+    for start in range(0, len(days), 7):  # a week a statement: progress, and a bounded memory
+        chunk = days[start:start + 7]
+        summary = client.command(sql, parameters={**params, "roll_days": chunk}, settings=settings)
+        written += int(getattr(summary, "written_rows", 0) or 0)
+        note(f"rolled up {chunk[0]} .. {chunk[-1]}")
+    client.insert(ROLLED_DAYS, [[day, *counts.get(day, (0, 0))] for day in days],
+                  column_names=["day", "events", "digest"])
+    return written
+
+
+def _table_key(client: Client) -> str | None:
+    rows = client.query("SELECT comment FROM system.tables WHERE database = 'crumb' AND name = 'segment_rollup'"
+                        ).result_rows
+    return rows[0][0] if rows else None
+
+
+def _day(ms: int) -> dt.date:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date()
