@@ -1,9 +1,12 @@
 """The batch build: all active segments in one scan of the events, entirely inside ClickHouse.
 
 Steps (each timed, and recorded in `crumb.builds`):
+  values    the days to roll up, and the lookups of the values of pattern-tested fields
+  rollup    whole past days whose events changed (or are new) → per ID and hour, `segment_rollup`
   profiles  link IDs seen together on an event into profiles (connected components)
-  members   one pass over the window: per ID and per profile, the matchers met and their
-            bounded aggregates; each segment's boolean → `id_segments_next`, a row per ID
+  members   one pass over the window (rolled-up hours, and the events around them): per ID and
+            per profile, the matchers met and their bounded aggregates; each segment's boolean →
+            `id_segments_next`, a row per ID
   lookalikes  each lookalike segment's model over this build's seed members → `id_segments_next`
   deltas    entered / exited against the previous build, per ID → `segment_deltas`, `segment_history`
   swap      exchange `id_segments_next` and `id_segments` atomically (`segment_members` is a view)
@@ -14,6 +17,7 @@ Python process holds no members at any point: every step is INSERT ... SELECT.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ from audiences.compiler import (
     ELIGIBLE,
     EVENTS,
     MEMBERSHIP_SETTINGS,
+    OPTED_OUT_TYPED,
     PROFILE_IDS,
     PROFILE_OF,
     VALUES_SETTINGS,
@@ -107,14 +112,15 @@ def build(
         drop_scratch(client)
         _drop_link_tables(client)
         make_scratch(client)
-        result.link_rounds = steps.run("profiles", lambda: _resolve_profiles(client, plan, as_of_ms))
         client.command("TRUNCATE TABLE crumb.id_segments_next")
-        if plan.segments:
-            rollup = read_plan(plan, as_of_ms)
+        rollup = read_plan(plan, as_of_ms) if plan.segments else None
+        if rollup:
             roll_days = steps.run("values", lambda: _values(client, plan, as_of_ms, rollup))
             result.rolled_days = len(roll_days)
             steps.run("rollup", lambda: roll(client, plan, roll_days, note=progress.note,
                                              settings=MEMBERSHIP_SETTINGS))
+        result.link_rounds = steps.run("profiles", lambda: _resolve_profiles(client, plan, as_of_ms, rollup))
+        if rollup:
             steps.run("members", lambda: _run(
                 client, [membership_statement(plan, as_of_ms, result.build_id, rollup=rollup)], MEMBERSHIP_SETTINGS))
         if segments.lookalikes():
@@ -181,26 +187,35 @@ def _drop_link_tables(client: Client) -> None:
         client.command(f"DROP TABLE IF EXISTS {table}")
 
 
-def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int) -> int:
+def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead | None = None) -> int:
     """IDs seen on one event are one profile: connected components, by FastSV (Zhang, Azad and Hu,
     2020): each ID points at a parent; every round hooks parents and IDs onto the smallest
     grandparent across each link and shortcuts, so components settle in O(log n) rounds even along
     a chain (plain min-label propagation needs O(n) rounds there). The label of a component is its
-    smallest typed ID ('c:<cookie>' sorts before 'f:<fp>').
+    smallest typed ID ('c:<cookie>' sorts before 'f:<fp>'). Returns the rounds it took: 0 when
+    every ID's smallest neighbour already is its component's label (stars and pairs, the usual case).
     """
     params = window_params(plan, as_of_ms)
     # Both directions of each link, so every ID is a `u`.
     client.command(
         "CREATE TABLE crumb._build_edges ENGINE = Memory AS SELECT pair.1 AS u, pair.2 AS v FROM ("
-        " SELECT DISTINCT concat('c:', cookie_id) AS a, concat('f:', fp_id) AS b "
-        f" FROM {EVENTS} WHERE {window_filter()} AND cookie_id != '' AND fp_id != '')"
-        " ARRAY JOIN [(a, b), (b, a)] AS pair", parameters=params)
+        f" SELECT DISTINCT a, b FROM ({_links_sql(params, rollup)})) ARRAY JOIN [(a, b), (b, a)] AS pair",
+        parameters=params)
     # The parents, as the profile_of table itself is: (id, profile) by id.
     structure = SCRATCH_TABLES["profile_of"]
     client.command(f"CREATE TABLE crumb._build_parent {structure}")
     client.command("INSERT INTO crumb._build_parent SELECT u, min(least(u, v)) FROM crumb._build_edges GROUP BY u")
     parent = "joinGet('crumb._build_parent', 'profile', {})"
-    for rounds in range(1, MAX_LINK_ROUNDS + 1):
+    # Settled already when both ends of every link have one parent that is its own parent: then
+    # each component's parent is its smallest ID. One pass over the links, not a round.
+    unsettled = client.query(
+        f"SELECT count() FROM crumb._build_edges WHERE {parent.format('u')} != {parent.format('v')} "
+        f"OR {parent.format(parent.format('u'))} != {parent.format('u')}").result_rows[0][0]
+    rounds = 0
+    while unsettled:
+        rounds += 1
+        if rounds > MAX_LINK_ROUNDS:
+            raise BuildError(f"profile links did not settle in {MAX_LINK_ROUNDS} rounds")
         client.command(f"CREATE TABLE crumb._build_parent_next {structure}")
         # Candidates for a new parent: the link's grandparent, offered to u (aggressive hooking)
         # and to u's parent (stochastic hooking); and u's own grandparent (shortcutting).
@@ -211,17 +226,34 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int) -> int:
             " FROM crumb._build_edges)"
             " ARRAY JOIN [(u, gv), (pu, gv), (u, gu), (u, pu)] AS offer"
             " GROUP BY node")
-        changed = client.query(
+        unsettled = client.query(
             f"SELECT count() FROM crumb._build_parent_next WHERE {parent.format('id')} != profile").result_rows[0][0]
         client.command("DROP TABLE crumb._build_parent")
         client.command("RENAME TABLE crumb._build_parent_next TO crumb._build_parent")
-        if not changed:  # every ID points at its component's smallest ID: the parents are the profiles
-            client.command(f"DROP TABLE {PROFILE_OF}")
-            client.command(f"RENAME TABLE crumb._build_parent TO {PROFILE_OF}")
-            client.command(f"INSERT INTO {PROFILE_IDS} SELECT profile, groupArray(id) FROM {PROFILE_OF} "
-                           "GROUP BY profile")
-            return rounds
-    raise BuildError(f"profile links did not settle in {MAX_LINK_ROUNDS} rounds")
+    # Every ID points at its component's smallest ID: the parents are the profiles.
+    client.command(f"DROP TABLE {PROFILE_OF}")
+    client.command(f"RENAME TABLE crumb._build_parent TO {PROFILE_OF}")
+    client.command(f"INSERT INTO {PROFILE_IDS} SELECT profile, groupArray(id) FROM {PROFILE_OF} GROUP BY profile")
+    return rounds
+
+
+def _links_sql(params: dict[str, Any], rollup: RollupRead | None) -> str:
+    """(cookie, first-party ID) pairs seen on one event in the window, typed: from the events, or
+    from the rolled-up hours and the events around them (only the scan's whole window counts here,
+    so only its first hour is cut)."""
+    events = (f"SELECT concat('c:', cookie_id) AS a, concat('f:', fp_id) AS b FROM {EVENTS} "
+              f"WHERE {window_filter()} AND cookie_id != '' AND fp_id != ''")
+    if rollup is None:
+        return events
+    since_hour = params["since_ms"] // 3_600_000 * 3600
+    links = dataclasses.replace(rollup, cut_hours=[since_hour])
+    params.update(links.params())
+    return (f"{events} AND {links.raw_rows()} UNION ALL "
+            f"SELECT row_id AS a, concat('f:', fp) AS b FROM {rollup.table} ARRAY JOIN links AS fp "
+            "WHERE hour > fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
+            "AND hour < fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC') "
+            "AND toUnixTimestamp(hour) NOT IN {cut_hours:Array(UInt32)} "
+            f"AND row_id NOT IN ({OPTED_OUT_TYPED}) AND fp NOT IN (SELECT id FROM crumb.optouts)")
 
 
 def _write_deltas(client: Client, build_id: int, as_of_ms: int) -> None:

@@ -469,7 +469,7 @@ def event_columns(plan: Plan, layout: _Layout, params: dict[str, Any], tables: T
 
 def rollup_columns(plan: Plan) -> list[tuple[str, str]]:
     """The columns of the rollup table for this plan: (name, type)."""
-    return [("row_id", "String"), ("hour", "DateTime('UTC')"),
+    return [("row_id", "String"), ("hour", "DateTime('UTC')"), ("links", "Array(String)"),
             *((name, kind) for name, kind, _how in _Layout.of(plan).hour_columns())]
 
 
@@ -478,11 +478,15 @@ def roll_statement(plan: Plan, table: str, tables: Tables = BUILD) -> Statement:
     statement's text and parameters, but for the days, are what the rolled rows depend on."""
     params: dict[str, Any] = {}
     layout = _Layout.of(plan)
-    rolled = [f"{how}({name}) AS {name}" for name, _kind, how in layout.hour_columns()]
-    sql = (f"INSERT INTO {table} ({', '.join(['row_id', 'hour', *layout.hour_names()])}) "
-           f"SELECT {', '.join(['row_id', 'toStartOfHour(ts) AS hour', *rolled])} FROM ("
-           f"SELECT {', '.join([f'{ROW_ID} AS row_id', 'ts', *event_columns(plan, layout, params, tables)])} "
-           f"FROM {tables.events} WHERE {ELIGIBLE} AND {ROLL_DAYS} AND {OPTED_IN}) GROUP BY row_id, hour")
+    # `links`: the first-party IDs a cookie was seen with, for the profiles (the row's own ID is
+    # the cookie whenever there is one).
+    rolled = ", ".join(["row_id", "toStartOfHour(ts) AS hour",
+                        "groupUniqArrayIf(fp_id, cookie_id != '' AND fp_id != '') AS links",
+                        *(f"{how}({name}) AS {name}" for name, _kind, how in layout.hour_columns())])
+    rows = ", ".join([f"{ROW_ID} AS row_id", "ts", "cookie_id", "fp_id", *event_columns(plan, layout, params, tables)])
+    sql = (f"INSERT INTO {table} ({', '.join(['row_id', 'hour', 'links', *layout.hour_names()])}) "
+           f"SELECT {rolled} FROM (SELECT {rows} FROM {tables.events} "
+           f"WHERE {ELIGIBLE} AND {ROLL_DAYS} AND {OPTED_IN}) GROUP BY row_id, hour")
     return sql, params
 
 
