@@ -161,10 +161,13 @@ _BUILTIN_ROWS = (
 BUILTIN = ContentTaxonomy.from_rows(_BUILTIN_ROWS)
 
 
+Rules = Iterable[tuple[str | re.Pattern[str], Iterable[str]]]
+
+
 class CategoryRules:
     """Per site, ordered (regex searched in the URL path, category IDs) rules."""
 
-    def __init__(self, rules_by_site: Mapping[str, Iterable[tuple[str | re.Pattern[str], Iterable[str]]]]):
+    def __init__(self, rules_by_site: Mapping[str, Rules]):
         self._rules = {
             site: tuple((re.compile(pattern), tuple(ids)) for pattern, ids in rules)
             for site, rules in rules_by_site.items()
@@ -174,6 +177,9 @@ class CategoryRules:
 
     def __len__(self) -> int:
         return sum(len(rules) for rules in self._rules.values())
+
+    def __reduce__(self) -> tuple[type[CategoryRules], tuple[Mapping[str, Rules]]]:
+        return CategoryRules, (self._rules,)  # rebuilt by the constructor: its cache does not pickle
 
     def _categories_for(self, site: str, path: str) -> tuple[str, ...]:
         """IDs of every rule of the site whose pattern is found in the path, in rule order, once each."""

@@ -27,6 +27,7 @@ class CollectorStats:
         self.flushed_rows = 0
         self.flushed_batches = 0
         self.insert_failures = 0
+        self.encoder_restarts = 0
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] += 1
@@ -52,6 +53,7 @@ class StatsExporter(Collector):
         yield _counter("crumb_spool_batches_replayed", "Spooled batches replayed", s.replayed_batches)
         yield _counter("crumb_events_flushed", "Event rows inserted into ClickHouse", s.flushed_rows)
         yield _counter("crumb_insert_failures", "Failed inserts into ClickHouse", s.insert_failures)
+        yield _counter("crumb_encoder_restarts", "Encoder processes replaced (died or hung)", s.encoder_restarts)
         yield GaugeMetricFamily("crumb_buffer_depth", "Events waiting in memory", value=self._buffer_depth())
         yield GaugeMetricFamily("crumb_spool_depth", "Batches waiting in the spool", value=self._spool_depth())
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import redis
 from clickhouse_connect.driver.client import Client
@@ -30,13 +29,12 @@ class OptoutSet:
             return []
         return [bool(flag) for flag in self._redis.smismember(OPTOUT_KEY, list(ids))]
 
-    def keep_rows(self, rows: list[Sequence[Any]], id_columns: Sequence[int]) -> list[Sequence[Any]]:
-        """The rows none of whose IDs opted out. Raises redis errors: the caller retries later."""
-        ids = sorted({row[c] for row in rows for c in id_columns if row[c]})
-        opted_out = {i for i, flag in zip(ids, self.contains(ids)) if flag}
-        if not opted_out:
-            return rows
-        return [row for row in rows if not any(row[c] in opted_out for c in id_columns)]
+    def opted_out(self, ids: Sequence[str]) -> list[str]:
+        """Those of `ids` that opted out, checked in one round trip. Raises redis errors: the
+        caller retries later."""
+        if not ids:
+            return []
+        return [i for i, flag in zip(ids, self._redis.smismember(OPTOUT_KEY, list(ids))) if flag]
 
 
 def record_optouts(client: Client, ids: Iterable[str]) -> None:

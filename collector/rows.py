@@ -12,9 +12,11 @@ from functools import lru_cache
 from collector.categories import CategoryRules, ContentTaxonomy, clean_categories
 from collector.enrich import parse_user_agent, referrer_host, scrub_props, scrubbed_url_parts
 from collector.hits import Hit
-from collector.spool import Row
+from collector.payload import Row
 
-PAGE_CACHE_SIZE = 16_384
+# A site's pages, in the encoder process: ~720 B an entry with 30-character URLs (measured), so
+# ~24 MB full; at most ~70 MB if every cached URL had the longest cached length.
+PAGE_CACHE_SIZE = 32_768
 MAX_CACHED_URL_CHARS = 512  # longer URLs are rare: enriched uncached, so hostile ones pin no memory
 
 
@@ -24,6 +26,9 @@ class Enricher:
         self._taxonomy = taxonomy
         # Per instance, like the rules' own cache: a new config starts afresh.
         self._page = lru_cache(maxsize=PAGE_CACHE_SIZE)(self._page_columns)
+
+    def __reduce__(self) -> tuple[type[Enricher], tuple[CategoryRules, ContentTaxonomy | None]]:
+        return Enricher, (self._rules, self._taxonomy)  # for the encoder process: its caches start empty
 
     def row(self, hit: Hit | tuple[object, ...]) -> Row:
         """The row in collector.schema.EVENT_COLUMNS order, with JSON-safe values (for the spool).

@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote_plus
 
-from collector.consent import Consent, decode_consent
+from collector.consent import NO_GDPR, Consent, decode_consent
 from collector.hits import (
     MAX_EVENTS_PER_BATCH,
     Rejected,
@@ -107,7 +107,7 @@ class Collector:
         site = check_site(payload.get("site"))
         if not self.sites.known(site):
             raise Rejected("unknown_site", f"site {site!r} is not configured")
-        cookies = parse_cookies(meta.cookie_header) if meta.cookie_header else {}
+        cookies = _our_cookies(meta.cookie_header)
         if cookies.get(OPTOUT_COOKIE) == "1":
             self.stats.reject("opted_out")
             return Outcome()
@@ -167,6 +167,11 @@ class Collector:
         ]
 
 
+def _our_cookies(header: str) -> dict[str, str]:
+    # Every cookie we read has "crumb" in its name: a header without one (a first visit) is not parsed.
+    return parse_cookies(header) if "crumb" in header else {}
+
+
 def _hit_at(index: int, event: Any, ctx: RequestContext) -> Any:
     if not isinstance(event, dict):
         raise Rejected("bad_field", f"events[{index}] must be an object")
@@ -204,10 +209,11 @@ def parse_query(query: bytes) -> dict[str, str]:
         params: dict[str, str] = {}
         for pair in text.split("&"):
             name, _, value = pair.partition("=")
-            if "%" in name or "+" in name:
-                name = _decode(name)
-            if "%" in value or "+" in value:
-                value = _decode(value)
+            if "%" in pair or "+" in pair:  # one test for the plain pairs, most of a pixel's
+                if "%" in name or "+" in name:
+                    name = _decode_cached(name) if len(name) <= _MAX_CACHED_CHARS else _decode(name)
+                if "%" in value or "+" in value:
+                    value = _decode_cached(value) if len(value) <= _MAX_CACHED_CHARS else _decode(value)
             if name and name not in params:
                 params[name] = value
     except UnicodeDecodeError:
@@ -217,22 +223,25 @@ def parse_query(query: bytes) -> dict[str, str]:
     return params
 
 
-_MAX_CACHED_CHARS = 512  # with the cache's size, bounds its memory to ~10 MB
+_MAX_CACHED_CHARS = 512  # longer values are decoded uncached, so hostile ones pin no memory
 
 
 def _decode(text: str) -> str:
-    if len(text) > _MAX_CACHED_CHARS:
-        return unquote_plus(text, errors="strict")
-    return _decode_cached(text)
+    return unquote_plus(text, errors="strict")
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=32768)
 def _decode_cached(text: str) -> str:
     # Pixel values repeat (page URLs, referrers), and decoding each anew cost a fifth of a hit.
     return unquote_plus(text, errors="strict")
 
 
+_CONSENT_FIELDS = frozenset({"gdpr", "gdpr_consent", "us_privacy", "gpc"})
+
+
 def _consent(fields: Mapping[str, Any], meta: RequestMeta, vendor_id: int) -> Consent:
+    if not meta.gpc and fields.keys().isdisjoint(_CONSENT_FIELDS):
+        return NO_GDPR  # most hits carry no consent signal: decode_consent's answer, without the call
     gpc = meta.gpc or str(fields.get("gpc", "")) in ("1", "true", "True")
     tc_string = fields.get("gdpr_consent")
     us_privacy = fields.get("us_privacy")

@@ -5,43 +5,31 @@ from __future__ import annotations
 from clickhouse_connect.driver.client import Client
 
 from collector.optouts import OptoutSet
+from collector.payload import FORMAT, encode_table, ids_in, read_payload, without_ids
 from collector.schema import EVENT_COLUMNS, EVENTS_TABLE
 from collector.spool import Batch
-
-_ID_COLUMNS = (EVENT_COLUMNS.index("cookie_id"), EVENT_COLUMNS.index("fp_id"))
-_PROPS = EVENT_COLUMNS.index("props")
 
 
 class WarehouseSink:
     def __init__(self, client: Client, optouts: OptoutSet) -> None:
         self._client = client
         self._optouts = optouts
-        self._wire_types: list[str] | None = None
 
     def insert(self, batch: Batch) -> int:
-        rows = self._optouts.keep_rows(batch.rows, _ID_COLUMNS)
-        if rows:
-            columns = list(zip(*rows))
-            columns[_PROPS] = [dict(props) for props in columns[_PROPS]]  # rows hold (key, value) pairs
-            self._client.insert(
-                EVENTS_TABLE, columns, column_names=EVENT_COLUMNS, column_type_names=self._types(),
-                column_oriented=True, settings={"insert_deduplication_token": batch.token},
+        """The payload goes to ClickHouse as it is (no per-row Python here), re-encoded only in the
+        rare batch that holds opted-out IDs. Raises on failure: the caller spools and retries."""
+        table = read_payload(batch.payload)
+        payload = batch.payload
+        opted_out = self._optouts.opted_out(ids_in(table))
+        if opted_out:
+            table = without_ids(table, opted_out)
+            payload = encode_table(table)
+        if table.num_rows:
+            self._client.raw_insert(
+                EVENTS_TABLE, EVENT_COLUMNS, payload, fmt=FORMAT,
+                settings={"insert_deduplication_token": batch.token},
             )
-        return len(rows)
-
-    def _types(self) -> list[str]:
-        """The columns' types as sent: given, they spare a DESCRIBE per insert. LowCardinality and
-        UUID columns travel as String and ClickHouse converts them, cheaper than the client's
-        Python encoding of dictionaries and UUIDs (a third of an insert's time in the writer)."""
-        if self._wire_types is None:
-            database, table = EVENTS_TABLE.split(".")
-            described = dict(self._client.query(
-                "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {table:String}",
-                parameters={"db": database, "table": table},
-            ).result_rows)
-            self._wire_types = [described[c].replace("LowCardinality(String)", "String").replace("UUID", "String")
-                                for c in EVENT_COLUMNS]
-        return self._wire_types
+        return table.num_rows
 
 
 def recent_event_ids(client: Client, window_s: int, max_event_age_ms: int, limit: int = 1_000_000) -> list[str]:

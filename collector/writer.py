@@ -1,15 +1,18 @@
 """The event writer: buffered, columnar, and nothing lost.
 
     request path ──add()──▶ buffer ──drain thread──▶ pending queue ──insert thread──▶ ClickHouse
-                                        │ (dedup, enrich)     │ full                  │ fails
-                                        └──────────────▶ spool (disk) ◀───────────────┘
-                                                              └── replayed when ClickHouse is back
+                                        │ (dedup)  ▲          │ full                  │ fails
+                                        ▼          │          └──────▶ spool (disk) ◀─┘
+                                  encoder (enrich, encode)            └── replayed when ClickHouse is back
 
 `add` only appends to a list. The drain thread swaps the list out every interval (or at the row
-threshold), drops retried event IDs, enriches, and queues a batch, or spools it when the insert
+threshold), drops retried event IDs, has the rest enriched and encoded into one payload (by the
+encoder process, see collector.encoder), and queues the batch, or spools it when the insert
 thread is behind, so memory stays bounded whatever ClickHouse does. The insert thread writes
 batches with their token; a failure spools the batch, and spooled batches are replayed with the
 same token once inserts work again, so each accepted event lands exactly once.
+
+Deduplication stays in this process: its memory of event IDs survives an encoder restart.
 """
 
 from __future__ import annotations
@@ -24,8 +27,7 @@ from typing import Any, Protocol
 
 from collector.hits import Hit
 from collector.metrics import CollectorStats
-from collector.rows import Enricher
-from collector.spool import Batch, Row, Spool
+from collector.spool import Batch, Spool
 
 log = logging.getLogger("crumb.collector.writer")
 
@@ -35,6 +37,10 @@ MAX_BACKOFF_S = 30.0
 class BatchSink(Protocol):
     def insert(self, batch: Batch) -> int:
         """Store the batch (idempotently, by its token); return the rows stored. Raise on failure."""
+
+
+# Hits (as plain tuples) → the batch's insert payload: collector.encoder's process, or in-process.
+Encode = Callable[[list[tuple[Any, ...]]], bytes]
 
 
 class RecentEventIds:
@@ -72,7 +78,7 @@ class EventWriter:
         self,
         sink: BatchSink,
         spool: Spool,
-        enricher: Enricher,
+        encode: Encode,
         stats: CollectorStats,
         *,
         flush_rows: int = 10_000,
@@ -83,7 +89,7 @@ class EventWriter:
     ) -> None:
         self._sink = sink
         self._spool = spool
-        self._enricher = enricher
+        self._encode = encode
         self.stats = stats
         self._flush_rows = flush_rows
         self._flush_interval_s = flush_interval_s
@@ -153,20 +159,14 @@ class EventWriter:
         if not hits:
             self._notify_idle()
             return
-        batch = self._prepare(hits)
-        if batch.rows:
+        first_time = self._recent.first_time
+        fresh = [hit for hit in hits if first_time(hit[0])]  # hit[0]: the event_id
+        self.stats.duplicates += len(hits) - len(fresh)
+        if fresh:
+            batch = Batch(token=uuid.uuid4().hex, payload=self._encode(fresh), rows=len(fresh))
             self._enqueue(batch)  # the insert thread settles it
         else:
             self._settled()
-
-    def _prepare(self, hits: list[tuple[Any, ...]]) -> Batch:
-        rows: list[Row] = []
-        for hit in hits:
-            if not self._recent.first_time(hit[0]):  # the event_id
-                self.stats.duplicates += 1
-                continue
-            rows.append(self._enricher.row(hit))
-        return Batch(token=uuid.uuid4().hex, rows=rows)
 
     def _enqueue(self, batch: Batch) -> None:
         try:
@@ -200,7 +200,7 @@ class EventWriter:
         try:
             stored = self._sink.insert(batch)
         except Exception as exc:  # any failure: the batch is safe on disk and retried
-            log.warning("insert failed, spooling %d rows: %s", len(batch.rows), exc)
+            log.warning("insert failed, spooling %d rows: %s", batch.rows, exc)
             self.stats.insert_failures += 1
             self._spool_batch(batch)
             return False
@@ -240,13 +240,13 @@ class EventWriter:
     def _count_stored(self, batch: Batch, stored: int) -> None:
         self.stats.flushed_batches += 1
         self.stats.flushed_rows += stored
-        self.stats.opted_out_dropped += len(batch.rows) - stored
+        self.stats.opted_out_dropped += batch.rows - stored
 
     def _spool_batch(self, batch: Batch) -> None:
         self._spool.write(batch)
         self._spool_has_batches = True
         self.stats.spooled_batches += 1
-        self.stats.spooled_rows += len(batch.rows)
+        self.stats.spooled_rows += batch.rows
 
     def _settled(self) -> None:
         with self._idle:

@@ -21,6 +21,7 @@ from activation.runner import STATS as SYNC_STATS
 from activation.runner import SyncStatsExporter
 from activation.service import Activation
 from collector.categories import ContentTaxonomy
+from collector.encoder import EncoderProcess
 from collector.endpoints import Pixel
 from collector.endpoints import routes as collector_routes
 from collector.identity import CookieSigner
@@ -56,8 +57,9 @@ class CrumbServer:
         self.registry = CollectorRegistry()
         self.spool = Spool(settings.spool_dir)
         self.optouts = OptoutSet(runtime.redis)
+        self.encoder = EncoderProcess(Enricher(sites.rules(), taxonomy), self.stats)
         self.writer = EventWriter(
-            WarehouseSink(runtime.client, self.optouts), self.spool, Enricher(sites.rules(), taxonomy), self.stats,
+            WarehouseSink(runtime.client, self.optouts), self.spool, self.encoder.encode, self.stats,
             flush_rows=settings.flush_rows, flush_interval_s=settings.flush_interval_s,
             max_pending_batches=max(1, settings.buffer_max_rows // settings.flush_rows),
             dedup_window_s=settings.dedup_window_s, observe_flush=flush_latency(self.registry).observe,
@@ -98,6 +100,7 @@ class CrumbServer:
     def start(self) -> None:
         settings = self.runtime.settings
         self.runtime.migrate()
+        self.encoder.start()
         self.writer.start(recent_event_ids(
             self.runtime.client, settings.dedup_window_s, settings.max_event_age_hours * 3_600_000))
         self.erasures.start()
@@ -108,6 +111,7 @@ class CrumbServer:
         self.scheduler.stop()
         self.activation.idsync.close()
         self.writer.close()
+        self.encoder.close()
         self.erasures.stop()
         self.runtime.close()
 

@@ -44,6 +44,8 @@ def test_client_time_is_used_only_when_plausible(ts: Any, stored: int) -> None:
         ({"event_id": None}, "bad_event_id"),
         ({"type": "bad type"}, "bad_type"),
         ({"type": "x" * 65}, "bad_type"),
+        ({"type": ["pageview"]}, "bad_type"),  # unhashable: must not reach the known-types set
+        ({"type": None}, "bad_type"),
         ({"url": 5}, "bad_field"),
         ({"url": "https://a/" + "q" * 3000}, "too_long"),
         ({"categories": ["ok", "no way"]}, "bad_field"),
@@ -79,6 +81,15 @@ def test_a_hit_is_plain_data_the_gc_can_untrack() -> None:
 
     hit = make_hit(event(props={"a": "b", "n": 1}, categories=["1", "2"], engaged_ms=5), ctx())
     assert plain(tuple(hit))
+
+
+@pytest.mark.parametrize(
+    ("params", "props"),
+    [({}, ()), ({"pr.plan": "pro", "plan": "x"}, (("plan", "pro"),)), ({"x\0pr.y": "1"}, ()),
+     ({"pr.email": "a@b.co"}, (("email", "a@b.co"),))],  # scrubbed later, in the encoder
+)
+def test_pixel_props_come_from_pr_names_only(params: dict[str, str], props: tuple[tuple[str, str], ...]) -> None:
+    assert pixel_hit({"event_id": EID, **params}, ctx()).props == props
 
 
 def test_a_pixel_category_list_is_checked_every_time() -> None:

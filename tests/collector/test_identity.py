@@ -1,3 +1,6 @@
+import hashlib
+import hmac
+
 import pytest
 
 from collector.identity import CookieSigner, is_cookie_id, is_event_id, new_cookie_id
@@ -26,6 +29,15 @@ def test_signed_cookie_round_trip_and_forgery() -> None:
     assert signer.verify(new_cookie_id() + signed[32:]) is None  # MAC of another ID
     assert signer.verify(cookie_id) is None  # unsigned
     assert signer.verify(signed + "0") is None
+
+
+@pytest.mark.parametrize("secret", [b"", b"k1", b"s" * 43, b"x" * 64, b"y" * 65, bytes(range(200))])
+def test_cookies_signed_before_stay_valid(secret: bytes) -> None:
+    """The MAC is HMAC-SHA256 as the hmac module computes it: cookies issued by any version verify."""
+    cookie_id = new_cookie_id()
+    issued = f"{cookie_id}.{hmac.new(secret, cookie_id.encode(), hashlib.sha256).hexdigest()[:16]}"
+    assert CookieSigner(secret).sign(cookie_id) == issued
+    assert CookieSigner(secret).verify(issued) == cookie_id
 
 
 @pytest.mark.parametrize(

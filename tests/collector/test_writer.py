@@ -10,11 +10,21 @@ import httpx
 import redis
 
 from collector.optouts import OptoutSet
+from collector.payload import encode_rows, ids_in, read_payload, without_ids
 from collector.schema import EVENT_COLUMNS
 from collector.sink import WarehouseSink
 from collector.spool import Batch, Spool
 from collector.writer import RecentEventIds
 from tests.conftest import LiveServer
+
+_DEFAULTS: dict[str, object] = {"ts": 1_700_000_000_000, "received_at": 1_700_000_000_000, "categories": (),
+                                "is_bot": 0, "engaged_ms": 0, "props": (), "consent_purposes": (), "gdpr_applies": 0,
+                                "vendor_consent": 0, "can_profile": 1, "can_share": 1, "gpc": 0}
+
+
+def _row(**values: object) -> tuple[object, ...]:
+    """A crumb.events row in EVENT_COLUMNS order: the given values, plain defaults elsewhere."""
+    return tuple(values.get(name, _DEFAULTS.get(name, "")) for name in EVENT_COLUMNS)
 
 
 def test_clickhouse_down_spools_then_replays_every_event_exactly_once(live_server: LiveServer, site: str) -> None:
@@ -46,7 +56,6 @@ def test_clickhouse_down_spools_then_replays_every_event_exactly_once(live_serve
 
 def test_a_replayed_batch_is_dropped_by_its_token(live_server: LiveServer, tmp_path: Path, site: str) -> None:
     """A crash after the insert but before the spool file is removed: the replay must not double-count."""
-    row = live_server.crumb.writer._enricher.row  # noqa: SLF001 - the real enrichment path
     from collector.consent import NO_GDPR
     from collector.hits import Hit, consent_columns
 
@@ -54,7 +63,8 @@ def test_a_replayed_batch_is_dropped_by_its_token(live_server: LiveServer, tmp_p
     hits = [Hit(str(uuid.uuid4()), now_ms, now_ms, site, "pageview", uuid.uuid4().hex, "",
                 "https://x.example/", "", (), 0, (), "203.0.113.0", "ua", consent_columns(NO_GDPR), "test")
             for _ in range(5)]
-    batch = Batch(token=uuid.uuid4().hex, rows=[row(h) for h in hits])
+    payload = live_server.crumb.encoder.encode([tuple(h) for h in hits])
+    batch = Batch(token=uuid.uuid4().hex, payload=payload, rows=len(hits))
     spool = Spool(tmp_path)
     spool.write(batch)
     sink = WarehouseSink(live_server.client, OptoutSet(live_server.crumb.runtime.redis))
@@ -66,10 +76,10 @@ def test_a_replayed_batch_is_dropped_by_its_token(live_server: LiveServer, tmp_p
 
 def test_spool_files_are_whole_or_absent(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    (tmp_path / "half-written.tmp").write_text("[[1,")
+    (tmp_path / "half-written.tmp").write_bytes(b"\xff\xff")
     spool = Spool(tmp_path)  # a restart clears writes a crash cut short
     assert not list(tmp_path.glob("*.tmp"))
-    batch = Batch(token="abc", rows=[[1, "x", ["a"], {"k": "v"}]])
+    batch = Batch(token="abc", payload=encode_rows([_row(event_id=str(uuid.uuid4()))]), rows=1)
     spool.write(batch)
     assert spool.read(next(spool.pending())) == batch
 
@@ -98,12 +108,12 @@ def test_opted_out_ids_are_filtered_in_bulk(live_server: LiveServer) -> None:
     optouts = OptoutSet(client)
     gone, kept = uuid.uuid4().hex, uuid.uuid4().hex
     optouts.add([gone])
-    cookie, fp = EVENT_COLUMNS.index("cookie_id"), EVENT_COLUMNS.index("fp_id")
-    rows = [[None] * len(EVENT_COLUMNS) for _ in range(3)]
-    rows[0][cookie], rows[0][fp] = kept, ""
-    rows[1][cookie], rows[1][fp] = "", gone
-    rows[2][cookie], rows[2][fp] = gone, kept
-    assert optouts.keep_rows(rows, (cookie, fp)) == [rows[0]]
+    rows = [_row(cookie_id=kept, fp_id=""), _row(cookie_id="", fp_id=gone), _row(cookie_id=gone, fp_id=kept)]
+    table = read_payload(encode_rows(rows))
+    assert sorted(ids_in(table)) == sorted([kept, gone])
+    opted_out = optouts.opted_out(ids_in(table))
+    assert opted_out == [gone]
+    assert without_ids(table, opted_out).column("cookie_id").to_pylist() == [kept]
 
 
 def test_add_enriches_each_hit_once_and_drops_its_retries(live_server: LiveServer, site: str) -> None:
@@ -121,3 +131,22 @@ def test_add_enriches_each_hit_once_and_drops_its_retries(live_server: LiveServe
     assert (stats.accepted - accepted, stats.duplicates - duplicates) == (2, 1)
     assert live_server.query("SELECT host, url FROM crumb.events WHERE site = {s:String}", {"s": site}) == [
         ("x.example", "https://X.example/p")]
+
+
+def test_a_spool_of_json_rows_left_by_an_earlier_version_is_replayed(live_server: LiveServer, tmp_path: Path,
+                                                                     site: str) -> None:
+    import json
+
+    event_id = str(uuid.uuid4())
+    row = _row(event_id=event_id, site=site, cookie_id=uuid.uuid4().hex, url="https://x.example/a",
+               categories=("483",), props=(("plan", "pro"),), consent_purposes=(1, 3))
+    (tmp_path / "0123abcd.json").write_text(json.dumps([row]))  # tuples as arrays, as that version wrote them
+    spool = Spool(tmp_path)
+    (path,) = list(spool.pending())
+    batch = spool.read(path)
+    assert (batch.token, batch.rows) == ("0123abcd", 1)
+    sink = WarehouseSink(live_server.client, OptoutSet(live_server.crumb.runtime.redis))
+    assert sink.insert(batch) == 1
+    assert live_server.query(
+        "SELECT toString(event_id), url, categories, props, consent_purposes FROM crumb.events WHERE site = {s:String}",
+        {"s": site}) == [(event_id, "https://x.example/a", ["483"], {"plan": "pro"}, [1, 3])]
