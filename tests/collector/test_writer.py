@@ -17,7 +17,9 @@ from collector.spool import Batch, Spool
 from collector.writer import RecentEventIds
 from tests.conftest import LiveServer
 
-_DEFAULTS: dict[str, object] = {"ts": 1_700_000_000_000, "received_at": 1_700_000_000_000, "categories": (),
+# Now, not a fixed date: a row older than the events TTL (180 days) may be dropped by any merge.
+NOW_MS = int(time.time() * 1000)
+_DEFAULTS: dict[str, object] = {"ts": NOW_MS, "received_at": NOW_MS, "categories": (),
                                 "is_bot": 0, "engaged_ms": 0, "props": (), "consent_purposes": (), "gdpr_applies": 0,
                                 "vendor_consent": 0, "can_profile": 1, "can_share": 1, "gpc": 0}
 
