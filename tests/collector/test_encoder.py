@@ -27,6 +27,7 @@ from crumb import control
 from crumb.progress import SILENT
 from crumb.settings import load_settings
 from tests.conftest import free_port
+from tests.processes import wait_healthy
 
 
 def hits(count: int, site: str = "enc") -> list[tuple[Any, ...]]:
@@ -146,7 +147,7 @@ def test_serve_loses_no_event_when_its_encoder_dies_and_ctrl_c_leaves_no_process
                PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     server = subprocess.Popen(CRUMB, env=env, start_new_session=True)  # its own group, as in a terminal
     try:
-        _wait_healthy(url, server)
+        wait_healthy(url, server)
         sent = _send_pixels(url, 100)
         (encoder,) = [pid for pid in _children(server.pid) if b"spawn_main" in _cmdline(pid)]
         os.kill(encoder, signal.SIGKILL)
@@ -164,7 +165,7 @@ def test_serve_loses_no_event_when_its_encoder_dies_and_ctrl_c_leaves_no_process
     env["CRUMB_PORT"] = str(port)
     again = subprocess.Popen(CRUMB, env=env)
     try:
-        _wait_healthy(f"http://127.0.0.1:{port}", again)
+        wait_healthy(f"http://127.0.0.1:{port}", again)
         found = control.find_server(load_settings({"CRUMB_DATA_DIR": str(tmp_path)}))
         assert found is not None
         assert control.call(found[0], found[1], "summary", {}, SILENT)["events"] == len(sent)
@@ -197,19 +198,6 @@ def _send_pixels(url: str, count: int) -> list[str]:
             assert reply.status_code == 200
             sent.append(event_id)
     return sent
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "crumb serve exited during start-up"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)  # polling a process that is coming up
-    raise AssertionError("crumb serve did not become healthy")
 
 
 def _alive(pid: int) -> bool:

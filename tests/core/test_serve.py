@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from crumb import control
 from crumb.progress import SILENT
 from crumb.settings import load_settings
 from tests.conftest import free_port
+from tests.processes import wait_healthy
 
 CRUMB = [sys.executable, "-m", "crumb.cli"]
 
@@ -26,19 +26,6 @@ CRUMB = [sys.executable, "-m", "crumb.cli"]
 def crumb_env(data_dir: Path, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRUMB_")}
     return {**env, "CRUMB_DATA_DIR": str(data_dir), "CRUMB_PORT": str(port), "CRUMB_FLUSH_INTERVAL_S": "0.2"}
-
-
-def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "crumb serve exited during start-up"
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)  # polling a process that is coming up
-    raise AssertionError("crumb serve did not become healthy")
 
 
 def redis_children(data_dir: Path) -> list[int]:
