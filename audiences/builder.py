@@ -30,7 +30,6 @@ from audiences.compiler import (
     ELIGIBLE,
     EVENTS,
     MEMBERSHIP_SETTINGS,
-    OPTED_OUT_TYPED,
     PROFILE_IDS,
     PROFILE_OF,
     VALUES_SETTINGS,
@@ -46,7 +45,7 @@ from audiences.compiler import (
 from audiences.definitions import SegmentSet
 from audiences.errors import BuildError
 from audiences.lookalike import build_lookalikes
-from audiences.rollup import days_to_roll, read_plan, roll
+from audiences.rollup import DayDigests, days_to_roll, read_plan, roll
 from collector.categories import ContentTaxonomy
 from crumb.progress import SILENT, Progress
 
@@ -142,10 +141,10 @@ def build(
     return result
 
 
-def _values(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead) -> list[Any]:
+def _values(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead) -> DayDigests:
     """The days to roll up, and the lookups of every value the rollup and the members step read."""
     roll_days = days_to_roll(client, plan, as_of_ms)
-    _run(client, values_statements(plan, as_of_ms, rollup=rollup, roll_days=roll_days), VALUES_SETTINGS)
+    _run(client, values_statements(plan, as_of_ms, rollup=rollup, roll_days=sorted(roll_days)), VALUES_SETTINGS)
     return roll_days
 
 
@@ -250,10 +249,7 @@ def _links_sql(params: dict[str, Any], rollup: RollupRead | None) -> str:
     params.update(links.params())
     return (f"{events} AND {links.raw_rows()} UNION ALL "
             f"SELECT row_id AS a, concat('f:', fp) AS b FROM {rollup.table} ARRAY JOIN links AS fp "
-            "WHERE hour > fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
-            "AND hour < fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC') "
-            "AND toUnixTimestamp(hour) NOT IN {cut_hours:Array(UInt32)} "
-            f"AND row_id NOT IN ({OPTED_OUT_TYPED}) AND fp NOT IN (SELECT id FROM crumb.optouts)")
+            f"WHERE {links.rolled_rows()} AND fp NOT IN (SELECT id FROM crumb.optouts)")
 
 
 def _write_deltas(client: Client, build_id: int, as_of_ms: int) -> None:

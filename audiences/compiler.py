@@ -413,6 +413,14 @@ class RollupRead:
         with `toDate(ts)`, and its index is used for dates, not for ranges of `ts`."""
         return ("(toDate(ts) IN {raw_days:Array(Date)} AND (ts >= fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC') "
                 "OR toUnixTimestamp(toStartOfHour(ts)) IN {cut_hours:Array(UInt32)}))")
+
+    def rolled_rows(self) -> str:
+        """The rolled-up hours read as such (the window's, but for the cut ones), of IDs opted in."""
+        return ("hour > fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
+                "AND hour < fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC') "
+                f"AND toUnixTimestamp(hour) NOT IN {{cut_hours:Array(UInt32)}} AND row_id NOT IN ({OPTED_OUT_TYPED})")
+
+
 ROLL_DAYS = "toDate(ts) IN {roll_days:Array(Date)}"
 
 
@@ -500,11 +508,8 @@ def _source_sql(plan: Plan, layout: _Layout, params: dict[str, Any], tables: Tab
         return events
     params.update(rollup.params())
     rolled = ", ".join(["row_id", "toDateTime64(hour, 3, 'UTC') AS t", *layout.hour_names()])
-    return (f"{events} AND {rollup.raw_rows()} UNION ALL SELECT {rolled} FROM {rollup.table} "
-            "WHERE hour > fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
-            "AND hour < fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC') "
-            "AND toUnixTimestamp(hour) NOT IN {cut_hours:Array(UInt32)} "
-            f"AND row_id NOT IN ({OPTED_OUT_TYPED})")
+    return (f"{events} AND {rollup.raw_rows()} "
+            f"UNION ALL SELECT {rolled} FROM {rollup.table} WHERE {rollup.rolled_rows()}")
 
 
 def _window_columns(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str, Any]) -> list[str]:

@@ -60,9 +60,13 @@ def read_plan(plan: Plan, as_of_ms: int) -> RollupRead:
                       cut_hours=sorted({start // HOUR_MS * 3600 for start in starts}))
 
 
-def days_to_roll(client: Client, plan: Plan, as_of_ms: int) -> list[dt.date]:
+DayDigests = dict[dt.date, tuple[int, int]]  # day → (events, XOR of their event IDs' hashes)
+
+
+def days_to_roll(client: Client, plan: Plan, as_of_ms: int) -> DayDigests:
     """Make the table fit the plan; return the whole days of the window, before as_of's day, whose
-    events are not rolled up as they are now. Days that left the window are dropped."""
+    events are not rolled up as they are now, with their digests. Days that left the window are
+    dropped."""
     key = fingerprint(plan)
     if _table_key(client) != key:
         client.command(f"DROP TABLE IF EXISTS {ROLLUP}")
@@ -73,7 +77,7 @@ def days_to_roll(client: Client, plan: Plan, as_of_ms: int) -> list[dt.date]:
     first = _day(as_of_ms - plan.max_window_days * DAY_MS)
     last = _day(as_of_ms) - dt.timedelta(days=1)
     if last < first:
-        return []
+        return {}
     bounds = {"first": first, "last": last}
     now = {day: (events, digest) for day, events, digest in client.query(
         f"SELECT toDate(ts) AS day, count(), groupBitXor(cityHash64(event_id)) FROM {EVENTS} "
@@ -86,18 +90,18 @@ def days_to_roll(client: Client, plan: Plan, as_of_ms: int) -> list[dt.date]:
             "AND active AND partition_id < {first:String}", parameters={"first": first.strftime("%Y%m%d")}).result_rows:
         client.command(f"ALTER TABLE {ROLLUP} DROP PARTITION ID '{int(partition)}'")
     days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
-    return [day for day in days if now.get(day, (0, 0)) != rolled.get(day, (0, 0))]
+    return {day: now.get(day, (0, 0)) for day in days if now.get(day, (0, 0)) != rolled.get(day, (0, 0))}
 
 
-def roll(client: Client, plan: Plan, days: list[dt.date], tables: Tables = BUILD,
+def roll(client: Client, plan: Plan, digests: DayDigests, tables: Tables = BUILD,
          note: Callable[[str], None] = lambda line: None, settings: dict[str, Any] | None = None) -> int:
-    """Roll the days up (again): their rows are replaced, then the days are recorded. Returns the
-    rows written. Needs the build's value lookups filled for these days."""
+    """Roll the days up (again): their rows are replaced, then the days are recorded with the
+    digests `days_to_roll` read. Events that arrived since make the record older than the rows,
+    so the next build rolls the day again: never the other way round. Returns the rows written.
+    Needs the build's value lookups filled for these days."""
+    days = sorted(digests)
     if not days:
         return 0
-    counts = {day: (events, digest) for day, events, digest in client.query(
-        f"SELECT toDate(ts) AS day, count(), groupBitXor(cityHash64(event_id)) FROM {EVENTS} "
-        "WHERE day IN {days:Array(Date)} GROUP BY day", parameters={"days": days}).result_rows}
     for day in days:
         client.command(f"ALTER TABLE {ROLLUP} DROP PARTITION ID '{day.strftime('%Y%m%d')}'")
     sql, params = roll_statement(plan, ROLLUP, tables)
@@ -107,7 +111,7 @@ def roll(client: Client, plan: Plan, days: list[dt.date], tables: Tables = BUILD
         summary = client.command(sql, parameters={**params, "roll_days": chunk}, settings=settings)
         written += int(getattr(summary, "written_rows", 0) or 0)
         note(f"rolled up {chunk[0]} .. {chunk[-1]}")
-    client.insert(ROLLED_DAYS, [[day, *counts.get(day, (0, 0))] for day in days],
+    client.insert(ROLLED_DAYS, [[day, *digests[day]] for day in days],
                   column_names=["day", "events", "digest"])
     return written
 

@@ -36,7 +36,7 @@ def encode_rows(rows: Sequence[Row]) -> bytes:
     """Rows in EVENT_COLUMNS order (props as (key, value) pairs) → the payload."""
     columns = zip(*rows) if rows else [()] * len(SCHEMA)
     arrays = [pa.array(column, type=field.type) for column, field in zip(columns, SCHEMA)]
-    return _stream(pa.Table.from_arrays(arrays, schema=SCHEMA))
+    return encode_table(pa.Table.from_arrays(arrays, schema=SCHEMA))
 
 
 def read_payload(payload: bytes) -> pa.Table:
@@ -58,10 +58,6 @@ def without_ids(table: pa.Table, ids: Sequence[str]) -> pa.Table:
 
 
 def encode_table(table: pa.Table) -> bytes:
-    return _stream(table)
-
-
-def _stream(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, SCHEMA) as writer:
         writer.write_table(table)

@@ -8,6 +8,8 @@ Isolation: the builder reads every event in the warehouse, and other tests write
 each example gets an as-of of its own far in the future (2071-01-01 + 14 days per example, every
 example's events within (as_of - 12 days, as_of + 1 day]): other tests' rows, near today or in
 their own earlier years (2033-2060 so far), fall outside every window (at most 10 days here).
+A second build of an example, up to 31 hours later, may reach into the next slot's time range,
+whose events are written only after it.
 After 800 examples in one session the slots are reused, each cleared first, so timestamps stay
 below the 2106 limit of the events TTL. Its IDs are fresh random hex, so its opt-outs touch no
 one else; the opt-outs already in the warehouse are read and handed to the oracle rather than
