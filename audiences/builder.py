@@ -17,7 +17,6 @@ Python process holds no members at any point: every step is INSERT ... SELECT.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -238,18 +237,15 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupR
 
 def _links_sql(params: dict[str, Any], rollup: RollupRead | None) -> str:
     """(cookie, first-party ID) pairs seen on one event in the window, typed: from the events, or
-    from the rolled-up hours and the events around them (only the scan's whole window counts here,
-    so only its first hour is cut)."""
+    from the rolled-up hours and the events of as_of's day."""
     events = (f"SELECT concat('c:', cookie_id) AS a, concat('f:', fp_id) AS b FROM {EVENTS} "
               f"WHERE {window_filter()} AND cookie_id != '' AND fp_id != ''")
     if rollup is None:
         return events
-    since_hour = params["since_ms"] // 3_600_000 * 3600
-    links = dataclasses.replace(rollup, cut_hours=[since_hour])
-    params.update(links.params())
-    return (f"{events} AND {links.raw_rows()} UNION ALL "
+    params.update(rollup.params())
+    return (f"{events} AND {rollup.raw_rows()} UNION ALL "
             f"SELECT row_id AS a, concat('f:', fp) AS b FROM {rollup.table} ARRAY JOIN links AS fp "
-            f"WHERE {links.rolled_rows()} AND fp NOT IN (SELECT id FROM crumb.optouts)")
+            f"WHERE {rollup.rolled_rows()} AND fp NOT IN (SELECT id FROM crumb.optouts)")
 
 
 def _write_deltas(client: Client, build_id: int, as_of_ms: int) -> None:

@@ -33,6 +33,7 @@ PROFILE_OF = "crumb._build_profile_of"
 PROFILE_IDS = "crumb._build_profile_ids"
 MEMBERS_NEXT = "crumb.id_segments_next"
 DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
 EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 DAY_BITS = 64  # a window of up to 63 days keeps its distinct days as a bitmask; a longer one, as a set
 
@@ -194,13 +195,21 @@ OPTED_IN = "cookie_id NOT IN (SELECT id FROM crumb.optouts) AND fp_id NOT IN (SE
 OPTED_OUT_TYPED = "SELECT arrayJoin([concat('c:', id), concat('f:', id)]) AS typed FROM crumb.optouts"
 
 
+def window_start(as_of_ms: int, days: int) -> int:
+    """Where a window of `days` ending at `as_of_ms` starts (inclusive): at the start of the hour,
+    `days` before. Windows count whole hours at their far end (a 7-day window of a build at 14:37
+    reaches back to 14:00), so every past hour is wholly in or out of every window, and a build
+    can read it rolled up (`audiences.rollup`) rather than as events."""
+    return as_of_ms - as_of_ms % HOUR_MS - days * DAY_MS
+
+
 def window_filter() -> str:
-    return (f"{ELIGIBLE} AND ts > fromUnixTimestamp64Milli({{since_ms:Int64}}, 'UTC') "
+    return (f"{ELIGIBLE} AND ts >= fromUnixTimestamp64Milli({{since_ms:Int64}}, 'UTC') "
             f"AND ts <= fromUnixTimestamp64Milli({{as_of_ms:Int64}}, 'UTC') AND {OPTED_IN}")
 
 
 def window_params(plan: Plan, as_of_ms: int) -> dict[str, Any]:
-    return {"since_ms": as_of_ms - plan.max_window_days * DAY_MS, "as_of_ms": as_of_ms}
+    return {"since_ms": window_start(as_of_ms, plan.max_window_days), "as_of_ms": as_of_ms}
 
 
 def predicate_sql(p: Predicate, number: int, value: str = "v") -> str:
@@ -396,29 +405,26 @@ def _value_sql(plan: Plan, field_name: str, params: dict[str, Any]) -> str:
 @dataclass(frozen=True)
 class RollupRead:
     """A build that reads rolled-up hours (`audiences.rollup`): from `table`, every hour of the
-    window before `raw_from_ms` except the `cut_hours` (epoch seconds) that a window boundary
-    falls in; those, and everything from `raw_from_ms` on (as_of's own day), come as events."""
+    window before `raw_from_ms` (the start of as_of's day); from then on, the events. Windows
+    start on the hour, so no rolled-up hour is cut by one."""
 
     table: str
     raw_from_ms: int
-    cut_hours: list[int]
 
     def params(self) -> dict[str, Any]:
-        days = {hour // 86_400 for hour in self.cut_hours} | {self.raw_from_ms // DAY_MS}
-        return {"raw_from_ms": self.raw_from_ms, "cut_hours": self.cut_hours,
-                "raw_days": [dt.date.fromordinal(EPOCH_ORDINAL + day) for day in sorted(days)]}
+        return {"raw_from_ms": self.raw_from_ms,
+                "raw_day": dt.date.fromordinal(EPOCH_ORDINAL + self.raw_from_ms // DAY_MS)}
 
     def raw_rows(self) -> str:
-        """The events read as events. The days they fall on are named too: the events key starts
-        with `toDate(ts)`, and its index is used for dates, not for ranges of `ts`."""
-        return ("(toDate(ts) IN {raw_days:Array(Date)} AND (ts >= fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC') "
-                "OR toUnixTimestamp(toStartOfHour(ts)) IN {cut_hours:Array(UInt32)}))")
+        """The events read as events. Their day is named too: the events key starts with
+        `toDate(ts)`, and its index is used for dates, not for ranges of `ts`."""
+        return "(toDate(ts) >= {raw_day:Date} AND ts >= fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC'))"
 
     def rolled_rows(self) -> str:
-        """The rolled-up hours read as such (the window's, but for the cut ones), of IDs opted in."""
-        return ("hour > fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
+        """The rolled-up hours of the window read as such, of IDs opted in."""
+        return ("hour >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
                 "AND hour < fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC') "
-                f"AND toUnixTimestamp(hour) NOT IN {{cut_hours:Array(UInt32)}} AND row_id NOT IN ({OPTED_OUT_TYPED})")
+                f"AND row_id NOT IN ({OPTED_OUT_TYPED})")
 
 
 ROLL_DAYS = "toDate(ts) IN {roll_days:Array(Date)}"
@@ -430,7 +436,7 @@ def values_statements(plan: Plan, as_of_ms: int, tables: Tables = BUILD, rollup:
     those of the rows the build reads as events (the window, or with a rollup, the rows it does
     not roll up) and of the whole days it rolls up. On `ts` alone: a value of an ineligible row
     costs a row here, nothing more."""
-    rows = ("ts > fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
+    rows = ("ts >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
             "AND ts <= fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC')")
     scope: dict[str, Any] = window_params(plan, as_of_ms)
     if rollup is not None:
@@ -516,11 +522,11 @@ def _window_columns(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str
     """Per row (an event, or a rolled-up hour: `t` is its time, or its hour's start): each window
     narrower than the scan's (`in<days>`), each compound matcher (`m<n>`) and their words, and the
     row's day as a bit (`day_bit`) and a date (`day`). A rolled-up hour is never cut by a window:
-    the hours a window boundary falls in are read as events."""
+    windows start on the hour (`window_start`)."""
     columns = []
     for days in sorted({m.window_days for m in plan.matchers if m.window_days < plan.max_window_days}):
-        params[f"since{days}"] = as_of_ms - days * DAY_MS
-        columns.append(f"t > fromUnixTimestamp64Milli({{since{days}:Int64}}, 'UTC') AS in{days}")
+        params[f"since{days}"] = window_start(as_of_ms, days)
+        columns.append(f"t >= fromUnixTimestamp64Milli({{since{days}:Int64}}, 'UTC') AS in{days}")
     for number in layout.packed:
         m = plan.matchers[number - 1]
         tests = [layout.set_test(m.predicates)] if m.predicates else []

@@ -18,7 +18,6 @@ from clickhouse_connect.driver.client import Client
 
 from audiences.builder import OPEN_INTERVAL
 from audiences.compiler import (
-    DAY_MS,
     ELIGIBLE,
     EVENTS,
     ConditionSpec,
@@ -27,6 +26,7 @@ from audiences.compiler import (
     row_predicate_sql,
     window_filter,
     window_params,
+    window_start,
 )
 from audiences.definitions import All, Any_, Condition, Not, Op, Predicate, SegmentRef, SegmentSet, Status
 from audiences.errors import UnknownSegment
@@ -65,7 +65,7 @@ def explain(
     evaluation = _Evaluation(plan, segments, taxonomy, as_of_ms)
     evaluation.found = _condition_counts(client, plan, evaluation.reachable(segment_id), profile, as_of_ms)
     tree = evaluation.segment(segment_id)
-    lookback = _activity(client, profile, as_of_ms - segment.lookback_days * DAY_MS, as_of_ms)
+    lookback = _activity(client, profile, window_start(as_of_ms, segment.lookback_days), as_of_ms)
     return {
         "segment_id": segment_id, "name": segment.name, "cookie_id": cookie_id,
         "as_of": _iso(as_of_ms), "as_of_ms": as_of_ms, "as_of_source": as_of_source,
@@ -135,8 +135,8 @@ def _condition_counts(
     tests = []
     for number in numbers:
         spec = plan.conditions[number - 1]
-        params[f"since{number}"] = as_of_ms - spec.window_days * DAY_MS
-        matches = [f"ts_ms > {{since{number}:Int64}}", *(row_predicate_sql(plan, p, params) for p in spec.predicates)]
+        params[f"since{number}"] = window_start(as_of_ms, spec.window_days)
+        matches = [f"ts_ms >= {{since{number}:Int64}}", *(row_predicate_sql(plan, p, params) for p in spec.predicates)]
         tests.append(f"if({' AND '.join(matches)}, toUInt32({number}), toUInt32(0))")
     rows = client.query(
         "SELECT cond, count(), uniqExact(toDate(ts)), sum(engaged_ms), min(ts_ms), max(ts_ms) FROM ("
@@ -204,7 +204,7 @@ class _Evaluation:
         return {
             "kind": "condition", "condition": spec.number, "label": label,
             "predicates": [describe_predicate(p, self.taxonomy) for p in condition.where],
-            "window_days": spec.window_days, "since": _iso(self.as_of_ms - spec.window_days * DAY_MS),
+            "window_days": spec.window_days, "since": _iso(window_start(self.as_of_ms, spec.window_days)),
             "found": {"count": found.count, "days": found.days, "engaged_ms": found.engaged_ms,
                       "first": _iso(found.first_ms), "last": _iso(found.last_ms)},
             "bounds": {"min_count": spec.min_count, "max_count": spec.max_count, "min_days": spec.min_days,
@@ -257,7 +257,7 @@ def _activity(client: Client, profile: list[str], since_ms: int, as_of_ms: int) 
     count, eligible, bots, refused, first, last = client.query(
         f"SELECT count(), countIf({ELIGIBLE}), countIf(is_bot = 1), countIf(is_bot = 0 AND can_profile = 0), "
         f"min(toUnixTimestamp64Milli(ts)), max(toUnixTimestamp64Milli(ts)) FROM {EVENTS} "
-        "WHERE ts > fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
+        "WHERE ts >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
         "AND ts <= fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC') "
         "AND (has({cookies:Array(String)}, cookie_id) OR has({fps:Array(String)}, fp_id))",
         parameters={"since_ms": since_ms, "as_of_ms": as_of_ms, **_split(profile)}).result_rows[0]

@@ -17,7 +17,6 @@ from clickhouse_connect.driver.client import Client
 from audiences.builder import drop_scratch, make_scratch
 from audiences.compiler import (
     BUILD,
-    DAY_MS,
     EVENTS,
     MEMBERSHIP_SETTINGS,
     ROW_ID,
@@ -28,6 +27,7 @@ from audiences.compiler import (
     membership_statement,
     values_statements,
     window_filter,
+    window_start,
 )
 from audiences.definitions import Segment, SegmentSet, Status, references
 from collector.categories import ContentTaxonomy
@@ -89,7 +89,7 @@ def _evaluate(client: Client, plan: Plan, segment: Segment, as_of_ms: int, bucke
         client.command(sql, parameters=parameters, settings=MEMBERSHIP_SETTINGS)
         sampled = client.query(
             f"SELECT uniqExact({ROW_ID}) FROM {tables.events} WHERE {window_filter()}",
-            parameters={"since_ms": as_of_ms - segment.lookback_days * DAY_MS, "as_of_ms": as_of_ms},
+            parameters={"since_ms": window_start(as_of_ms, segment.lookback_days), "as_of_ms": as_of_ms},
         ).result_rows[0][0]
         members = client.query(f"SELECT uniqExact(profile_id) FROM {tables.members}").result_rows[0][0]
     finally:
@@ -115,7 +115,7 @@ def _population(client: Client, segment: Segment, as_of_ms: int) -> int:
     """IDs with an eligible event in the lookback, by the uniqCombined sketch (error ≈ 0.3%)."""
     return int(client.query(
         f"SELECT uniqCombined({ROW_ID}) FROM {EVENTS} WHERE {window_filter()}",
-        parameters={"since_ms": as_of_ms - segment.lookback_days * DAY_MS, "as_of_ms": as_of_ms},
+        parameters={"since_ms": window_start(as_of_ms, segment.lookback_days), "as_of_ms": as_of_ms},
     ).result_rows[0][0])
 
 

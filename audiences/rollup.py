@@ -6,7 +6,7 @@ hour, into the columns the membership statement aggregates (`compiler.event_colu
 bits OR-ed, counts and engaged time summed), and later builds read those rows instead:
 
   window:   since ──────────────────────────────────────────────────── as_of
-  read as:  [events in the hours a window boundary cuts] [rolled-up hours ...] [events of as_of's day]
+  read as:  [rolled-up hours, from the hour each window starts on ...] [events of as_of's day]
 
 Rolled-up rows are about a third of the events, and need no predicate work.
 
@@ -40,7 +40,6 @@ from audiences.compiler import (
 
 ROLLUP = "crumb.segment_rollup"
 ROLLED_DAYS = "crumb.segment_rollup_days"  # migration audiences_0006
-HOUR_MS = 3_600_000
 
 
 def fingerprint(plan: Plan, tables: Tables = BUILD) -> str:
@@ -53,11 +52,8 @@ def fingerprint(plan: Plan, tables: Tables = BUILD) -> str:
 
 
 def read_plan(plan: Plan, as_of_ms: int) -> RollupRead:
-    """How the build reads: rolled-up hours before as_of's day, but for the hours each window's
-    start falls in (a rolled-up hour is wholly in or out of every window)."""
-    starts = {as_of_ms - m.window_days * DAY_MS for m in plan.matchers} | {as_of_ms - plan.max_window_days * DAY_MS}
-    return RollupRead(ROLLUP, raw_from_ms=as_of_ms - as_of_ms % DAY_MS,
-                      cut_hours=sorted({start // HOUR_MS * 3600 for start in starts}))
+    """How the build reads: rolled-up hours before as_of's day, events from its start on."""
+    return RollupRead(ROLLUP, raw_from_ms=as_of_ms - as_of_ms % DAY_MS)
 
 
 DayDigests = dict[dt.date, tuple[int, int]]  # day → (events, XOR of their event IDs' hashes)

@@ -7,13 +7,14 @@ the rules) and the taxonomy's parent links (for `category is`).
 Semantics (see tests/audiences/test_oracle.py for the property that ties it to the builder):
 
 - An event is eligible when is_bot = 0, can_profile = 1, it has a cookie_id or an fp_id, neither
-  of its IDs is an opted-out ID, and as_of - max_window < ts <= as_of, where max_window is the
-  largest window of any condition the build evaluates (each segment's universe included).
+  of its IDs is an opted-out ID, and start(max_window) <= ts <= as_of, where max_window is the
+  largest window of any condition the build evaluates (each segment's universe included), and
+  start(w) is the start of as_of's hour, w days earlier: windows count whole hours at their far end.
 - An event's typed ID is 'c:<cookie_id>' when it has a cookie ID, else 'f:<fp_id>'.
 - Eligible events carrying both IDs link them; a profile is a connected component, named by its
   smallest typed ID.
 - A condition holds for a profile when its matching events (every predicate true and
-  ts > as_of - window) number n >= max(1, min_count), n <= max_count, span at least min_days
+  ts >= start(window)) number n >= max(1, min_count), n <= max_count, span at least min_days
   distinct UTC dates and sum to at least min_engaged_ms.
 - A segment's members are the profiles seen in its lookback (the universe) whose rule holds;
   every typed ID of a member profile is one output row.
@@ -29,6 +30,7 @@ from audiences.definitions import All, Any_, Condition, Not, Predicate, Segment,
 from collector.categories import ContentTaxonomy
 
 DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
 
 Event = Mapping[str, Any]
 Member = tuple[int, str, str]  # (segment_id, id, id_type)
@@ -140,7 +142,10 @@ def members(
     if not active:
         return set()
     max_window = max(w for s in active for w in _windows(s, by_id))
-    since = as_of_ms - max_window * DAY_MS
+    def start(window_days: int) -> int:
+        return as_of_ms - as_of_ms % HOUR_MS - window_days * DAY_MS
+
+    since = start(max_window)
     opted_out = set(optouts)
 
     eligible = [
@@ -148,7 +153,7 @@ def members(
         if e.get("is_bot", 0) == 0 and e.get("can_profile", 1) == 1
         and (e.get("cookie_id") or e.get("fp_id"))
         and e.get("cookie_id", "") not in opted_out and e.get("fp_id", "") not in opted_out
-        and since < e["ts"] <= as_of_ms
+        and since <= e["ts"] <= as_of_ms
     ]
 
     links = _UnionFind()
@@ -164,9 +169,9 @@ def members(
         events_of[links.find(typed_id(e))].append(e)
 
     def condition_holds(c: Condition, lookback: int, profile: str) -> bool:
-        start = as_of_ms - (c.within_days or lookback) * DAY_MS
+        since = start(c.within_days or lookback)
         matching = [e for e in events_of[profile]
-                    if e["ts"] > start and all(predicate_holds(p, e, taxonomy) for p in c.where)]
+                    if e["ts"] >= since and all(predicate_holds(p, e, taxonomy) for p in c.where)]
         n = len(matching)
         days = len({e["ts"] // DAY_MS for e in matching})  # UTC dates (ts >= 0 here)
         engaged = sum(e.get("engaged_ms", 0) for e in matching)

@@ -52,7 +52,9 @@ def test_golden_plan_numbers_shared_predicates_once() -> None:
     assert "transform(host, {k2_values:Array(String)}" in sql and sql.count(" AS f0,") == 1 and " AS f1" not in sql
     # A one-predicate matcher over the whole window is a bit of the mask word; a narrower window
     # makes a compound matcher of its own, packed into a word of matchers.
-    assert "bitTest(f0, 1) AND in7 AS m4" in sql and params["since7"] == AS_OF - 7 * 86_400_000
+    # Windows start on the hour: as_of's hour, 7 days before (inclusive).
+    assert "bitTest(f0, 1) AND in7 AS m4" in sql and params["since7"] == AS_OF - AS_OF % 3_600_000 - 7 * 86_400_000
+    assert "t >= fromUnixTimestamp64Milli({since7:Int64}, 'UTC') AS in7" in sql
     # A count: per row (or per rolled-up hour) a column of the matched rows; per ID, its sum.
     assert "toUInt32(bitTest(f0, 0)) AS c0" in sql and "sum(toUInt64(c0)) AS n0" in sql and params["min_n2"] == 3
     assert "(bitTest(f0_any, 0) AND bitAnd(n0, 4294967295) >= {min_n2:UInt64}) AS h2" in sql
@@ -124,12 +126,11 @@ def every_statement(segments: SegmentSet) -> list[tuple[str, dict[str, Any]]]:
             roll_statement(plan, ROLLUP), membership_statement(plan, AS_OF, 7, rollup=rollup)]
 
 
-def test_a_build_reads_rolled_up_hours_and_the_events_around_them() -> None:
+def test_a_build_reads_rolled_up_hours_and_the_events_of_as_of_s_day() -> None:
     plan = compile_segments(SegmentSet([segment(1, where("path", "prefix", "/a", min_count=2, within_days=2)),
                                         segment(2, where("host", "eq", "b", min_engaged_ms=1000))]))
     rollup = read_plan(plan, AS_OF)
-    # Windows of 2 and 30 days start inside two hours: those come as events, with as_of's own day.
-    assert rollup.cut_hours == sorted({(AS_OF - d * 86_400_000) // 3_600_000 * 3600 for d in (2, 30)})
+    # Windows start on the hour, so every hour before as_of's day is read rolled up.
     assert rollup.raw_from_ms == AS_OF - AS_OF % 86_400_000
     roll_sql, _params = roll_statement(plan, ROLLUP)
     # Rolled per ID and hour: masks OR-ed, the count's and the engaged time's columns summed.
@@ -138,7 +139,8 @@ def test_a_build_reads_rolled_up_hours_and_the_events_around_them() -> None:
     assert "toUInt32(bitTest(f0, 1)) AS c0" in roll_sql and "if(bitTest(f0, 0), engaged_ms, 0) AS g0" in roll_sql
     sql, params = membership_statement(plan, AS_OF, 7, rollup=rollup)
     assert f"UNION ALL SELECT row_id, toDateTime64(hour, 3, 'UTC') AS t, f0, c0, g0 FROM {ROLLUP}" in sql
-    assert "toUnixTimestamp(hour) NOT IN {cut_hours:Array(UInt32)}" in sql and params["cut_hours"] == rollup.cut_hours
+    assert "hour >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') AND hour < fromUnixTimestamp64Milli(" in sql
+    assert params["raw_from_ms"] == rollup.raw_from_ms and "ts >= fromUnixTimestamp64Milli({raw_from_ms:Int64}" in sql
     assert "sum(toUInt64(if(in2, c0, 0))) AS n0" in sql  # the narrower window, on events and hours alike
 
 

@@ -78,9 +78,12 @@ PROP_VALUES = ["", "a", "ab", "b", "x.y"]
 FRAGMENTS = ["", "a", "b", "/a", "x", "y", ".", "com", "https://a", "https://shop", "s", "zz"]
 # Valid (and meaning the same) for RE2 and Python's re.
 REGEXES = ["^/a", "b$", "x.y", "^$", "a|y", "[ab]", "^s", "com$", "^https://shop", r"\.co$", "a.*b", "^x$", "y"]
-EDGE_OFFSETS = sorted({o for w in range(1, 11) for o in (-w * DAY - 1, -w * DAY, -w * DAY + 1)} | {-1, 0, 1, DAY})
 AS_OF_OFFSETS = [0, 1, HOUR, 12 * HOUR, DAY - 1]  # where the UTC midnights fall relative to the windows
-LATER = [0, HOUR, DAY + 7 * HOUR]  # a second build: none, the next hourly one, one a day on
+# Around each window's start, which is on the hour: w days before as_of (as_of on the hour), or
+# before as_of's hour (as_of 1 ms or 59:59.999 past it).
+EDGE_OFFSETS = sorted({-w * DAY - past + o for w in range(1, 11) for past in (0, 1, HOUR - 1) for o in (-1, 0, 1)}
+                      | {-1, 0, 1, DAY})
+LATER = [0, HOUR, 3 * HOUR + 17 * 60_000, DAY + 7 * HOUR]  # a second build: none, hours later, a day on
 EVENT_COLUMNS = [
     "event_id", "ts", "site", "type", "cookie_id", "fp_id", "url", "host", "path", "referrer_host",
     "utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "categories", "device_type",
@@ -355,24 +358,28 @@ S1, S2 = SEGMENT_BASE + 1, SEGMENT_BASE + 2
 
 
 def _edges_of_windows() -> list[Any]:
-    w = 3
+    w, past = 3, 20 * 60_000  # as_of 20 minutes past the hour: windows start at the hour, W days before
     return [
-        pytest.param(Case([event_row(cookie=0, dt=-w * DAY)], [seg({**ANY_EVENT, "within_days": w})]),
-                     set(), id="condition window: as_of - W days exactly is out"),
-        pytest.param(Case([event_row(cookie=0, dt=-w * DAY), event_row(cookie=0, dt=-DAY)],
+        pytest.param(Case([event_row(cookie=0, dt=-w * DAY - past)], [seg({**ANY_EVENT, "within_days": w})],
+                          as_of_offset=past),
+                     {(S1, "c0")}, id="condition window: the start of as_of's hour, W days before, is in"),
+        pytest.param(Case([event_row(cookie=0, dt=-w * DAY - past - 1)], [seg({**ANY_EVENT, "within_days": w})],
+                          as_of_offset=past),
+                     set(), id="condition window: 1 ms before its start is out"),
+        pytest.param(Case([event_row(cookie=0, dt=-w * DAY - 1), event_row(cookie=0, dt=-DAY)],
                           [seg({"where": [{"field": "type", "op": "eq", "value": "click"}], "within_days": w})]),
-                     set(), id="condition window: a match exactly at the edge does not count"),
-        pytest.param(Case([event_row(cookie=0, dt=-w * DAY + 1)], [seg({**ANY_EVENT, "within_days": w})]),
-                     {(S1, "c0")}, id="condition window: as_of - W days + 1 ms is in"),
+                     set(), id="condition window: a match just before the start does not count"),
+        pytest.param(Case([event_row(cookie=0, dt=-w * DAY)], [seg({**ANY_EVENT, "within_days": w})]),
+                     {(S1, "c0")}, id="condition window: as_of on the hour, as_of - W days is in"),
         pytest.param(Case([event_row(cookie=0, dt=0)], [seg({**ANY_EVENT, "within_days": w})]),
                      {(S1, "c0")}, id="as_of itself is in"),
         pytest.param(Case([event_row(cookie=0, dt=1)], [seg(ANY_EVENT)]),
                      set(), id="as_of + 1 ms is out"),
-        pytest.param(Case([event_row(cookie=0, dt=-5 * DAY), event_row(cookie=1, dt=-5 * DAY + 1)],
+        pytest.param(Case([event_row(cookie=0, dt=-5 * DAY - 1), event_row(cookie=1, dt=-5 * DAY)],
                           [seg(ANY_EVENT, lookback_days=5)]),
                      {(S1, "c1")}, id="lookback (the universe) edge"),
-        pytest.param(Case([event_row(cookie=0, dt=-DAY), event_row(cookie=0, dt=-w * DAY, type="click"),
-                           event_row(cookie=1, dt=-DAY), event_row(cookie=1, dt=-w * DAY + 1, type="click")],
+        pytest.param(Case([event_row(cookie=0, dt=-DAY), event_row(cookie=0, dt=-w * DAY - 1, type="click"),
+                           event_row(cookie=1, dt=-DAY), event_row(cookie=1, dt=-w * DAY, type="click")],
                           [seg({"not": {"where": [{"field": "type", "op": "eq", "value": "click"}],
                                         "within_days": w}})]),
                      {(S1, "c0")}, id="not seen within W days, at the edge"),
