@@ -1,12 +1,17 @@
 """The batch build: all active segments in one scan of the events, entirely inside ClickHouse.
 
 Steps (each timed, and recorded in `crumb.builds`):
-  values    the days to roll up, and the lookups of the values of pattern-tested fields
+  values    the window's events per hour (count, digest); the days to roll up; the lookups of the
+            values of pattern-tested fields
   rollup    whole past days whose events changed (or are new) → per ID and hour, `segment_rollup`
-  profiles  link IDs seen together on an event into profiles (connected components)
-  members   one pass over the window (rolled-up hours, and the events around them): per ID and
+  touched   (a build following the last one the same day) the IDs whose rows changed since
+            (`audiences.incremental`)
+  profiles  link IDs seen together on an event into profiles (connected components); and, when
+            following, every ID of each profile holding a touched ID: the IDs to recompute
+  members   one pass over the window (rolled-up hours, and the events of as_of's day): per ID and
             per profile, the matchers met and their bounded aggregates; each segment's boolean →
-            `id_segments_next`, a row per ID
+            `id_segments_next`, a row per ID. When following, only the IDs to recompute
+  copy      (when following) every other ID's row of the last build, as it was
   lookalikes  each lookalike segment's model over this build's seed members → `id_segments_next`
   deltas    entered / exited against the previous build, per ID → `segment_deltas`, `segment_history`
   swap      exchange `id_segments_next` and `id_segments` atomically (`segment_members` is a view)
@@ -43,8 +48,24 @@ from audiences.compiler import (
 )
 from audiences.definitions import SegmentSet
 from audiences.errors import BuildError
+from audiences.incremental import (
+    RECOMPUTE,
+    RECOMPUTED,
+    TOUCHED,
+    BuildState,
+    HourDigests,
+    can_follow,
+    changes,
+    day_digests,
+    hour_digests,
+    optout_digest,
+    plan_key,
+    read_state,
+    touched_statements,
+    write_state,
+)
 from audiences.lookalike import build_lookalikes
-from audiences.rollup import DayDigests, days_to_roll, read_plan, roll
+from audiences.rollup import DayDigests, days_to_roll, first_day, read_plan, roll
 from collector.categories import ContentTaxonomy
 from crumb.progress import SILENT, Progress
 
@@ -55,6 +76,8 @@ SCRATCH_TABLES = {
     "profile_of": "(id String, profile String) ENGINE = Join(ANY, LEFT, id)",
     "profile_ids": "(profile String, ids Array(String)) ENGINE = Join(ANY, LEFT, profile)",
 }
+# The scratch tables of a build that follows the last one.
+FOLLOW_TABLES = {TOUCHED: "(id String) ENGINE = Memory", RECOMPUTE: "(id String) ENGINE = Memory"}
 MAX_LINK_ROUNDS = 64  # FastSV settles in O(log n) rounds: this is room to spare, not a limit
 
 
@@ -69,6 +92,9 @@ class BuildResult:
     members: int = 0
     link_rounds: int = 0  # rounds the profile links took to settle
     rolled_days: int = 0  # days rolled up (again) by this build; the others were read as rolled
+    followed: int = 0  # the build this one followed, recomputing only touched profiles (0: all)
+    recomputed: int = 0  # typed IDs recomputed when following
+    changes: dict[str, Any] = field(default_factory=dict)  # what a following build found changed
     entered: int = 0
     exited: int = 0
     timings: dict[str, float] = field(default_factory=dict)
@@ -95,13 +121,16 @@ class _Steps:
 
 def build(
     client: Client, segments: SegmentSet, taxonomy: ContentTaxonomy | None = None,
-    progress: Progress = SILENT, as_of_ms: int | None = None,
+    progress: Progress = SILENT, as_of_ms: int | None = None, follow: bool = True,
 ) -> BuildResult:
-    """Build every active segment as of `as_of_ms` (default: now). Raises BuildError on failure."""
+    """Build every active segment as of `as_of_ms` (default: now). Raises BuildError on failure.
+    With `follow` (the default), a build the same UTC day as the last successful one, of the same
+    plan, recomputes only the profiles whose rows changed since (`audiences.incremental`)."""
     as_of_ms = as_of_ms if as_of_ms is not None else int(time.time() * 1000)
     result = BuildResult(build_id=_next_build_id(client), as_of_ms=as_of_ms)
     plan = compile_segments(segments.rule_segments(), taxonomy)
     result.segments, result.conditions = len(plan.segments) + len(segments.lookalikes()), len(plan.conditions)
+    lookalike_ids = [s.id for s in segments.lookalikes()]
     steps = _Steps(result, progress)
     started_ms = int(time.time() * 1000)
     _record(client, result, started_ms)
@@ -111,21 +140,39 @@ def build(
         _drop_link_tables(client)
         make_scratch(client)
         client.command("TRUNCATE TABLE crumb.id_segments_next")
+        key = plan_key(plan) if plan.segments else ""
+        previous = read_state(client) if follow and plan.segments else None
+        following = previous if can_follow(previous, key, as_of_ms) else None
+        optouts = optout_digest(client)
         rollup = read_plan(plan, as_of_ms) if plan.segments else None
+        hours: HourDigests = {}
         if rollup:
-            roll_days = steps.run("values", lambda: _values(client, plan, as_of_ms, rollup))
+            hours, roll_days = steps.run("values", lambda: _values(client, plan, as_of_ms, rollup, following))
             result.rolled_days = len(roll_days)
             steps.run("rollup", lambda: roll(client, plan, roll_days, note=progress.note,
                                              settings=MEMBERSHIP_SETTINGS))
+        if rollup and following:
+            found = changes(plan, following, as_of_ms, hours, optouts)
+            result.followed, result.changes = following.build_id, found.summary()
+            steps.run("touched", lambda: _run(client, touched_statements(found, rollup, following.as_of_ms, as_of_ms)))
         result.link_rounds = steps.run("profiles", lambda: _resolve_profiles(client, plan, as_of_ms, rollup))
+        if rollup and following:
+            result.recomputed = steps.run("recompute", lambda: _recompute_set(client))
         if rollup:
-            steps.run("members", lambda: _run(
-                client, [membership_statement(plan, as_of_ms, result.build_id, rollup=rollup)], MEMBERSHIP_SETTINGS))
+            steps.run("members", lambda: _run(client, [membership_statement(
+                plan, as_of_ms, result.build_id, rollup=rollup, only=RECOMPUTED if following else None)],
+                MEMBERSHIP_SETTINGS))
+        if following:
+            steps.run("copy", lambda: _copy_untouched(client, result.build_id, lookalike_ids))
         if segments.lookalikes():
             result.lookalikes = steps.run("lookalikes", lambda: build_lookalikes(
                 client, segments, result.build_id, as_of_ms, taxonomy, progress))
-        steps.run("deltas", lambda: _write_deltas(client, result.build_id, as_of_ms))
+        steps.run("deltas", lambda: _write_deltas(
+            client, result.build_id, as_of_ms, only=RECOMPUTED if following else None, lookalike_ids=lookalike_ids))
         _count(client, result)
+        if plan.segments:  # before the swap: a state whose build is not the last succeeded one is ignored
+            write_state(client, BuildState(result.build_id, as_of_ms, key, optouts,
+                                           {hour: digest[:2] for hour, digest in hours.items()}))
         steps.run("swap", lambda: _swap(client))
         result.status = "succeeded"
     except Exception as exc:
@@ -140,11 +187,38 @@ def build(
     return result
 
 
-def _values(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead) -> DayDigests:
-    """The days to roll up, and the lookups of every value the rollup and the members step read."""
-    roll_days = days_to_roll(client, plan, as_of_ms)
+def _values(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead,
+            following: BuildState | None) -> tuple[HourDigests, DayDigests]:
+    """The window's events per hour (count and digest, now and as the followed build saw them),
+    the days to roll up, and the lookups of every value the rollup and the members step read."""
+    hours = hour_digests(client, first_day(plan, as_of_ms), as_of_ms,
+                         following.as_of_ms if following else as_of_ms)
+    roll_days = days_to_roll(client, plan, as_of_ms, day_digests(hours, rollup.raw_from_ms))
     _run(client, values_statements(plan, as_of_ms, rollup=rollup, roll_days=sorted(roll_days)), VALUES_SETTINGS)
-    return roll_days
+    return hours, roll_days
+
+
+def _recompute_set(client: Client) -> int:
+    """Every typed ID of each profile (as resolved now) holding a touched ID. Returns their number."""
+    client.command(
+        f"INSERT INTO {RECOMPUTE} SELECT DISTINCT arrayJoin(if(empty(joinGet('{PROFILE_IDS}', 'ids', profile) AS ids),"
+        f" [profile], ids)) FROM (SELECT DISTINCT if(linked = '', id, linked) AS profile FROM ("
+        f" SELECT id, joinGet('{PROFILE_OF}', 'profile', id) AS linked FROM {TOUCHED}))")
+    return int(client.query(f"SELECT count() FROM {RECOMPUTE}").result_rows[0][0])
+
+
+TYPED_ID = "concat(if(id_type = 'cookie', 'c:', 'f:'), id)"  # of an id_segments row
+
+
+def _copy_untouched(client: Client, build_id: int, lookalike_ids: list[int]) -> None:
+    """The last build's rows of the IDs not recomputed, as they were (a lookalike's are its own
+    step's to write again)."""
+    client.command(
+        "INSERT INTO crumb.id_segments_next (id, id_type, profile_id, segments, build_id) "
+        "SELECT id, id_type, profile_id, kept, {build_id:UInt64} FROM ("
+        " SELECT id, id_type, profile_id, arrayFilter(s -> NOT has({lookalikes:Array(UInt32)}, s), segments) AS kept"
+        f" FROM crumb.id_segments WHERE {TYPED_ID} NOT IN {RECOMPUTED}) WHERE notEmpty(kept)",
+        parameters={"build_id": build_id, "lookalikes": lookalike_ids})
 
 
 def _run(client: Client, statements: Iterable[tuple[str, dict[str, Any]]],
@@ -170,11 +244,17 @@ def _record(client: Client, result: BuildResult, started_ms: int) -> None:
 def make_scratch(client: Client, tables: Tables = BUILD) -> None:
     for name, definition in SCRATCH_TABLES.items():
         client.command(f"CREATE TABLE {getattr(tables, name)} {definition}")
+    if tables == BUILD:
+        for table, definition in FOLLOW_TABLES.items():
+            client.command(f"CREATE TABLE {table} {definition}")
 
 
 def drop_scratch(client: Client, tables: Tables = BUILD) -> None:
     for name in SCRATCH_TABLES:
         client.command(f"DROP TABLE IF EXISTS {getattr(tables, name)}")
+    if tables == BUILD:
+        for table in FOLLOW_TABLES:
+            client.command(f"DROP TABLE IF EXISTS {table}")
 
 
 LINK_TABLES = ("crumb._build_edges", "crumb._build_parent", "crumb._build_parent_next")
@@ -248,16 +328,20 @@ def _links_sql(params: dict[str, Any], rollup: RollupRead | None) -> str:
             f"WHERE {rollup.rolled_rows()} AND fp NOT IN (SELECT id FROM crumb.optouts)")
 
 
-def _write_deltas(client: Client, build_id: int, as_of_ms: int) -> None:
-    params = {"build_id": build_id, "at": as_of_ms}
+def _write_deltas(client: Client, build_id: int, as_of_ms: int, only: str | None = None,
+                  lookalike_ids: list[int] | None = None) -> None:
+    """With `only` (the IDs recomputed), the other IDs' rule segments are copies of the last
+    build's: only the recomputed IDs, and every ID's lookalike segments, are compared."""
+    params = {"build_id": build_id, "at": as_of_ms, "lookalikes": lookalike_ids or []}
     at = "fromUnixTimestamp64Milli({at:Int64}, 'UTC')"
+    scope = (f" WHERE {TYPED_ID} IN {only} OR hasAny(segments, {{lookalikes:Array(UInt32)}})" if only else "")
     # Per ID, the segments of this build against the last: a million rows grouped, not ten million
     # joined. An ID may have several rows (a lookalike adds its own), so they are grouped, not joined.
     client.command(
         f"INSERT INTO crumb.segment_deltas SELECT {{build_id:UInt64}}, {at}, change.1, id, id_type, change.2 FROM ("
         " SELECT id, id_type, groupArrayArrayIf(segments, fresh) AS new, groupArrayArrayIf(segments, NOT fresh) AS old"
-        " FROM (SELECT id, id_type, segments, 1 AS fresh FROM crumb.id_segments_next"
-        "       UNION ALL SELECT id, id_type, segments, 0 FROM crumb.id_segments)"
+        f" FROM (SELECT id, id_type, segments, 1 AS fresh FROM crumb.id_segments_next{scope}"
+        f"       UNION ALL SELECT id, id_type, segments, 0 FROM crumb.id_segments{scope})"
         " GROUP BY id, id_type HAVING arraySort(new) != arraySort(old))"
         " ARRAY JOIN arrayConcat(arrayMap(s -> (s, 'enter'), arrayFilter(s -> NOT has(old, s), new)),"
         "                        arrayMap(s -> (s, 'exit'), arrayFilter(s -> NOT has(new, s), old))) AS change",

@@ -505,17 +505,20 @@ def roll_statement(plan: Plan, table: str, tables: Tables = BUILD) -> Statement:
 
 
 def _source_sql(plan: Plan, layout: _Layout, params: dict[str, Any], tables: Tables,
-                rollup: RollupRead | None) -> str:
+                rollup: RollupRead | None, only: str | None = None) -> str:
     """The rows a build aggregates, each an event or a rolled-up hour, in the hour row's columns
-    with their time `t`."""
+    with their time `t`; with `only` (a subquery of typed IDs), the rows of those IDs."""
     columns = ", ".join([f"{ROW_ID} AS row_id", "ts AS t", *event_columns(plan, layout, params, tables)])
     events = f"SELECT {columns} FROM {tables.events} WHERE {window_filter()}"
+    if only:
+        events += f" AND {ROW_ID} IN {only}"
     if rollup is None:
         return events
     params.update(rollup.params())
     rolled = ", ".join(["row_id", "toDateTime64(hour, 3, 'UTC') AS t", *layout.hour_names()])
     return (f"{events} AND {rollup.raw_rows()} "
-            f"UNION ALL SELECT {rolled} FROM {rollup.table} WHERE {rollup.rolled_rows()}")
+            f"UNION ALL SELECT {rolled} FROM {rollup.table} WHERE {rollup.rolled_rows()}"
+            + (f" AND row_id IN {only}" if only else ""))
 
 
 def _window_columns(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str, Any]) -> list[str]:
@@ -663,13 +666,14 @@ def _segment_arrays(plan: Plan, params: dict[str, Any]) -> str:
 
 
 def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Tables = BUILD,
-                         rollup: RollupRead | None = None) -> Statement:
+                         rollup: RollupRead | None = None, only: str | None = None) -> Statement:
     """The build in one statement: the scan (of events, or with `rollup`, of rolled-up hours and
-    the events around them), per-ID and per-profile aggregates, each segment's boolean, and a
-    row per ID with its segments into `tables.members`."""
+    the events of as_of's day), per-ID and per-profile aggregates, each segment's boolean, and a
+    row per ID with its segments into `tables.members`. With `only` (a subquery of typed IDs
+    holding every ID of each profile it touches), just those IDs' rows and profiles."""
     params: dict[str, Any] = {**window_params(plan, as_of_ms), "build_id": build_id}
     layout = _Layout.of(plan)
-    source = _source_sql(plan, layout, params, tables, rollup)
+    source = _source_sql(plan, layout, params, tables, rollup, only)
     rows = ", ".join(layout.hour_names() + _window_columns(plan, layout, as_of_ms, params))
     bounded = _Bounded.of(plan)
     per_id, per_profile = zip(*_aggregates(plan, layout, bounded), strict=True)

@@ -29,13 +29,13 @@ from clickhouse_connect.driver.client import Client
 from audiences.compiler import (
     BUILD,
     DAY_MS,
-    EVENTS,
     Plan,
     RollupRead,
     Tables,
     roll_statement,
     rollup_columns,
     values_statements,
+    window_start,
 )
 
 ROLLUP = "crumb.segment_rollup"
@@ -59,10 +59,10 @@ def read_plan(plan: Plan, as_of_ms: int) -> RollupRead:
 DayDigests = dict[dt.date, tuple[int, int]]  # day → (events, XOR of their event IDs' hashes)
 
 
-def days_to_roll(client: Client, plan: Plan, as_of_ms: int) -> DayDigests:
+def days_to_roll(client: Client, plan: Plan, as_of_ms: int, now: DayDigests) -> DayDigests:
     """Make the table fit the plan; return the whole days of the window, before as_of's day, whose
-    events are not rolled up as they are now, with their digests. Days that left the window are
-    dropped."""
+    events (`now`: what they are now) are not rolled up as they are, with their digests. Days
+    that left the window are dropped."""
     key = fingerprint(plan)
     if _table_key(client) != key:
         client.command(f"DROP TABLE IF EXISTS {ROLLUP}")
@@ -70,14 +70,11 @@ def days_to_roll(client: Client, plan: Plan, as_of_ms: int) -> DayDigests:
         client.command(f"CREATE TABLE {ROLLUP} ({columns}) ENGINE = MergeTree "
                        f"PARTITION BY toYYYYMMDD(hour) ORDER BY (hour, row_id) COMMENT '{key}'")
         client.command(f"TRUNCATE TABLE {ROLLED_DAYS}")
-    first = _day(as_of_ms - plan.max_window_days * DAY_MS)
+    first = first_day(plan, as_of_ms)
     last = _day(as_of_ms) - dt.timedelta(days=1)
     if last < first:
         return {}
     bounds = {"first": first, "last": last}
-    now = {day: (events, digest) for day, events, digest in client.query(
-        f"SELECT toDate(ts) AS day, count(), groupBitXor(cityHash64(event_id)) FROM {EVENTS} "
-        "WHERE day >= {first:Date} AND day <= {last:Date} GROUP BY day", parameters=bounds).result_rows}
     rolled = {day: (events, digest) for day, events, digest in client.query(
         f"SELECT day, argMax(events, rolled_at), argMax(digest, rolled_at) FROM {ROLLED_DAYS} "
         "WHERE day >= {first:Date} AND day <= {last:Date} GROUP BY day", parameters=bounds).result_rows}
@@ -87,6 +84,11 @@ def days_to_roll(client: Client, plan: Plan, as_of_ms: int) -> DayDigests:
         client.command(f"ALTER TABLE {ROLLUP} DROP PARTITION ID '{int(partition)}'")
     days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
     return {day: now.get(day, (0, 0)) for day in days if now.get(day, (0, 0)) != rolled.get(day, (0, 0))}
+
+
+def first_day(plan: Plan, as_of_ms: int) -> dt.date:
+    """The first day of the window: it is rolled up whole."""
+    return _day(window_start(as_of_ms, plan.max_window_days))
 
 
 def roll(client: Client, plan: Plan, digests: DayDigests, tables: Tables = BUILD,

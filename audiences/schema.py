@@ -138,6 +138,22 @@ CREATE TABLE IF NOT EXISTS {db}.segment_rollup_days {on_cluster} (
 ) ENGINE = {MergeTree} ORDER BY day
 """
 
+# What the last successful build saw, so that the next one can recompute only the profiles whose
+# rows changed (`audiences.incremental`): its plan, the opt-outs, and per hour of its window the
+# count and an order-free digest of the events up to its as_of. One row: the last build's.
+_BUILD_STATE = """
+CREATE TABLE IF NOT EXISTS {db}.segment_build_state {on_cluster} (
+    build_id UInt64,
+    as_of DateTime64(3, 'UTC'),
+    plan String,
+    optouts UInt64,
+    optouts_digest UInt64,
+    hours Array(DateTime('UTC')),
+    hour_events Array(UInt64),
+    hour_digests Array(UInt64)
+) ENGINE = {MergeTree} ORDER BY build_id
+"""
+
 MIGRATIONS = [
     Migration("audiences_0001_members", [_MEMBERS, _MEMBERS_NEXT]),
     Migration("audiences_0002_deltas_history", [_DELTAS, _HISTORY]),
@@ -153,4 +169,5 @@ MIGRATIONS = [
         _MEMBERS_VIEW % ("segment_members_next", "id_segments_next"),
     ]),
     Migration("audiences_0006_rollup_days", [_ROLLED_DAYS]),
+    Migration("audiences_0007_build_state", [_BUILD_STATE]),
 ]

@@ -195,3 +195,36 @@ def test_a_plan_with_other_predicates_starts_a_new_rollup(warehouse: Client) -> 
     assert result.rolled_days == 1 and (6, a, "cookie") in members(warehouse)
     again = build(warehouse, news, as_of_ms=at)
     assert again.rolled_days == 0 and (6, a, "cookie") in members(warehouse)
+
+
+def test_a_build_the_same_day_recomputes_only_the_profiles_it_finds_touched(warehouse: Client) -> None:
+    a, b, c = cookie(), cookie(), cookie()
+    hour = 3_600_000
+    at = T0 + 80 * DAY + 6 * hour
+    insert(warehouse, [{"ts": at - DAY, "cookie_id": a, "path": "/sports/1"},
+                       {"ts": at - 2 * DAY, "cookie_id": b, "path": "/sports/2"},
+                       {"ts": at - DAY, "cookie_id": c, "path": "/news/1"}])
+    first = build(warehouse, SPORTS, as_of_ms=at)
+    assert first.followed == 0  # the last build was another day's
+    assert {(1, a, "cookie"), (1, b, "cookie")} <= members(warehouse) and (1, c, "cookie") not in members(warehouse)
+
+    insert(warehouse, [{"ts": at + hour // 2, "cookie_id": c, "path": "/sports/3"}])
+    second = build(warehouse, SPORTS, as_of_ms=at + hour)
+    # Only c has a row that changed (no row of this test's left a window in the hour): c alone is
+    # recomputed; a's and b's rows are the first build's, carried into this build.
+    assert second.followed == first.build_id and second.recomputed == 1
+    assert {(1, a, "cookie"), (1, b, "cookie"), (1, c, "cookie")} <= members(warehouse)
+    assert warehouse.query("SELECT id, change FROM crumb.segment_deltas WHERE build_id = {b:UInt64}",
+                           parameters={"b": second.build_id}).result_rows == [(c, "enter")]
+    assert {row[0] for row in warehouse.query(
+        "SELECT DISTINCT build_id FROM crumb.segment_members WHERE id IN {ids:Array(String)}",
+        parameters={"ids": [a, b, c]}).result_rows} == {second.build_id}
+
+    news = SegmentSet([parse_segment({"id": 6, "name": "news", "lookback_days": 3,
+                                      "rule": {"where": [{"field": "path", "op": "prefix", "value": "/news"}]}})])
+    assert build(warehouse, SPORTS, as_of_ms=at + 2 * hour, follow=False).followed == 0
+    assert build(warehouse, news, as_of_ms=at + 2 * hour).followed == 0  # another plan
+    assert build(warehouse, SPORTS, as_of_ms=at + 2 * hour).followed == 0  # the last build's plan was news
+    assert build(warehouse, SPORTS, as_of_ms=at + 3 * hour).followed != 0
+    next_day = build(warehouse, SPORTS, as_of_ms=at + DAY)
+    assert next_day.followed == 0 and (1, c, "cookie") in members(warehouse)

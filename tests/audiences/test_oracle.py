@@ -81,8 +81,9 @@ REGEXES = ["^/a", "b$", "x.y", "^$", "a|y", "[ab]", "^s", "com$", "^https://shop
 AS_OF_OFFSETS = [0, 1, HOUR, 12 * HOUR, DAY - 1]  # where the UTC midnights fall relative to the windows
 # Around each window's start, which is on the hour: w days before as_of (as_of on the hour), or
 # before as_of's hour (as_of 1 ms or 59:59.999 past it).
+# And rows a few hours into each window, which leave it before a second build hours later.
 EDGE_OFFSETS = sorted({-w * DAY - past + o for w in range(1, 11) for past in (0, 1, HOUR - 1) for o in (-1, 0, 1)}
-                      | {-1, 0, 1, DAY})
+                      | {-w * DAY + hours * HOUR for w in range(1, 11) for hours in (1, 3)} | {-1, 0, 1, DAY})
 LATER = [0, HOUR, 3 * HOUR + 17 * 60_000, DAY + 7 * HOUR]  # a second build: none, hours later, a day on
 EVENT_COLUMNS = [
     "event_id", "ts", "site", "type", "cookie_id", "fp_id", "url", "host", "path", "referrer_host",
@@ -105,9 +106,12 @@ class Case:
     as_of_offset: int = 0
     # A second build `later` ms after the first (0: none), after `late_events` arrived (times
     # relative to the first as-of): it reads the first build's rolled-up days, rolls up those
-    # that changed or are new, and must agree with the oracle as of its own as-of.
+    # that changed or are new, and must agree with the oracle as of its own as-of. On the same
+    # UTC day it follows the first: it recomputes only the profiles it finds touched.
     later: int = 0
     late_events: list[dict[str, Any]] = field(default_factory=list)
+    late_optout_cookies: Sequence[int] = ()  # opted out between the two builds
+    late_optout_fps: Sequence[int] = ()
 
     def __repr__(self) -> str:  # what hypothesis prints for a falsifying example
         return (f"Case(as_of_offset={self.as_of_offset}, later={self.later}, "
@@ -139,6 +143,7 @@ class Outcome:
     expected: set[oracle.Member]
     labels: dict[str, str]  # hex ID → "c3" / "f1"
     link_rounds: int = 0
+    followed: bool = False  # the second build recomputed only the profiles it found touched
 
     def named(self, rows: set[oracle.Member]) -> set[tuple[int, str]]:
         return {(segment_id, self.labels.get(i, i)) for segment_id, i, _type in rows}
@@ -176,12 +181,14 @@ def run_case(warehouse: Client, case: Case) -> Outcome:
             warehouse.insert("crumb.events", [[uuid.uuid4() if c == "event_id" else e[c] for c in EVENT_COLUMNS]
                                               for e in rows], column_names=EVENT_COLUMNS)
 
+    def opt_out(cookies: Sequence[int], fps: Sequence[int]) -> None:
+        ids = [real("c", i) for i in cookies] + [real("f", i) for i in fps]
+        if ids:
+            warehouse.insert("crumb.optouts", [[i, as_of] for i in ids], column_names=["id", "opted_out_at"])
+
     events = realised(case.events)
-    optout_ids = [real("c", i) for i in case.optout_cookies] + [real("f", i) for i in case.optout_fps]
-    if optout_ids:
-        warehouse.insert("crumb.optouts", [[i, as_of] for i in optout_ids], column_names=["id", "opted_out_at"])
+    opt_out(case.optout_cookies, case.optout_fps)
     insert(events)
-    optouts = [row[0] for row in warehouse.query("SELECT DISTINCT id FROM crumb.optouts").result_rows]
     segments = SegmentSet([parse_segment(s) for s in case.segments])
 
     result = build(warehouse, segments, case.taxonomy, as_of_ms=as_of)
@@ -189,14 +196,16 @@ def run_case(warehouse: Client, case: Case) -> Outcome:
     if case.later:
         late = realised(case.late_events)
         insert(late)
+        opt_out(case.late_optout_cookies, case.late_optout_fps)
         events += late
         as_of += case.later
         result = build(warehouse, segments, case.taxonomy, as_of_ms=as_of)
         assert result.status == "succeeded", result.error
     rows = warehouse.query("SELECT segment_id, id, id_type FROM crumb.segment_members").result_rows
     actual = {(int(s), str(i), str(t)) for s, i, t in rows}
+    optouts = [row[0] for row in warehouse.query("SELECT DISTINCT id FROM crumb.optouts").result_rows]
     expected = oracle.members(events, segments, as_of, optouts, case.taxonomy)
-    return Outcome(actual, expected, labels, result.link_rounds)
+    return Outcome(actual, expected, labels, result.link_rounds, bool(result.followed))
 
 
 def assert_agrees(outcome: Outcome) -> None:
@@ -340,6 +349,10 @@ def cases(draw: st.DrawFn) -> Case:
 def test_builder_members_equal_the_oracle(warehouse: Client, case: Case) -> None:
     outcome = run_case(warehouse, case)
     event("members: " + ("none" if not outcome.expected else "some"))
+    first_as_of = BASE_AS_OF + case.as_of_offset  # slots start at midnight UTC
+    same_day = case.later and (first_as_of // DAY == (first_as_of + case.later) // DAY)
+    event("second build: " + ("none" if not case.later else "followed the first" if same_day else "full"))
+    assert outcome.followed == bool(same_day), "a second build the same day follows the first; others do not"
     for segment in case.segments:
         if segment["status"] == "active":
             event("active segment: " + ("empty" if all(m[0] != segment["id"] for m in outcome.expected)
@@ -450,6 +463,50 @@ def _edges_of_bounds() -> list[Any]:
                           [seg({"where": [{"field": "referrer_host", "op": "regex", "value": "g.c"}]})]),
                      {(S1, "c1")}, id="regex is a search with RE2 dots"),
     ]
+
+
+def _edges_of_following() -> list[Any]:
+    """A second build an hour later, the same day: it recomputes only the profiles it finds
+    touched, and each case changes a profile in one of the ways it must find."""
+    host = {"where": [{"field": "host", "op": "eq", "value": "a.com"}]}
+    later = {"later": HOUR, "as_of_offset": 12 * HOUR}
+    return [
+        pytest.param(Case([event_row(cookie=0, dt=-3 * DAY), event_row(cookie=1, dt=-3 * DAY + 2 * HOUR)],
+                          [seg({**ANY_EVENT, "within_days": 3})], **later),
+                     {(S1, "c1")}, id="following: a row that left a window"),
+        pytest.param(Case([event_row(cookie=0, dt=HOUR // 2, host="a.com"), event_row(cookie=1, dt=-DAY)],
+                          [seg(host)], **later),
+                     {(S1, "c0")}, id="following: an event since the last build"),
+        pytest.param(Case([event_row(cookie=0, dt=-DAY)], [seg(host)], **later,
+                          late_events=[event_row(cookie=0, dt=-2 * DAY, host="a.com")]),
+                     {(S1, "c0")}, id="following: a late event on a rolled-up day"),
+        pytest.param(Case([event_row(cookie=0, dt=-DAY), event_row(cookie=1, dt=-3 * HOUR, host="a.com")], [seg(host)],
+                          **later, late_events=[event_row(cookie=0, dt=-2 * HOUR, host="a.com")]),
+                     {(S1, "c0"), (S1, "c1")}, id="following: a late event earlier today"),
+        pytest.param(Case([event_row(cookie=0, fp=0, dt=-DAY), event_row(fp=0, dt=-HOUR, host="a.com"),
+                           event_row(cookie=1, fp=1, dt=-DAY), event_row(fp=1, dt=-HOUR, host="a.com")],
+                          [seg(host)], **later, late_optout_fps=[0]),
+                     {(S1, "c1"), (S1, "f1")}, id="following: a first-party ID opted out"),
+        pytest.param(Case([event_row(cookie=0, fp=0, dt=-3 * DAY), event_row(fp=0, dt=-HOUR, host="a.com"),
+                           event_row(cookie=0, dt=-DAY)],
+                          [seg(host, lookback_days=3)], **later),
+                     {(S1, "f0")}, id="following: a link that left the window splits a profile"),
+        pytest.param(Case([event_row(cookie=0, fp=0, dt=-3 * DAY), event_row(cookie=0, dt=-HOUR, host="a.com"),
+                           event_row(cookie=1, fp=0, dt=-DAY)],
+                          [seg(host, lookback_days=3)], **later),
+                     {(S1, "c0")}, id="following: a link that left the window takes the other IDs out"),
+        pytest.param(Case([event_row(fp=0, dt=-HOUR, host="a.com"), event_row(cookie=1, dt=-DAY)],
+                          [seg(host)], **later, late_events=[event_row(cookie=1, fp=0, dt=-2 * HOUR)]),
+                     {(S1, "c1"), (S1, "f0")}, id="following: a link that arrived late joins a profile"),
+    ]
+
+
+@pytest.mark.parametrize(("case", "members"), _edges_of_following())
+def test_a_following_build_finds_what_changed(warehouse: Client, case: Case, members: set[tuple[int, str]]) -> None:
+    outcome = run_case(warehouse, case)
+    assert outcome.followed
+    assert outcome.named(outcome.expected) == members, "the oracle is wrong"
+    assert_agrees(outcome)
 
 
 CHAIN = 60

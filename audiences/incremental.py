@@ -1,0 +1,198 @@
+"""Hourly builds that recompute only the profiles whose rows changed.
+
+A build an hour after the last one finds most profiles exactly as they were: their rows in each
+window are the same rows, so their segments are the same. A profile's segments can change only
+when one of its IDs gained or lost a row in some window, or its links changed. Between the last
+successful build (as of `as_of_p`) and this one (as of `as_of`), an ID's rows change when:
+
+  new events     it has events in (as_of_p, as_of]: rows entered every window
+  window edges   it has rows in an hour that left a window: [start_p(W), start(W)) for each
+                 window W of the plan (windows start on the hour: `compiler.window_start`)
+  late events    it has events in an hour whose events changed since the last build saw it
+                 (count and XOR digest of event IDs per hour, up to as_of_p)
+  opt-outs       the opt-outs changed: every opted-out ID, and the IDs linked to one
+
+Those IDs are *touched*, and so are the first-party IDs on their rows (a link that appeared or
+left). A profile whose component changed holds a touched ID (the end of a link that appeared or
+left lies on any path that changed), so recomputing every profile that holds a touched ID, as it
+is now, recomputes every profile that can differ. All other IDs keep their rows of the last
+build as they are.
+
+What this does not see: events removed other than by erasure (which records an opt-out), e.g. by
+a hand-written DELETE. So a build recomputes everything when the last one was on another UTC day
+(the first build of a day is a full one), when the plan changed, or when there is no state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from audiences.compiler import (
+    DAY_MS,
+    EVENTS,
+    HOUR_MS,
+    ROW_ID,
+    Plan,
+    RollupRead,
+    membership_statement,
+    window_start,
+)
+from audiences.rollup import DayDigests, fingerprint
+
+STATE = "crumb.segment_build_state"  # migration audiences_0007
+TOUCHED = "crumb._build_touched"  # the touched typed IDs
+RECOMPUTE = "crumb._build_recompute"  # every typed ID of a profile holding a touched ID
+RECOMPUTED = f"(SELECT id FROM {RECOMPUTE})"  # the right side of an IN
+TIME_PARAMS = ("since", "as_of_ms", "build_id", "raw_")  # prefixes of the parameters that move with as_of
+
+# Per hour (epoch seconds): (events, digest) now up to as_of, and (events, digest) up to as_of_p.
+HourDigests = dict[int, tuple[int, int, int, int]]
+
+
+@dataclass
+class BuildState:
+    """What the last successful build saw."""
+
+    build_id: int
+    as_of_ms: int
+    plan: str
+    optouts: tuple[int, int]  # count, XOR of ID hashes
+    hours: dict[int, tuple[int, int]] = field(default_factory=dict)  # hour → (events, digest) up to as_of
+
+
+def plan_key(plan: Plan) -> str:
+    """What the members mean: the rolled rows' fingerprint, and the membership statement with its
+    parameters but for those of time."""
+    sql, params = membership_statement(plan, 0, 0)
+    content = [fingerprint(plan), sql, {k: v for k, v in params.items() if not k.startswith(TIME_PARAMS)}]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def read_state(client: Client) -> BuildState | None:
+    """The last successful build's state, if it is still the last successful build's."""
+    rows = client.query(
+        f"SELECT build_id, toUnixTimestamp64Milli(as_of), plan, optouts, optouts_digest, "
+        f"arrayMap(h -> toUnixTimestamp(h), hours), hour_events, hour_digests FROM {STATE} "
+        "WHERE build_id = (SELECT max(build_id) FROM crumb.builds FINAL WHERE status = 'succeeded')").result_rows
+    if not rows:
+        return None
+    build_id, as_of_ms, plan, optouts, optouts_digest, hours, events, digests = rows[0]
+    return BuildState(int(build_id), int(as_of_ms), plan, (int(optouts), int(optouts_digest)),
+                      {int(h): (int(n), int(d)) for h, n, d in zip(hours, events, digests, strict=True)})
+
+
+def write_state(client: Client, state: BuildState) -> None:
+    """Replace the state with this build's (after its swap: a build that fails leaves the last one's)."""
+    client.command(f"TRUNCATE TABLE {STATE}")
+    hours = sorted(state.hours)
+    client.insert(STATE, [[
+        state.build_id, state.as_of_ms, state.plan, *state.optouts,
+        [dt.datetime.fromtimestamp(h, dt.UTC) for h in hours], [state.hours[h][0] for h in hours],
+        [state.hours[h][1] for h in hours],
+    ]], column_names=["build_id", "as_of", "plan", "optouts", "optouts_digest", "hours", "hour_events",
+                      "hour_digests"])
+
+
+def can_follow(previous: BuildState | None, key: str, as_of_ms: int) -> bool:
+    """Whether this build may recompute only touched profiles on top of `previous`."""
+    return (previous is not None and previous.plan == key and previous.as_of_ms <= as_of_ms
+            and previous.as_of_ms // DAY_MS == as_of_ms // DAY_MS)
+
+
+def hour_digests(client: Client, first_day: dt.date, as_of_ms: int, previous_as_of_ms: int) -> HourDigests:
+    """Per hour from `first_day` to as_of: the events' count and XOR of event ID hashes, up to
+    as_of and up to the previous build's as_of."""
+    rows = client.query(
+        "SELECT toUnixTimestamp(toStartOfHour(ts)) AS hour, count(), groupBitXor(cityHash64(event_id)), "
+        "countIf(ts <= fromUnixTimestamp64Milli({previous:Int64}, 'UTC')), "
+        "groupBitXorIf(cityHash64(event_id), ts <= fromUnixTimestamp64Milli({previous:Int64}, 'UTC')) "
+        f"FROM {EVENTS} WHERE toDate(ts) >= {{first:Date}} "
+        "AND ts <= fromUnixTimestamp64Milli({as_of:Int64}, 'UTC') GROUP BY hour",
+        parameters={"first": first_day, "as_of": as_of_ms, "previous": previous_as_of_ms}).result_rows
+    return {int(hour): (int(n), int(d), int(n_p), int(d_p)) for hour, n, d, n_p, d_p in rows}
+
+
+def day_digests(hours: HourDigests, before_ms: int) -> DayDigests:
+    """Whole days before `before_ms` (as_of's day): (events, digest), from the hours."""
+    days: dict[dt.date, tuple[int, int]] = {}
+    for hour, (events, digest, _n, _d) in hours.items():
+        if hour * 1000 < before_ms:
+            day = _date(hour * 1000)
+            count, xor = days.get(day, (0, 0))
+            days[day] = (count + events, xor ^ digest)
+    return days
+
+
+def optout_digest(client: Client) -> tuple[int, int]:
+    count, digest = client.query(
+        "SELECT count(), groupBitXor(cityHash64(id)) FROM (SELECT DISTINCT id FROM crumb.optouts)").result_rows[0]
+    return int(count), int(digest)
+
+
+@dataclass
+class Changes:
+    """What changed since the previous build, in hours (epoch seconds)."""
+
+    edge_hours: list[int]  # hours that left some window
+    late_hours: list[int]  # hours (up to as_of_p) whose events changed
+    optouts: bool
+
+    def summary(self) -> dict[str, Any]:
+        return {"edge_hours": len(self.edge_hours), "late_hours": len(self.late_hours), "optouts": self.optouts}
+
+
+def changes(plan: Plan, previous: BuildState, as_of_ms: int, hours: HourDigests, optouts: tuple[int, int]) -> Changes:
+    windows = {m.window_days for m in plan.matchers} | {plan.max_window_days}
+    edges = set()
+    for days in windows:
+        start_p, start = window_start(previous.as_of_ms, days), window_start(as_of_ms, days)
+        edges.update(range(start_p // 1000, start // 1000, HOUR_MS // 1000))
+    since_hour = window_start(as_of_ms, plan.max_window_days) // 1000
+    late = [hour for hour in sorted(set(hours) | set(previous.hours))
+            if since_hour <= hour <= previous.as_of_ms // 1000
+            and hours.get(hour, (0, 0, 0, 0))[2:] != previous.hours.get(hour, (0, 0))]
+    return Changes(sorted(edges), late, optouts != previous.optouts)
+
+
+def touched_statements(changes: Changes, rollup: RollupRead, previous_as_of_ms: int,
+                       as_of_ms: int) -> list[tuple[str, dict[str, Any]]]:
+    """INSERTs of the touched typed IDs into `TOUCHED`: each row's own, and the first-party IDs
+    it links to."""
+    event_ids = f"arrayJoin(if(cookie_id != '' AND fp_id != '', [{ROW_ID}, concat('f:', fp_id)], [{ROW_ID}]))"
+    rolled_ids = "arrayJoin(arrayConcat([row_id], arrayMap(f -> concat('f:', f), links)))"
+    has_id = "(cookie_id != '' OR fp_id != '')"
+    statements = [(
+        f"INSERT INTO {TOUCHED} SELECT {event_ids} FROM {EVENTS} WHERE toDate(ts) >= {{day:Date}} "
+        "AND ts > fromUnixTimestamp64Milli({previous:Int64}, 'UTC') "
+        f"AND ts <= fromUnixTimestamp64Milli({{as_of:Int64}}, 'UTC') AND {has_id}",
+        {"day": _date(previous_as_of_ms), "previous": previous_as_of_ms, "as_of": as_of_ms})]
+    if changes.edge_hours:  # hours before as_of's day: rolled up
+        statements.append((f"INSERT INTO {TOUCHED} SELECT {rolled_ids} FROM {rollup.table} "
+                           "WHERE toUnixTimestamp(hour) IN {hours:Array(UInt32)}", {"hours": changes.edge_hours}))
+    if changes.late_hours:  # the events as they are now (an hour rolled up again is too)
+        statements.append((
+            f"INSERT INTO {TOUCHED} SELECT {event_ids} FROM {EVENTS} WHERE toDate(ts) IN {{days:Array(Date)}} "
+            f"AND toUnixTimestamp(toStartOfHour(ts)) IN {{hours:Array(UInt32)}} AND {has_id}",
+            {"days": sorted({_date(h * 1000) for h in changes.late_hours}), "hours": changes.late_hours}))
+    if changes.optouts:  # every opted-out ID, and the IDs on rows linked to one
+        params = rollup.params()
+        statements += [
+            (f"INSERT INTO {TOUCHED} SELECT concat(kind, id) FROM (SELECT DISTINCT id FROM crumb.optouts) "
+             "ARRAY JOIN ['c:', 'f:'] AS kind", {}),
+            (f"INSERT INTO {TOUCHED} SELECT {rolled_ids} FROM {rollup.table} "
+             "WHERE row_id IN (SELECT concat(kind, id) FROM crumb.optouts ARRAY JOIN ['c:', 'f:'] AS kind) "
+             "OR hasAny(links, (SELECT groupArray(id) FROM crumb.optouts))", {}),
+            (f"INSERT INTO {TOUCHED} SELECT {event_ids} FROM {EVENTS} WHERE {rollup.raw_rows()} "
+             "AND (cookie_id IN (SELECT id FROM crumb.optouts) OR fp_id IN (SELECT id FROM crumb.optouts))", params),
+        ]
+    return statements
+
+
+def _date(ms: int) -> dt.date:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).date()
