@@ -71,10 +71,12 @@ from crumb.progress import SILENT, Progress
 
 OPEN_INTERVAL = "2106-01-01 00:00:00.000"
 # The scratch tables of a build (or a preview), by their field in `Tables`.
+# A Join table is written to disk too unless told not to: twice the time for a scratch table.
 SCRATCH_TABLES = {
-    "values": "(chunk UInt16, value String, bits UInt64) ENGINE = Join(ANY, LEFT, chunk, value)",
-    "profile_of": "(id String, profile String) ENGINE = Join(ANY, LEFT, id)",
-    "profile_ids": "(profile String, ids Array(String)) ENGINE = Join(ANY, LEFT, profile)",
+    "values": "(chunk UInt16, value String, bits UInt64) ENGINE = Join(ANY, LEFT, chunk, value) "
+              "SETTINGS persistent = 0",
+    "profile_of": "(id String, profile String) ENGINE = Join(ANY, LEFT, id) SETTINGS persistent = 0",
+    "profile_ids": "(profile String, ids Array(String)) ENGINE = Join(ANY, LEFT, profile) SETTINGS persistent = 0",
 }
 # The scratch tables of a build that follows the last one.
 FOLLOW_TABLES = {TOUCHED: "(id String) ENGINE = Memory", RECOMPUTE: "(id String) ENGINE = Memory"}
@@ -141,7 +143,8 @@ def build(
         make_scratch(client)
         client.command("TRUNCATE TABLE crumb.id_segments_next")
         key = plan_key(plan) if plan.segments else ""
-        previous = read_state(client) if follow and plan.segments else None
+        # Lookalike models score every profile each build: a plan with one is built in full.
+        previous = read_state(client) if follow and plan.segments and not lookalike_ids else None
         following = previous if can_follow(previous, key, as_of_ms) else None
         optouts = optout_digest(client)
         rollup = read_plan(plan, as_of_ms) if plan.segments else None
@@ -155,20 +158,20 @@ def build(
             found = changes(plan, following, as_of_ms, hours, optouts)
             result.followed, result.changes = following.build_id, found.summary()
             steps.run("touched", lambda: _run(client, touched_statements(found, rollup, following.as_of_ms, as_of_ms)))
-        result.link_rounds = steps.run("profiles", lambda: _resolve_profiles(client, plan, as_of_ms, rollup))
         if rollup and following:
             result.recomputed = steps.run("recompute", lambda: _recompute_set(client))
+        result.link_rounds = steps.run("profiles", lambda: _resolve_profiles(
+            client, plan, as_of_ms, rollup, within=RECOMPUTED if following else None))
         if rollup:
             steps.run("members", lambda: _run(client, [membership_statement(
                 plan, as_of_ms, result.build_id, rollup=rollup, only=RECOMPUTED if following else None)],
                 MEMBERSHIP_SETTINGS))
-        if following:
-            steps.run("copy", lambda: _copy_untouched(client, result.build_id, lookalike_ids))
+        steps.run("copy", lambda: _carry_over(client, result.build_id, following is not None))
         if segments.lookalikes():
             result.lookalikes = steps.run("lookalikes", lambda: build_lookalikes(
                 client, segments, result.build_id, as_of_ms, taxonomy, progress))
-        steps.run("deltas", lambda: _write_deltas(
-            client, result.build_id, as_of_ms, only=RECOMPUTED if following else None, lookalike_ids=lookalike_ids))
+        steps.run("deltas", lambda: _write_deltas(client, result.build_id, as_of_ms,
+                                                  only=RECOMPUTED if following else None))
         _count(client, result)
         if plan.segments:  # before the swap: a state whose build is not the last succeeded one is ignored
             write_state(client, BuildState(result.build_id, as_of_ms, key, optouts,
@@ -199,26 +202,34 @@ def _values(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead,
 
 
 def _recompute_set(client: Client) -> int:
-    """Every typed ID of each profile (as resolved now) holding a touched ID. Returns their number."""
+    """The IDs to recompute: the touched ones, and every ID that shared a profile with one in the
+    last build. Returns their number."""
     client.command(
-        f"INSERT INTO {RECOMPUTE} SELECT DISTINCT arrayJoin(if(empty(joinGet('{PROFILE_IDS}', 'ids', profile) AS ids),"
-        f" [profile], ids)) FROM (SELECT DISTINCT if(linked = '', id, linked) AS profile FROM ("
-        f" SELECT id, joinGet('{PROFILE_OF}', 'profile', id) AS linked FROM {TOUCHED}))")
+        f"INSERT INTO {RECOMPUTE} SELECT id FROM {TOUCHED} UNION DISTINCT "
+        f"SELECT id FROM crumb.segment_profiles WHERE profile IN ("
+        f" SELECT profile FROM crumb.segment_profiles WHERE id IN (SELECT id FROM {TOUCHED}))")
     return int(client.query(f"SELECT count() FROM {RECOMPUTE}").result_rows[0][0])
 
 
 TYPED_ID = "concat(if(id_type = 'cookie', 'c:', 'f:'), id)"  # of an id_segments row
 
 
-def _copy_untouched(client: Client, build_id: int, lookalike_ids: list[int]) -> None:
-    """The last build's rows of the IDs not recomputed, as they were (a lookalike's are its own
-    step's to write again)."""
-    client.command(
-        "INSERT INTO crumb.id_segments_next (id, id_type, profile_id, segments, build_id) "
-        "SELECT id, id_type, profile_id, kept, {build_id:UInt64} FROM ("
-        " SELECT id, id_type, profile_id, arrayFilter(s -> NOT has({lookalikes:Array(UInt32)}, s), segments) AS kept"
-        f" FROM crumb.id_segments WHERE {TYPED_ID} NOT IN {RECOMPUTED}) WHERE notEmpty(kept)",
-        parameters={"build_id": build_id, "lookalikes": lookalike_ids})
+def _carry_over(client: Client, build_id: int, following: bool) -> None:
+    """The profiles of this build → `segment_profiles_next`. When following: the last build's
+    rows of every ID not recomputed, as they were, into `id_segments_next` and
+    `segment_profiles_next`. Their parts are shared, not copied; the recomputed IDs' rows are
+    deleted from them."""
+    client.command("TRUNCATE TABLE crumb.segment_profiles_next")
+    if following:
+        for table in ("id_segments", "segment_profiles"):
+            client.command(f"ALTER TABLE crumb.{table}_next ATTACH PARTITION ID 'all' FROM crumb.{table}")
+        client.command(f"DELETE FROM crumb.id_segments_next WHERE {TYPED_ID} IN {RECOMPUTED} "
+                       "AND build_id != {build_id:UInt64}", parameters={"build_id": build_id})
+        client.command(f"DELETE FROM crumb.segment_profiles_next WHERE id IN {RECOMPUTED}")
+        client.command("ALTER TABLE crumb.id_segments_next UPDATE build_id = {build_id:UInt64} "
+                       "WHERE build_id != {build_id:UInt64}", parameters={"build_id": build_id},
+                       settings={"mutations_sync": 2})
+    client.command(f"INSERT INTO crumb.segment_profiles_next SELECT id, profile FROM {PROFILE_OF}")
 
 
 def _run(client: Client, statements: Iterable[tuple[str, dict[str, Any]]],
@@ -265,19 +276,23 @@ def _drop_link_tables(client: Client) -> None:
         client.command(f"DROP TABLE IF EXISTS {table}")
 
 
-def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead | None = None) -> int:
+def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead | None = None,
+                      within: str | None = None) -> int:
     """IDs seen on one event are one profile: connected components, by FastSV (Zhang, Azad and Hu,
     2020): each ID points at a parent; every round hooks parents and IDs onto the smallest
     grandparent across each link and shortcuts, so components settle in O(log n) rounds even along
     a chain (plain min-label propagation needs O(n) rounds there). The label of a component is its
     smallest typed ID ('c:<cookie>' sorts before 'f:<fp>'). Returns the rounds it took: 0 when
     every ID's smallest neighbour already is its component's label (stars and pairs, the usual case).
+    `within` (a subquery of typed IDs closed under the links: a build following the last one
+    recomputes such a set) resolves only the links among those IDs.
     """
     params = window_params(plan, as_of_ms)
+    scope = f" WHERE a IN {within} OR b IN {within}" if within else ""
     # Both directions of each link, so every ID is a `u`.
     client.command(
         "CREATE TABLE crumb._build_edges ENGINE = Memory AS SELECT pair.1 AS u, pair.2 AS v FROM ("
-        f" SELECT DISTINCT a, b FROM ({_links_sql(params, rollup)})) ARRAY JOIN [(a, b), (b, a)] AS pair",
+        f" SELECT DISTINCT a, b FROM ({_links_sql(params, rollup)}){scope}) ARRAY JOIN [(a, b), (b, a)] AS pair",
         parameters=params)
     # The parents, as the profile_of table itself is: (id, profile) by id.
     structure = SCRATCH_TABLES["profile_of"]
@@ -328,13 +343,12 @@ def _links_sql(params: dict[str, Any], rollup: RollupRead | None) -> str:
             f"WHERE {rollup.rolled_rows()} AND fp NOT IN (SELECT id FROM crumb.optouts)")
 
 
-def _write_deltas(client: Client, build_id: int, as_of_ms: int, only: str | None = None,
-                  lookalike_ids: list[int] | None = None) -> None:
-    """With `only` (the IDs recomputed), the other IDs' rule segments are copies of the last
-    build's: only the recomputed IDs, and every ID's lookalike segments, are compared."""
-    params = {"build_id": build_id, "at": as_of_ms, "lookalikes": lookalike_ids or []}
+def _write_deltas(client: Client, build_id: int, as_of_ms: int, only: str | None = None) -> None:
+    """With `only` (the IDs recomputed), the other IDs' rows are the last build's: only the
+    recomputed IDs are compared."""
+    params = {"build_id": build_id, "at": as_of_ms}
     at = "fromUnixTimestamp64Milli({at:Int64}, 'UTC')"
-    scope = (f" WHERE {TYPED_ID} IN {only} OR hasAny(segments, {{lookalikes:Array(UInt32)}})" if only else "")
+    scope = f" WHERE {TYPED_ID} IN {only}" if only else ""
     # Per ID, the segments of this build against the last: a million rows grouped, not ten million
     # joined. An ID may have several rows (a lookalike adds its own), so they are grouped, not joined.
     client.command(
@@ -377,7 +391,9 @@ def _count(client: Client, result: BuildResult) -> None:
 
 def _swap(client: Client) -> None:
     client.command("EXCHANGE TABLES crumb.id_segments AND crumb.id_segments_next")
+    client.command("EXCHANGE TABLES crumb.segment_profiles AND crumb.segment_profiles_next")
     client.command("TRUNCATE TABLE crumb.id_segments_next")
+    client.command("TRUNCATE TABLE crumb.segment_profiles_next")
 
 
 def _discard_build(client: Client, build_id: int) -> None:

@@ -12,10 +12,12 @@ successful build (as of `as_of_p`) and this one (as of `as_of`), an ID's rows ch
                  (count and XOR digest of event IDs per hour, up to as_of_p)
   opt-outs       the opt-outs changed: every opted-out ID, and the IDs linked to one
 
-Those IDs are *touched*, and so are the first-party IDs on their rows (a link that appeared or
-left). A profile whose component changed holds a touched ID (the end of a link that appeared or
-left lies on any path that changed), so recomputing every profile that holds a touched ID, as it
-is now, recomputes every profile that can differ. All other IDs keep their rows of the last
+Those IDs are *touched*, and so are the first-party IDs on their rows: both ends of a link that
+appeared or left. A profile whose IDs changed holds a touched ID (walk any path that changed up
+to its first link that appeared or left: its end is touched). So the build recomputes the
+touched IDs and every ID that shared a profile with one in the last build (`segment_profiles`):
+that set is closed under the links as they are now, so its profiles are resolved from its own
+links alone, and no profile outside it can differ. All other IDs keep their rows of the last
 build as they are.
 
 What this does not see: events removed other than by erasure (which records an opt-out), e.g. by

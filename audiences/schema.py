@@ -154,6 +154,16 @@ CREATE TABLE IF NOT EXISTS {db}.segment_build_state {on_cluster} (
 ) ENGINE = {MergeTree} ORDER BY build_id
 """
 
+# The profiles of the last successful build: each linked typed ID and its profile's label (an ID
+# in no link is its own profile, and has no row). A build following the last one reads which IDs
+# shared a profile with a touched ID. Filled and swapped like `id_segments`.
+_PROFILES = """
+CREATE TABLE IF NOT EXISTS {db}.%s {on_cluster} (
+    id String,
+    profile String
+) ENGINE = {MergeTree} ORDER BY id
+"""
+
 MIGRATIONS = [
     Migration("audiences_0001_members", [_MEMBERS, _MEMBERS_NEXT]),
     Migration("audiences_0002_deltas_history", [_DELTAS, _HISTORY]),
@@ -170,4 +180,5 @@ MIGRATIONS = [
     ]),
     Migration("audiences_0006_rollup_days", [_ROLLED_DAYS]),
     Migration("audiences_0007_build_state", [_BUILD_STATE]),
+    Migration("audiences_0008_profiles", [_PROFILES % "segment_profiles", _PROFILES % "segment_profiles_next"]),
 ]

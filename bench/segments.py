@@ -10,8 +10,11 @@ one run on one warehouse with one `as_of`:
            of the 100 segments in a single GROUP BY cookie_id over the same window     (1×)
 
 Before each measured build the audience output tables are emptied, so every run is the same
-"first build" (every member enters: the heaviest delta step); one more 100-segment build on top
-of the previous one is reported as the steady-state rebuild.
+"first build" (every member enters: the heaviest delta step). Those are built as of an hour before
+the floor's as_of (the last event); then one more 100-segment build in full on top (the nightly
+rebuild), and the hourly build as of the floor's as_of: an hour of new events, windows moved, and
+it follows the last build (recomputing only the profiles it finds touched). A full build at the
+same as_of checks that it agrees (no member enters or exits) and shows what it saves.
 
 Memory: chdb runs ClickHouse inside this process, so the process's RSS is Python and ClickHouse
 together. Per phase: peak RSS (VmHWM, reset through /proc/self/clear_refs), sampled peak anonymous
@@ -73,7 +76,7 @@ FIRST_SEGMENT_ID = 1000
 TARGET_FLOOR_RATIO = 3.0  # build(100) / floor
 TARGET_GROWTH = 2.0  # build(100) / build(10)
 TARGET_RSS_MB = 500.0
-STEPS = ("profiles", "values", "rollup", "members", "deltas", "swap")
+STEPS = ("values", "rollup", "touched", "profiles", "recompute", "members", "copy", "deltas", "swap")
 OUTPUT_TABLES = ("id_segments", "id_segments_next", "segment_deltas", "segment_history", "segment_sizes")
 
 
@@ -523,7 +526,10 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
                        "memory": phase.memory.__dict__}
     print(f"floor: {floor_s:.2f}s (runs {', '.join(f'{t:.2f}' for t in floor_runs)})", flush=True)
 
-    # (2) builds: each run starts from empty outputs (a first build: every member enters)
+    # (2) builds: each run starts from empty outputs (a first build: every member enters). They are
+    # built as of an hour before the floor's as_of, so that the hourly build (as of the floor's)
+    # finds an hour of new events, as it would in production.
+    hour_before = as_of_ms - 3_600_000
     builds: dict[str, Any] = {}
     for n, segment_set in sets.items():
         runs: list[BuildResult] = []
@@ -532,34 +538,44 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
             for _ in range(2):
                 reset_outputs(client)
                 started = time.perf_counter()
-                runs.append(build(client, segment_set, BUILTIN, sampler.progress(), as_of_ms=as_of_ms))
+                runs.append(build(client, segment_set, BUILTIN, sampler.progress(), as_of_ms=hour_before))
                 walls.append(time.perf_counter() - started)
                 print(f"build {n}: {walls[-1]:.2f}s  {runs[-1].timings}  members {runs[-1].members:,}", flush=True)
         builds[str(n)] = _build_summary(runs, walls, phase.memory)
         if n != big:  # its hourly build, on its own rollup (the big plan's comes below)
             started = time.perf_counter()
-            hourly = build(client, segment_set, BUILTIN, sampler.progress(), as_of_ms=as_of_ms + 3_600_000)
+            hourly = build(client, segment_set, BUILTIN, sampler.progress(), as_of_ms=as_of_ms)
             builds[str(n)]["hour_later_s"] = round(time.perf_counter() - started, 3)
             builds[str(n)]["hour_later_timings"] = hourly.timings
-            print(f"build {n} an hour later: {builds[str(n)]['hour_later_s']:.2f}s  {hourly.timings}", flush=True)
-    # one more build on top of the last: nothing changed, the steady-state nightly rebuild
+            builds[str(n)]["hour_later_recomputed"] = hourly.recomputed
+            print(f"build {n} an hour later: {builds[str(n)]['hour_later_s']:.2f}s  {hourly.timings}  "
+                  f"recomputed {hourly.recomputed:,} IDs", flush=True)
+    # one more build on top of the last, recomputing everything: the nightly full rebuild
     started = time.perf_counter()
-    steady = build(client, sets[big], BUILTIN, sampler.progress(), as_of_ms=as_of_ms)
+    steady = build(client, sets[big], BUILTIN, sampler.progress(), as_of_ms=hour_before, follow=False)
     steady_wall = time.perf_counter() - started
-    print(f"rebuild {big} (unchanged): {steady_wall:.2f}s  {steady.timings}", flush=True)
-    # and the hourly build: an hour later, windows have moved, some members exit
+    print(f"rebuild {big} (unchanged, in full): {steady_wall:.2f}s  {steady.timings}", flush=True)
+    # and the hourly build: an hour of new events, windows have moved; it follows the last build
     started = time.perf_counter()
-    later = build(client, sets[big], BUILTIN, sampler.progress(), as_of_ms=as_of_ms + 3_600_000)
+    later = build(client, sets[big], BUILTIN, sampler.progress(), as_of_ms=as_of_ms)
     later_wall = time.perf_counter() - started
     print(f"rebuild {big} an hour later: {later_wall:.2f}s  {later.timings}  entered {later.entered:,} "
-          f"exited {later.exited:,}", flush=True)
+          f"exited {later.exited:,}  recomputed {later.recomputed:,} IDs  {later.changes}", flush=True)
+    # what it would cost recomputing everything
+    started = time.perf_counter()
+    later_full = build(client, sets[big], BUILTIN, sampler.progress(), as_of_ms=as_of_ms, follow=False)
+    later_full_wall = time.perf_counter() - started
+    print(f"rebuild {big} an hour later, in full: {later_full_wall:.2f}s  {later_full.timings}", flush=True)
+    assert later_full.entered == later_full.exited == 0, "the hourly build and a full one disagree"
     sizes = dict(client.query(
         "SELECT segment_id, uniqExact(profile_id) FROM crumb.segment_members GROUP BY segment_id").result_rows)
     result["builds"] = builds
     result["steady_rebuild"] = {"wall_s": round(steady_wall, 3), "timings": steady.timings,
                                 "entered": steady.entered, "exited": steady.exited}
     result["hour_later_rebuild"] = {"wall_s": round(later_wall, 3), "timings": later.timings,
-                                    "entered": later.entered, "exited": later.exited}
+                                    "entered": later.entered, "exited": later.exited,
+                                    "recomputed_ids": later.recomputed, "changes": later.changes,
+                                    "in_full_s": round(later_full_wall, 3), "in_full_timings": later_full.timings}
     result["segment_sizes"] = {str(s.id): int(sizes.get(s.id, 0)) for s in all_segments}
     result["segment_names"] = {str(s.id): s.name for s in all_segments}
     result["empty_segments"] = [s.id for s in all_segments if not sizes.get(s.id)]
@@ -619,12 +635,14 @@ def report(r: dict[str, Any]) -> None:
         print(f"{'build ' + n + ' (median of 2)':<22}{b['median_s']:>8.2f}"
               + "".join(f"{b['steps_median_s'][s]:>10.2f}" for s in STEPS))
     s = r["steady_rebuild"]
-    print(f"{'rebuild ' + big + ' unchanged':<22}{s['wall_s']:>8.2f}"
+    print(f"{'rebuild ' + big + ' in full':<22}{s['wall_s']:>8.2f}"
           + "".join(f"{s['timings'].get(step, 0):>10.2f}" for step in STEPS))
     h = r["hour_later_rebuild"]
     print(f"{'rebuild ' + big + ' hour later':<22}{h['wall_s']:>8.2f}"
           + "".join(f"{h['timings'].get(step, 0):>10.2f}" for step in STEPS)
-          + f"   ({h['entered']:,} entered, {h['exited']:,} exited)")
+          + f"   ({h['entered']:,} entered, {h['exited']:,} exited; {h['recomputed_ids']:,} IDs recomputed)")
+    print(f"{'  the same, in full':<22}{h['in_full_s']:>8.2f}"
+          + "".join(f"{h['in_full_timings'].get(step, 0):>10.2f}" for step in STEPS))
     if "direct" in r:
         print(f"{'direct compile ' + big:<22}{r['direct']['s']:>8.2f}   ({r['direct']['aggregates']} aggregates, "
               f"one GROUP BY cookie; no members written)")
@@ -637,7 +655,7 @@ def report(r: dict[str, Any]) -> None:
     print(f"members({big}) / floor   {ratios['members_over_floor']:6.2f}×   "
           f"(members(10) / floor {ratios['members10_over_floor']:.2f}×; the step that reads the events)")
     print(f"hourly rebuild / floor {ratios['hour_later_over_floor']:6.2f}×   (hourly {big} / hourly 10: "
-          f"{ratios['hourly_growth_10_to_100']:.2f}×; the rollup is read, not built)")
+          f"{ratios['hourly_growth_10_to_100']:.2f}×; it recomputes only the profiles it finds touched)")
     if "direct" in r:
         print(f"direct({big}) / floor    {r['direct']['over_floor']:6.2f}×   (reference)")
     print()

@@ -498,6 +498,11 @@ def _edges_of_following() -> list[Any]:
         pytest.param(Case([event_row(fp=0, dt=-HOUR, host="a.com"), event_row(cookie=1, dt=-DAY)],
                           [seg(host)], **later, late_events=[event_row(cookie=1, fp=0, dt=-2 * HOUR)]),
                      {(S1, "c1"), (S1, "f0")}, id="following: a link that arrived late joins a profile"),
+        pytest.param(Case([event_row(cookie=2, fp=0, dt=-DAY), event_row(fp=0, dt=-HOUR, host="a.com"),
+                           event_row(cookie=2, dt=-2 * HOUR, host="a.com")],
+                          [seg({**host, "min_count": 2})], **later,
+                          late_events=[event_row(cookie=1, fp=0, dt=-2 * HOUR)]),
+                     {(S1, "c1"), (S1, "c2"), (S1, "f0")}, id="following: a late link joins two profiles"),
     ]
 
 
