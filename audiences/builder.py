@@ -165,7 +165,7 @@ def build(
         if rollup:
             steps.run("members", lambda: _run(client, [membership_statement(
                 plan, as_of_ms, result.build_id, rollup=rollup, only=RECOMPUTED if following else None)],
-                MEMBERSHIP_SETTINGS))
+                None if following else MEMBERSHIP_SETTINGS))
         steps.run("copy", lambda: _carry_over(client, result.build_id, following is not None))
         if segments.lookalikes():
             result.lookalikes = steps.run("lookalikes", lambda: build_lookalikes(
