@@ -143,8 +143,7 @@ def build(
         make_scratch(client)
         client.command("TRUNCATE TABLE crumb.id_segments_next")
         key = plan_key(plan) if plan.segments else ""
-        # Lookalike models score every profile each build: a plan with one is built in full.
-        previous = read_state(client) if follow and plan.segments and not lookalike_ids else None
+        previous = read_state(client) if follow and plan.segments else None
         following = previous if can_follow(previous, key, as_of_ms) else None
         optouts = optout_digest(client)
         rollup = read_plan(plan, as_of_ms) if plan.segments else None
@@ -166,12 +165,12 @@ def build(
             steps.run("members", lambda: _run(client, [membership_statement(
                 plan, as_of_ms, result.build_id, rollup=rollup, only=RECOMPUTED if following else None)],
                 None if following else MEMBERSHIP_SETTINGS))
-        steps.run("copy", lambda: _carry_over(client, result.build_id, following is not None))
+        steps.run("copy", lambda: _carry_over(client, result.build_id, following is not None, lookalike_ids))
         if segments.lookalikes():
             result.lookalikes = steps.run("lookalikes", lambda: build_lookalikes(
                 client, segments, result.build_id, as_of_ms, taxonomy, progress))
         steps.run("deltas", lambda: _write_deltas(client, result.build_id, as_of_ms,
-                                                  only=RECOMPUTED if following else None))
+                                                  only=RECOMPUTED if following else None, lookalike_ids=lookalike_ids))
         _count(client, result)
         if plan.segments:  # before the swap: a state whose build is not the last succeeded one is ignored
             write_state(client, BuildState(result.build_id, as_of_ms, key, optouts,
@@ -214,22 +213,31 @@ def _recompute_set(client: Client) -> int:
 TYPED_ID = "concat(if(id_type = 'cookie', 'c:', 'f:'), id)"  # of an id_segments row
 
 
-def _carry_over(client: Client, build_id: int, following: bool) -> None:
+def _carry_over(client: Client, build_id: int, following: bool, lookalike_ids: list[int]) -> None:
     """The profiles of this build → `segment_profiles_next`. When following: the last build's
     rows of every ID not recomputed, as they were, into `id_segments_next` and
-    `segment_profiles_next`. Their parts are shared, not copied; the recomputed IDs' rows are
-    deleted from them."""
+    `segment_profiles_next`. Their parts are shared, not copied; the recomputed IDs' rows, and
+    the lookalikes' rows (their step writes them again), are deleted from them. A lookalike scores
+    every profile, so then the build's profile tables are filled with all of them again."""
     client.command("TRUNCATE TABLE crumb.segment_profiles_next")
-    if following:
-        for table in ("id_segments", "segment_profiles"):
-            client.command(f"ALTER TABLE crumb.{table}_next ATTACH PARTITION ID 'all' FROM crumb.{table}")
-        client.command(f"DELETE FROM crumb.id_segments_next WHERE {TYPED_ID} IN {RECOMPUTED} "
-                       "AND build_id != {build_id:UInt64}", parameters={"build_id": build_id})
-        client.command(f"DELETE FROM crumb.segment_profiles_next WHERE id IN {RECOMPUTED}")
-        client.command("ALTER TABLE crumb.id_segments_next UPDATE build_id = {build_id:UInt64} "
-                       "WHERE build_id != {build_id:UInt64}", parameters={"build_id": build_id},
-                       settings={"mutations_sync": 2})
+    if not following:
+        client.command(f"INSERT INTO crumb.segment_profiles_next SELECT id, profile FROM {PROFILE_OF}")
+        return
+    params = {"build_id": build_id, "lookalikes": lookalike_ids}
+    for table in ("id_segments", "segment_profiles"):
+        client.command(f"ALTER TABLE crumb.{table}_next ATTACH PARTITION ID 'all' FROM crumb.{table}")
+    client.command(f"DELETE FROM crumb.id_segments_next WHERE ({TYPED_ID} IN {RECOMPUTED} OR hasAny(segments, "
+                   "{lookalikes:Array(UInt32)})) AND build_id != {build_id:UInt64}", parameters=params)
+    client.command(f"DELETE FROM crumb.segment_profiles_next WHERE id IN {RECOMPUTED}")
+    client.command("ALTER TABLE crumb.id_segments_next UPDATE build_id = {build_id:UInt64} "
+                   "WHERE build_id != {build_id:UInt64}", parameters=params, settings={"mutations_sync": 2})
     client.command(f"INSERT INTO crumb.segment_profiles_next SELECT id, profile FROM {PROFILE_OF}")
+    if lookalike_ids:
+        client.command(f"TRUNCATE TABLE {PROFILE_OF}")
+        client.command(f"TRUNCATE TABLE {PROFILE_IDS}")
+        client.command(f"INSERT INTO {PROFILE_OF} SELECT id, profile FROM crumb.segment_profiles_next")
+        client.command(f"INSERT INTO {PROFILE_IDS} SELECT profile, groupArray(id) FROM crumb.segment_profiles_next "
+                       "GROUP BY profile")
 
 
 def _run(client: Client, statements: Iterable[tuple[str, dict[str, Any]]],
@@ -343,12 +351,13 @@ def _links_sql(params: dict[str, Any], rollup: RollupRead | None) -> str:
             f"WHERE {rollup.rolled_rows()} AND fp NOT IN (SELECT id FROM crumb.optouts)")
 
 
-def _write_deltas(client: Client, build_id: int, as_of_ms: int, only: str | None = None) -> None:
-    """With `only` (the IDs recomputed), the other IDs' rows are the last build's: only the
-    recomputed IDs are compared."""
-    params = {"build_id": build_id, "at": as_of_ms}
+def _write_deltas(client: Client, build_id: int, as_of_ms: int, only: str | None = None,
+                  lookalike_ids: list[int] | None = None) -> None:
+    """With `only` (the IDs recomputed), the other IDs' rule segments are the last build's: only
+    the recomputed IDs, and every ID's lookalike rows, are compared."""
+    params = {"build_id": build_id, "at": as_of_ms, "lookalikes": lookalike_ids or []}
     at = "fromUnixTimestamp64Milli({at:Int64}, 'UTC')"
-    scope = f" WHERE {TYPED_ID} IN {only}" if only else ""
+    scope = f" WHERE {TYPED_ID} IN {only} OR hasAny(segments, {{lookalikes:Array(UInt32)}})" if only else ""
     # Per ID, the segments of this build against the last: a million rows grouped, not ten million
     # joined. An ID may have several rows (a lookalike adds its own), so they are grouped, not joined.
     client.command(

@@ -37,7 +37,7 @@ def content_taxonomy(settings: Settings) -> ContentTaxonomy | None:
 
 def build_once(
     client: Client, redis_client: redis.Redis, settings: Settings, directory: Path | None = None,
-    progress: Progress = SILENT, as_of_ms: int | None = None,
+    progress: Progress = SILENT, as_of_ms: int | None = None, follow: bool = True,
 ) -> BuildResult:
     """One build, unless another is running anywhere (the lock lives in Redis, shared by replicas)."""
     segments = load_definitions(directory or settings.segments_dir, settings)
@@ -45,6 +45,6 @@ def build_once(
     if not lock.acquire():
         raise BuildBusy("another build is running; one build at a time")
     try:
-        return build(client, segments, content_taxonomy(settings), progress, as_of_ms=as_of_ms)
+        return build(client, segments, content_taxonomy(settings), progress, as_of_ms=as_of_ms, follow=follow)
     finally:
         lock.release()

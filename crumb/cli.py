@@ -68,7 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     audience_commands = audiences.add_subparsers(required=True, metavar="COMMAND")
     build = audience_commands.add_parser("build", help="build every active segment now")
     build.add_argument("--segments", metavar="DIR", help="definitions directory (default: CRUMB_SEGMENTS_DIR)")
-    build.set_defaults(run=lambda s, a: _print(_run_command(s, "build", {"segments_dir": _abs(a.segments)})))
+    build.add_argument("--full", action="store_true",
+                       help="recompute every profile (by default a build the same day recomputes what changed)")
+    build.set_defaults(run=lambda s, a: _print(_run_command(s, "build", {"segments_dir": _abs(a.segments),
+                                                                         "full": a.full})))
     report = audience_commands.add_parser("report", help="sizes; overlap of chosen segments; one segment's trend")
     report.add_argument("--segments", metavar="DIR")
     report.add_argument("--overlap", metavar="ID,ID,...", help="segments to cross: intersections and Jaccard")

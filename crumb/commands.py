@@ -56,7 +56,7 @@ def build(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict
     ctx.runtime.migrate()
     directory = Path(args["segments_dir"]) if args.get("segments_dir") else None
     result = build_once(ctx.runtime.client, ctx.runtime.redis, ctx.runtime.settings, directory, progress,
-                        as_of_ms=args.get("as_of_ms"))
+                        as_of_ms=args.get("as_of_ms"), follow=not args.get("full"))
     from activation.store import SegmentCatalog, SegmentStore
 
     store = SegmentStore(ctx.runtime.redis, catalog=SegmentCatalog.from_settings(ctx.runtime.settings))

@@ -157,6 +157,15 @@ def test_build_rebuilds_a_lookalike_of_a_rule_segment(
                              parameters={"b": result.build_id}).result_rows[0][0]
     assert deltas == len(expanded)
 
+    # An hour later, the same day: the build follows this one (recomputing the touched profiles,
+    # the lookalike scoring every profile again), and a full build right after agrees with it.
+    later = build(warehouse, segments, as_of_ms=END_MS + 3_600_000)
+    assert later.followed == result.build_id and later.lookalikes[902]["status"] == "ok"
+    followed = set(warehouse.query("SELECT segment_id, id, profile_id FROM crumb.segment_members").result_rows)
+    full = build(warehouse, segments, as_of_ms=END_MS + 3_600_000, follow=False)
+    assert full.followed == 0 and full.entered == full.exited == 0
+    assert set(warehouse.query("SELECT segment_id, id, profile_id FROM crumb.segment_members").result_rows) == followed
+
 
 @pytest.mark.parametrize(("definition", "error"), [
     ({"id": 2, "name": "x", "kind": "lookalike", "lookalike": {"seed": 9, "reach": 0.05}}, "unknown seed"),

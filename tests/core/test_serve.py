@@ -21,6 +21,7 @@ from tests.conftest import free_port
 from tests.processes import wait_healthy
 
 CRUMB = [sys.executable, "-m", "crumb.cli"]
+EXAMPLES = Path(__file__).resolve().parents[2] / "audiences" / "examples"
 
 
 def crumb_env(data_dir: Path, port: int) -> dict[str, str]:
@@ -75,6 +76,18 @@ def test_commands_run_through_the_server_that_holds_the_warehouse(served: Served
     assert found is not None
     summary = control.call(found[0], found[1], "summary", {}, SILENT)
     assert summary["events"] == loaded > 0
+
+    def audiences_build(*flags: str) -> dict:
+        done = subprocess.run([*CRUMB, "audiences", "build", "--segments", str(EXAMPLES), *flags], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    first, again, full = audiences_build(), audiences_build(), audiences_build("--full")
+    assert first["status"] == again["status"] == full["status"] == "succeeded" and first["members"] > 0
+    if first["as_of_ms"] // 86_400_000 == again["as_of_ms"] // 86_400_000:  # not across midnight UTC
+        assert again["followed"] == first["build_id"] and again["members"] == first["members"]
+    assert full["followed"] == 0 and full["members"] == again["members"]
 
 
 def test_the_control_endpoint_needs_the_token(served: Served) -> None:
