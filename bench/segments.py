@@ -544,29 +544,16 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
                 print(f"build {n}: {walls[-1]:.2f}s  {runs[-1].timings}  members {runs[-1].members:,}", flush=True)
         builds[str(n)] = _build_summary(runs, walls, phase.memory)
         if n != big:  # its hourly build, on its own rollup (the big plan's comes below)
-            started = time.perf_counter()
-            hourly = build(client, segment_set, BUILTIN, sampler.progress(), as_of_ms=as_of_ms)
-            builds[str(n)]["hour_later_s"] = round(time.perf_counter() - started, 3)
-            builds[str(n)]["hour_later_timings"] = hourly.timings
-            builds[str(n)]["hour_later_recomputed"] = hourly.recomputed
-            print(f"build {n} an hour later: {builds[str(n)]['hour_later_s']:.2f}s  {hourly.timings}  "
-                  f"recomputed {hourly.recomputed:,} IDs", flush=True)
+            hourly, wall = timed_build(client, segment_set, as_of_ms, sampler, f"build {n} an hour later")
+            builds[str(n)].update(hour_later_s=round(wall, 3), hour_later_timings=hourly.timings,
+                                  hour_later_recomputed=hourly.recomputed)
     # one more build on top of the last, recomputing everything: the nightly full rebuild
-    started = time.perf_counter()
-    steady = build(client, sets[big], BUILTIN, sampler.progress(), as_of_ms=hour_before, follow=False)
-    steady_wall = time.perf_counter() - started
-    print(f"rebuild {big} (unchanged, in full): {steady_wall:.2f}s  {steady.timings}", flush=True)
+    steady, steady_wall = timed_build(client, sets[big], hour_before, sampler, f"rebuild {big} in full", follow=False)
     # and the hourly build: an hour of new events, windows have moved; it follows the last build
-    started = time.perf_counter()
-    later = build(client, sets[big], BUILTIN, sampler.progress(), as_of_ms=as_of_ms)
-    later_wall = time.perf_counter() - started
-    print(f"rebuild {big} an hour later: {later_wall:.2f}s  {later.timings}  entered {later.entered:,} "
-          f"exited {later.exited:,}  recomputed {later.recomputed:,} IDs  {later.changes}", flush=True)
+    later, later_wall = timed_build(client, sets[big], as_of_ms, sampler, f"rebuild {big} an hour later")
     # what it would cost recomputing everything
-    started = time.perf_counter()
-    later_full = build(client, sets[big], BUILTIN, sampler.progress(), as_of_ms=as_of_ms, follow=False)
-    later_full_wall = time.perf_counter() - started
-    print(f"rebuild {big} an hour later, in full: {later_full_wall:.2f}s  {later_full.timings}", flush=True)
+    later_full, later_full_wall = timed_build(client, sets[big], as_of_ms, sampler,
+                                              f"rebuild {big} an hour later, in full", follow=False)
     assert later_full.entered == later_full.exited == 0, "the hourly build and a full one disagree"
     sizes = dict(client.query(
         "SELECT segment_id, uniqExact(profile_id) FROM crumb.segment_members GROUP BY segment_id").result_rows)
@@ -602,6 +589,16 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
         print(f"direct compile ({aggregates} aggregates): {direct_s:.2f}s", flush=True)
 
     return result
+
+
+def timed_build(client: Client, segments: SegmentSet, as_of_ms: int, sampler: Sampler, label: str,
+                follow: bool = True) -> tuple[BuildResult, float]:
+    started = time.perf_counter()
+    result = build(client, segments, BUILTIN, sampler.progress(), as_of_ms=as_of_ms, follow=follow)
+    wall = time.perf_counter() - started
+    print(f"{label}: {wall:.2f}s  {result.timings}  entered {result.entered:,} exited {result.exited:,}"
+          + (f"  recomputed {result.recomputed:,} IDs  {result.changes}" if result.followed else ""), flush=True)
+    return result, wall
 
 
 def _build_summary(runs: list[BuildResult], walls: list[float], memory: Memory) -> dict[str, Any]:
