@@ -142,7 +142,7 @@ def build(
         _drop_link_tables(client)
         make_scratch(client)
         client.command("TRUNCATE TABLE crumb.id_segments_next")
-        key = plan_key(plan) if plan.segments else ""
+        key = plan_key(plan, lookalike_ids) if plan.segments else ""
         previous = read_state(client) if follow and plan.segments else None
         following = previous if can_follow(previous, key, as_of_ms) else None
         optouts = optout_digest(client)
@@ -155,9 +155,11 @@ def build(
                                              settings=MEMBERSHIP_SETTINGS))
         if rollup and following:
             found = changes(plan, following, as_of_ms, hours, optouts)
-            result.followed, result.changes = following.build_id, found.summary()
-            steps.run("touched", lambda: _run(client, touched_statements(found, rollup, following.as_of_ms, as_of_ms)))
+            result.changes = found.summary()
+            following = None if found.events_removed else following
         if rollup and following:
+            result.followed = following.build_id
+            steps.run("touched", lambda: _run(client, touched_statements(found, rollup, following.as_of_ms, as_of_ms)))
             result.recomputed = steps.run("recompute", lambda: _recompute_set(client))
         result.link_rounds = steps.run("profiles", lambda: _resolve_profiles(
             client, plan, as_of_ms, rollup, within=RECOMPUTED if following else None))
@@ -399,10 +401,11 @@ def _count(client: Client, result: BuildResult) -> None:
 
 
 def _swap(client: Client) -> None:
-    client.command("EXCHANGE TABLES crumb.id_segments AND crumb.id_segments_next")
+    # The members' exchange comes last: once it is done, nothing of the build can fail. (The
+    # profiles are read only by a following build, which trusts them only after a success.) The
+    # `_next` tables keep the last build's rows until the next build empties them.
     client.command("EXCHANGE TABLES crumb.segment_profiles AND crumb.segment_profiles_next")
-    client.command("TRUNCATE TABLE crumb.id_segments_next")
-    client.command("TRUNCATE TABLE crumb.segment_profiles_next")
+    client.command("EXCHANGE TABLES crumb.id_segments AND crumb.id_segments_next")
 
 
 def _discard_build(client: Client, build_id: int) -> None:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 from clickhouse_connect.driver.client import Client
 
-from audiences.compiler import DAY_MS, PROFILE_OF, ROW_ID, window_filter
+from audiences.compiler import PROFILE_OF, ROW_ID, window_filter, window_start
 from collector.categories import BUILTIN, ContentTaxonomy
 
 N_FEATURES = 2**18
@@ -79,7 +79,7 @@ class Window:
     lookback_days: int
 
     def params(self) -> dict[str, Any]:
-        return {"since_ms": self.as_of_ms - self.lookback_days * DAY_MS, "as_of_ms": self.as_of_ms}
+        return {"since_ms": window_start(self.as_of_ms, self.lookback_days), "as_of_ms": self.as_of_ms}
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,10 @@ that set is closed under the links as they are now, so its profiles are resolved
 links alone, and no profile outside it can differ. All other IDs keep their rows of the last
 build as they are.
 
-What this does not see: events removed other than by erasure (which records an opt-out), e.g. by
-a hand-written DELETE. So a build recomputes everything when the last one was on another UTC day
-(the first build of a day is a full one), when the plan changed, or when there is no state.
+An hour with fewer events than the last build counted (an erasure, the events TTL, a DELETE)
+means IDs whose rows are gone, which the events no longer name: that build recomputes everything.
+So does a build on another UTC day than the last (the first build of a day is a full one, which
+bounds what any miss could cost to a day), one with another plan, or one without state.
 """
 
 from __future__ import annotations
@@ -68,11 +69,12 @@ class BuildState:
     hours: dict[int, tuple[int, int]] = field(default_factory=dict)  # hour → (events, digest) up to as_of
 
 
-def plan_key(plan: Plan) -> str:
-    """What the members mean: the rolled rows' fingerprint, and the membership statement with its
-    parameters but for those of time."""
+def plan_key(plan: Plan, lookalike_ids: list[int]) -> str:
+    """What the members mean: the rolled rows' fingerprint, the membership statement with its
+    parameters but for those of time, and the lookalike segments (a removed one's rows must go)."""
     sql, params = membership_statement(plan, 0, 0)
-    content = [fingerprint(plan), sql, {k: v for k, v in params.items() if not k.startswith(TIME_PARAMS)}]
+    content = [fingerprint(plan), sql, {k: v for k, v in params.items() if not k.startswith(TIME_PARAMS)},
+               sorted(lookalike_ids)]
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -90,7 +92,8 @@ def read_state(client: Client) -> BuildState | None:
 
 
 def write_state(client: Client, state: BuildState) -> None:
-    """Replace the state with this build's (after its swap: a build that fails leaves the last one's)."""
+    """Replace the state with this build's, before its swap: a state whose build did not succeed
+    is ignored (`read_state`), so a build that fails after this leaves the next one in full."""
     client.command(f"TRUNCATE TABLE {STATE}")
     hours = sorted(state.hours)
     client.insert(STATE, [[
@@ -144,9 +147,13 @@ class Changes:
     edge_hours: list[int]  # hours that left some window
     late_hours: list[int]  # hours (up to as_of_p) whose events changed
     optouts: bool
+    # Events the last build counted are gone (an erasure, the events TTL, a DELETE): their IDs
+    # cannot be read from the events any more, so the build does not follow.
+    events_removed: bool = False
 
     def summary(self) -> dict[str, Any]:
-        return {"edge_hours": len(self.edge_hours), "late_hours": len(self.late_hours), "optouts": self.optouts}
+        return {"edge_hours": len(self.edge_hours), "late_hours": len(self.late_hours), "optouts": self.optouts,
+                "events_removed": self.events_removed}
 
 
 def changes(plan: Plan, previous: BuildState, as_of_ms: int, hours: HourDigests, optouts: tuple[int, int]) -> Changes:
@@ -159,7 +166,8 @@ def changes(plan: Plan, previous: BuildState, as_of_ms: int, hours: HourDigests,
     late = [hour for hour in sorted(set(hours) | set(previous.hours))
             if since_hour <= hour <= previous.as_of_ms // 1000
             and hours.get(hour, (0, 0, 0, 0))[2:] != previous.hours.get(hour, (0, 0))]
-    return Changes(sorted(edges), late, optouts != previous.optouts)
+    fewer = any(hours.get(hour, (0, 0, 0, 0))[2] < previous.hours[hour][0] for hour in late if hour in previous.hours)
+    return Changes(sorted(edges), late, optouts != previous.optouts, events_removed=fewer)
 
 
 def touched_statements(changes: Changes, rollup: RollupRead, previous_as_of_ms: int,

@@ -551,6 +551,7 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
     steady, steady_wall = timed_build(client, sets[big], hour_before, sampler, f"rebuild {big} in full", follow=False)
     # and the hourly build: an hour of new events, windows have moved; it follows the last build
     later, later_wall = timed_build(client, sets[big], as_of_ms, sampler, f"rebuild {big} an hour later")
+    assert later.followed, "the hourly build did not follow the last one (was as_of an hour into a UTC day?)"
     # what it would cost recomputing everything
     later_full, later_full_wall = timed_build(client, sets[big], as_of_ms, sampler,
                                               f"rebuild {big} an hour later, in full", follow=False)

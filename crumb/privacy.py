@@ -59,6 +59,9 @@ def _erase_memberships(client: Client, _redis: redis.Redis, ids: list[str]) -> N
     for table in ("id_segments", "segment_deltas", "segment_history"):
         client.command(f"DELETE FROM crumb.{table} {on_cluster(client)} WHERE id IN {{ids:Array(String)}}",
                        parameters={"ids": ids})
+    # The last build's profiles, by typed ID (a build following it recomputes the ID's old profile).
+    client.command(f"DELETE FROM crumb.segment_profiles {on_cluster(client)} WHERE id IN {{typed:Array(String)}}",
+                   parameters={"typed": [f"{kind}:{i}" for i in ids for kind in ("c", "f")]})
 
 
 def _erase_rollup(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
@@ -86,7 +89,7 @@ ERASERS: list[Eraser] = [
     Eraser("crumb.id_matches", _erase_matches),
     Eraser("redis segment store", _erase_from_store),
     Eraser("crumb.lookalike_scores", _erase_scores),
-    Eraser("crumb.id_segments, segment_deltas, segment_history", _erase_memberships),
+    Eraser("crumb.id_segments, segment_profiles, segment_deltas, segment_history", _erase_memberships),
     Eraser("crumb.segment_rollup", _erase_rollup),
     # What destinations received moves to the removals the next `crumb activate sync` sends.
     Eraser("crumb.delivered (removals queued for destinations)", _queue_removals),

@@ -130,17 +130,21 @@ def test_a_build_cut_short_is_cleaned_up_once_and_marked_failed(warehouse: Clien
 
 
 def test_erasure_removes_the_id_from_members_deltas_and_history(warehouse: Client, live_server: LiveServer) -> None:
-    kept, erased = cookie(), cookie()
-    # The day before as_of's: rolled up by the build, so the rollup holds them too.
+    kept, erased, erased_fp = cookie(), cookie(), cookie()
+    # The day before as_of's: rolled up by the build, so the rollup holds them too. The erased
+    # cookie is linked to a first-party ID: the build's profiles hold it.
     insert(warehouse, [{"ts": T0 - DAY, "cookie_id": kept, "path": "/sports/x"},
-                       {"ts": T0 - DAY - 1000, "cookie_id": erased, "path": "/sports/y"}])
+                       {"ts": T0 - DAY - 1000, "cookie_id": erased, "fp_id": erased_fp, "path": "/sports/y"}])
     build(warehouse, SPORTS, as_of_ms=T0)
+    profiles = f"SELECT count() FROM crumb.segment_profiles WHERE id = 'c:{erased}'"
+    assert warehouse.query(profiles).result_rows[0][0] == 1
     assert rolled_ids(warehouse, [kept, erased]) == {f"c:{kept}", f"c:{erased}"}
     assert {(1, kept, "cookie"), (1, erased, "cookie")} <= members(warehouse)
 
     names = erase(warehouse, live_server.crumb.runtime.redis, [erased], "test")
 
-    assert "crumb.id_segments, segment_deltas, segment_history" in names
+    assert "crumb.id_segments, segment_profiles, segment_deltas, segment_history" in names
+    assert warehouse.query(profiles).result_rows[0][0] == 0
     for table in ("segment_members", "segment_deltas", "segment_history"):
         held = {r[0] for r in warehouse.query(
             f"SELECT DISTINCT id FROM crumb.{table} WHERE id IN {{ids:Array(String)}}",
@@ -226,5 +230,10 @@ def test_a_build_the_same_day_recomputes_only_the_profiles_it_finds_touched(ware
     assert build(warehouse, news, as_of_ms=at + 2 * hour).followed == 0  # another plan
     assert build(warehouse, SPORTS, as_of_ms=at + 2 * hour).followed == 0  # the last build's plan was news
     assert build(warehouse, SPORTS, as_of_ms=at + 3 * hour).followed != 0
+    # Events the last build counted are gone (the events TTL, a DELETE): the IDs they named
+    # cannot be found from the events any more, so the build recomputes everything.
+    warehouse.command("DELETE FROM crumb.events WHERE cookie_id = {b:String}", parameters={"b": b})
+    removed = build(warehouse, SPORTS, as_of_ms=at + 4 * hour)
+    assert removed.followed == 0 and removed.changes["events_removed"] and (1, b, "cookie") not in members(warehouse)
     next_day = build(warehouse, SPORTS, as_of_ms=at + DAY)
     assert next_day.followed == 0 and (1, c, "cookie") in members(warehouse)

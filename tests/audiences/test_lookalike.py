@@ -165,6 +165,10 @@ def test_build_rebuilds_a_lookalike_of_a_rule_segment(
     full = build(warehouse, segments, as_of_ms=END_MS + 3_600_000, follow=False)
     assert full.followed == 0 and full.entered == full.exited == 0
     assert set(warehouse.query("SELECT segment_id, id, profile_id FROM crumb.segment_members").result_rows) == followed
+    # The lookalike removed the same day: the next build does not follow (its rows must all go).
+    removed = build(warehouse, SegmentSet([segments.by_id[901]]), as_of_ms=END_MS + 2 * 3_600_000)
+    assert removed.followed == 0 and not warehouse.query(
+        "SELECT count() FROM crumb.segment_members WHERE segment_id = 902").result_rows[0][0]
 
 
 @pytest.mark.parametrize(("definition", "error"), [
