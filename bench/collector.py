@@ -186,7 +186,9 @@ class Server:
         the whole server: all its threads (the writer's and the warehouse's included) and its
         child processes (crumb's encoder, the embedded Redis), which would otherwise pass for
         other processes' noise."""
-        children = sum(_cpu(f"/proc/{child}/stat", missing=0.0) for child in _children(self.pid))
+        from tests.processes import child_pids  # the repo is on sys.path once main() runs
+
+        children = sum(_cpu(f"/proc/{child}/stat", missing=0.0) for child in child_pids(self.pid))
         total = _cpu(f"/proc/{self.pid}/stat") + children
         return _cpu(f"/proc/{self.pid}/task/{self.pid}/stat"), total
 
@@ -214,17 +216,6 @@ class Server:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-
-def _children(pid: int) -> list[int]:
-    """The live child processes of `pid` (started from any of its threads)."""
-    children = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children += [int(child) for child in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return children
 
 
 def _cpu(stat_path: str, missing: float = float("nan")) -> float:

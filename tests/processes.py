@@ -1,9 +1,10 @@
-"""Helpers for tests that run `crumb serve` as a real child process."""
+"""Helpers for tests (and benches) that run `crumb serve` as a real child process."""
 
 from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 
@@ -19,3 +20,14 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float = 
             pass
         time.sleep(0.1)  # polling a process that is coming up
     raise AssertionError("crumb serve did not become healthy")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of `pid`, started from any of its threads."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children

@@ -27,7 +27,7 @@ from crumb import control
 from crumb.progress import SILENT
 from crumb.settings import load_settings
 from tests.conftest import free_port
-from tests.processes import wait_healthy
+from tests.processes import child_pids, wait_healthy
 
 
 def hits(count: int, site: str = "enc") -> list[tuple[Any, ...]]:
@@ -149,7 +149,7 @@ def test_serve_loses_no_event_when_its_encoder_dies_and_ctrl_c_leaves_no_process
     try:
         wait_healthy(url, server)
         sent = _send_pixels(url, 100)
-        (encoder,) = [pid for pid in _children(server.pid) if b"spawn_main" in _cmdline(pid)]
+        (encoder,) = [pid for pid in child_pids(server.pid) if b"spawn_main" in _cmdline(pid)]
         os.kill(encoder, signal.SIGKILL)
         sent += _send_pixels(url, 100)
         os.killpg(server.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group gets it
@@ -224,16 +224,6 @@ def _group_gone_within(group: int, timeout_s: float) -> bool:
             return False
         time.sleep(0.05)  # polling other processes' exit
     return True
-
-
-def _children(pid: int) -> list[int]:
-    children = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children += [int(child) for child in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return children
 
 
 def _cmdline(pid: int) -> bytes:
