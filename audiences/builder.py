@@ -11,7 +11,8 @@ Steps (each timed, and recorded in `crumb.builds`):
   members   one pass over the window (rolled-up hours, and the events of as_of's day): per ID and
             per profile, the matchers met and their bounded aggregates; each segment's boolean →
             `id_segments_next`, a row per ID. When following, only the IDs to recompute
-  copy      (when following) every other ID's row of the last build, as it was
+  copy      this build's profiles → `segment_profiles_next`; when following, every other ID's
+            row (and profile) of the last build, as it was
   lookalikes  each lookalike segment's model over this build's seed members → `id_segments_next`
   deltas    entered / exited against the previous build, per ID → `segment_deltas`, `segment_history`
   swap      exchange `id_segments_next` and `id_segments` atomically (`segment_members` is a view)
@@ -139,7 +140,7 @@ def build(
     try:
         _discard_incomplete_builds(client, result.build_id)
         drop_scratch(client)
-        _drop_link_tables(client)
+        _drop_build_tables(client)
         make_scratch(client)
         client.command("TRUNCATE TABLE crumb.id_segments_next")
         key = plan_key(plan, lookalike_ids) if plan.segments else ""
@@ -159,6 +160,8 @@ def build(
             following = None if found.events_removed else following
         if rollup and following:
             result.followed = following.build_id
+            for table, definition in FOLLOW_TABLES.items():
+                client.command(f"CREATE TABLE {table} {definition}")
             steps.run("touched", lambda: _run(client, touched_statements(found, rollup, following.as_of_ms, as_of_ms)))
             result.recomputed = steps.run("recompute", lambda: _recompute_set(client))
         result.link_rounds = steps.run("profiles", lambda: _resolve_profiles(
@@ -186,7 +189,7 @@ def build(
         raise BuildError(f"build {result.build_id} failed, the previous build stays in place: {result.error}") from exc
     finally:
         drop_scratch(client)
-        _drop_link_tables(client)
+        _drop_build_tables(client)
     _record(client, result, started_ms)
     return result
 
@@ -265,24 +268,19 @@ def _record(client: Client, result: BuildResult, started_ms: int) -> None:
 def make_scratch(client: Client, tables: Tables = BUILD) -> None:
     for name, definition in SCRATCH_TABLES.items():
         client.command(f"CREATE TABLE {getattr(tables, name)} {definition}")
-    if tables == BUILD:
-        for table, definition in FOLLOW_TABLES.items():
-            client.command(f"CREATE TABLE {table} {definition}")
 
 
 def drop_scratch(client: Client, tables: Tables = BUILD) -> None:
     for name in SCRATCH_TABLES:
         client.command(f"DROP TABLE IF EXISTS {getattr(tables, name)}")
-    if tables == BUILD:
-        for table in FOLLOW_TABLES:
-            client.command(f"DROP TABLE IF EXISTS {table}")
 
 
 LINK_TABLES = ("crumb._build_edges", "crumb._build_parent", "crumb._build_parent_next")
 
 
-def _drop_link_tables(client: Client) -> None:
-    for table in LINK_TABLES:
+def _drop_build_tables(client: Client) -> None:
+    """The scratch tables only a build has: its links, and what a following build recomputes."""
+    for table in (*LINK_TABLES, *FOLLOW_TABLES):
         client.command(f"DROP TABLE IF EXISTS {table}")
 
 
