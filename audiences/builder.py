@@ -34,15 +34,19 @@ from audiences.compiler import (
     BUILD,
     ELIGIBLE,
     EVENTS,
+    FOLLOWING_SETTINGS,
     MEMBERSHIP_SETTINGS,
     PROFILE_IDS,
     PROFILE_OF,
+    TODAY,
     VALUES_SETTINGS,
     Plan,
     RollupRead,
     Tables,
     compile_segments,
     membership_statement,
+    rollup_columns,
+    today_statement,
     values_statements,
     window_filter,
     window_params,
@@ -167,9 +171,11 @@ def build(
         result.link_rounds = steps.run("profiles", lambda: _resolve_profiles(
             client, plan, as_of_ms, rollup, within=RECOMPUTED if following else None))
         if rollup:
+            only = RECOMPUTED if following else None
+            settings = FOLLOWING_SETTINGS if following else MEMBERSHIP_SETTINGS
+            steps.run("today", lambda: _roll_today(client, plan, as_of_ms, rollup, only, settings))
             steps.run("members", lambda: _run(client, [membership_statement(
-                plan, as_of_ms, result.build_id, rollup=rollup, only=RECOMPUTED if following else None)],
-                None if following else MEMBERSHIP_SETTINGS))
+                plan, as_of_ms, result.build_id, rollup=rollup, only=only)], settings))
         steps.run("copy", lambda: _carry_over(client, result.build_id, following is not None, lookalike_ids))
         if segments.lookalikes():
             result.lookalikes = steps.run("lookalikes", lambda: build_lookalikes(
@@ -203,6 +209,13 @@ def _values(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead,
     roll_days = days_to_roll(client, plan, as_of_ms, day_digests(hours, rollup.raw_from_ms))
     _run(client, values_statements(plan, as_of_ms, rollup=rollup, roll_days=sorted(roll_days)), VALUES_SETTINGS)
     return hours, roll_days
+
+
+def _roll_today(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead, only: str | None,
+                settings: dict[str, Any] | None) -> None:
+    columns = ", ".join(f"{name} {kind}" for name, kind in rollup_columns(plan))
+    client.command(f"CREATE TABLE {rollup.today} ({columns}) ENGINE = Memory")
+    _run(client, [today_statement(plan, as_of_ms, rollup, only=only)], settings)
 
 
 def _recompute_set(client: Client) -> int:
@@ -279,8 +292,9 @@ LINK_TABLES = ("crumb._build_edges", "crumb._build_parent", "crumb._build_parent
 
 
 def _drop_build_tables(client: Client) -> None:
-    """The scratch tables only a build has: its links, and what a following build recomputes."""
-    for table in (*LINK_TABLES, *FOLLOW_TABLES):
+    """The scratch tables only a build has: its links, what a following build recomputes, and
+    as_of's day rolled up."""
+    for table in (*LINK_TABLES, *FOLLOW_TABLES, TODAY):
         client.command(f"DROP TABLE IF EXISTS {table}")
 
 

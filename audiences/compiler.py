@@ -32,6 +32,7 @@ VALUES = "crumb._build_values"
 PROFILE_OF = "crumb._build_profile_of"
 PROFILE_IDS = "crumb._build_profile_ids"
 MEMBERS_NEXT = "crumb.id_segments_next"
+TODAY = "crumb._build_today"  # as_of's day of events, rolled up per ID and hour by the build
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
@@ -179,14 +180,20 @@ def _category_ids(category: str, taxonomy: ContentTaxonomy | None) -> list[str]:
 
 Statement = tuple[str, dict[str, Any]]
 
+# ClickHouse adds the comparisons an AND chain implies (a < b AND b < c: a < c). Over the hundreds
+# of ANDs of the conditions and segments that pass took most of planning the membership statement
+# (1.9 s with no rows to read, against 0.23 s without it); our comparisons are against constants,
+# so it never finds anything.
+PLANNING_SETTINGS = {"optimize_and_compare_chain": 0}
 # The membership statement runs once an hour: ClickHouse's JIT would wait for a third run of the
 # same expressions before compiling them, so it is asked to compile at once (the aggregates of
 # one row then update in one pass, not one pass per function). Without filter push-down it ran
 # faster in each of five paired runs on the 100-segment benchmark (median 10.5 s against 12.2 s).
-# A build following the last one (a few percent of the rows) runs it with the defaults: compiling
-# at once cost more CPU than it saved there (4.99 against 3.10 CPU-s, 46k of 921k IDs).
-MEMBERSHIP_SETTINGS = {"min_count_to_compile_expression": 0, "min_count_to_compile_aggregate_expression": 0,
-                       "query_plan_filter_push_down": 0}
+MEMBERSHIP_SETTINGS = {**PLANNING_SETTINGS, "min_count_to_compile_expression": 0,
+                       "min_count_to_compile_aggregate_expression": 0, "query_plan_filter_push_down": 0}
+# A build following the last one (a few percent of the rows) does not compile at once: that cost
+# more CPU than it saved there (4.99 against 3.10 CPU-s, 46k of 921k IDs).
+FOLLOWING_SETTINGS = PLANNING_SETTINGS
 # The lookup's `WHERE bits != 0` would be pushed below its DISTINCT, testing every row, not every
 # distinct value: measured 2.1 s against 0.56 s for the path of the 100-segment benchmark.
 VALUES_SETTINGS = {"query_plan_filter_push_down": 0}
@@ -389,10 +396,21 @@ def _mask_sql(plan: Plan, chunk: _Chunk, params: dict[str, Any], value: str = ""
 
 
 def _bit_or(parts: list[str]) -> str:
-    expression = parts[0]
-    for part in parts[1:]:
-        expression = f"bitOr({expression}, {part})"
-    return expression
+    return _balanced(parts, "bitOr({}, {})")
+
+
+def _sum(parts: list[str]) -> str:
+    return _balanced(parts, "({} + {})")
+
+
+def _balanced(parts: list[str], pair: str) -> str:
+    """Binary operations over many terms as a balanced tree, not a chain. ClickHouse names each
+    node of an expression by its whole text: along a chain of 64 terms the names add up to 32
+    times the terms' text, and planning the statement took seconds where a tree takes a tenth."""
+    if len(parts) == 1:
+        return parts[0]
+    middle = len(parts) // 2
+    return pair.format(_balanced(parts[:middle], pair), _balanced(parts[middle:], pair))
 
 
 def _value_sql(plan: Plan, field_name: str, params: dict[str, Any]) -> str:
@@ -407,11 +425,13 @@ def _value_sql(plan: Plan, field_name: str, params: dict[str, Any]) -> str:
 @dataclass(frozen=True)
 class RollupRead:
     """A build that reads rolled-up hours (`audiences.rollup`): from `table`, every hour of the
-    window before `raw_from_ms` (the start of as_of's day); from then on, the events. Windows
-    start on the hour, so no rolled-up hour is cut by one."""
+    window before `raw_from_ms` (the start of as_of's day); the events from then on, rolled up
+    the same way into the build's scratch table `today` first (`today_statement`). Windows start
+    on the hour, so no rolled-up hour is cut by one."""
 
     table: str
     raw_from_ms: int
+    today: str = TODAY
 
     def params(self) -> dict[str, Any]:
         return {"raw_from_ms": self.raw_from_ms,
@@ -473,9 +493,9 @@ def event_columns(plan: Plan, layout: _Layout, params: dict[str, Any], tables: T
         parts.setdefault(chunk.word, []).append(part)
     columns = [f"{_bit_or(word_parts)} AS {word}" for word, word_parts in parts.items()]
     for word in layout.set_words():
-        bits = " + ".join(
+        bits = _sum([
             f"bitShiftLeft(toUInt64({' AND '.join('bitTest({}, {})'.format(*layout.bit_of[n]) for n in predicates)}),"
-            f" {bit})" for predicates, (w, bit) in layout.sets.items() if w == word)
+            f" {bit})" for predicates, (w, bit) in layout.sets.items() if w == word])
         columns.append(f"{bits} AS {word}")
     columns += [f"toUInt32({layout.set_test(predicates)}) AS {name}" for predicates, name in layout.counted.items()]
     columns += [f"if({layout.set_test(predicates)}, engaged_ms, 0) AS {name}"
@@ -492,7 +512,25 @@ def rollup_columns(plan: Plan) -> list[tuple[str, str]]:
 def roll_statement(plan: Plan, table: str, tables: Tables = BUILD) -> Statement:
     """Whole days of events (parameter `roll_days`), rolled up per ID and hour into `table`. The
     statement's text and parameters, but for the days, are what the rolled rows depend on."""
-    params: dict[str, Any] = {}
+    return _roll(plan, table, tables, f"{ELIGIBLE} AND {ROLL_DAYS} AND {OPTED_IN}", {})
+
+
+def today_statement(plan: Plan, as_of_ms: int, rollup: RollupRead, tables: Tables = BUILD,
+                    only: str | None = None) -> Statement:
+    """The events of as_of's day up to as_of (of the IDs in `only`, a subquery of typed IDs, when
+    given), rolled up per ID and hour into `rollup.today`, as `roll_statement` rolls past days.
+
+    The membership statement then reads rows of one shape, none of them an event. That is what
+    makes it cheap to plan: ClickHouse names each computed column by its whole expression, and
+    the per-event mask words (a `transform` with its value lists, ~1.5 KB of text each) were
+    named again in every one of the hundreds of columns built on them. Planning that statement
+    took ~1.2 s even with no rows to read; rolling the day first costs ~0.15 s."""
+    params = {**window_params(plan, as_of_ms), **rollup.params()}
+    rows = f"{window_filter()} AND {rollup.raw_rows()}" + (f" AND {ROW_ID} IN {only}" if only else "")
+    return _roll(plan, rollup.today, tables, rows, params)
+
+
+def _roll(plan: Plan, table: str, tables: Tables, where: str, params: dict[str, Any]) -> Statement:
     layout = _Layout.of(plan)
     # `links`: the first-party IDs a cookie was seen with, for the profiles (the row's own ID is
     # the cookie whenever there is one).
@@ -501,26 +539,24 @@ def roll_statement(plan: Plan, table: str, tables: Tables = BUILD) -> Statement:
                         *(f"{how}({name}) AS {name}" for name, _kind, how in layout.hour_columns())])
     rows = ", ".join([f"{ROW_ID} AS row_id", "ts", "cookie_id", "fp_id", *event_columns(plan, layout, params, tables)])
     sql = (f"INSERT INTO {table} ({', '.join(['row_id', 'hour', 'links', *layout.hour_names()])}) "
-           f"SELECT {rolled} FROM (SELECT {rows} FROM {tables.events} "
-           f"WHERE {ELIGIBLE} AND {ROLL_DAYS} AND {OPTED_IN}) GROUP BY row_id, hour")
+           f"SELECT {rolled} FROM (SELECT {rows} FROM {tables.events} WHERE {where}) GROUP BY row_id, hour")
     return sql, params
 
 
 def _source_sql(plan: Plan, layout: _Layout, params: dict[str, Any], tables: Tables,
                 rollup: RollupRead | None, only: str | None = None) -> str:
-    """The rows a build aggregates, each an event or a rolled-up hour, in the hour row's columns
-    with their time `t`; with `only` (a subquery of typed IDs), the rows of those IDs."""
-    columns = ", ".join([f"{ROW_ID} AS row_id", "ts AS t", *event_columns(plan, layout, params, tables)])
-    events = f"SELECT {columns} FROM {tables.events} WHERE {window_filter()}"
-    if only:
-        events += f" AND {ROW_ID} IN {only}"
+    """The rows a build aggregates, in the hour row's columns with their time `t`: the events,
+    or with `rollup`, the rolled-up hours and those of as_of's day (`today_statement`, rolled for
+    the same `only`); with `only` (a subquery of typed IDs), the rows of those IDs."""
     if rollup is None:
-        return events
+        columns = ", ".join([f"{ROW_ID} AS row_id", "ts AS t", *event_columns(plan, layout, params, tables)])
+        return (f"SELECT {columns} FROM {tables.events} WHERE {window_filter()}"
+                + (f" AND {ROW_ID} IN {only}" if only else ""))
     params.update(rollup.params())
     rolled = ", ".join(["row_id", "toDateTime64(hour, 3, 'UTC') AS t", *layout.hour_names()])
-    return (f"{events} AND {rollup.raw_rows()} "
-            f"UNION ALL SELECT {rolled} FROM {rollup.table} WHERE {rollup.rolled_rows()}"
-            + (f" AND row_id IN {only}" if only else ""))
+    return (f"SELECT {rolled} FROM {rollup.table} WHERE {rollup.rolled_rows()}"
+            + (f" AND row_id IN {only}" if only else "")
+            + f" UNION ALL SELECT {rolled} FROM {rollup.today}")
 
 
 def _window_columns(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str, Any]) -> list[str]:
@@ -539,8 +575,8 @@ def _window_columns(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str
             tests.append(f"in{m.window_days}")
         columns.append(f"{' AND '.join(tests) or '1'} AS m{number}")
     for word in layout.words():
-        bits = " + ".join(f"bitShiftLeft(toUInt64(m{number}), {bit})"
-                          for number, (w, bit) in layout.packed.items() if w == word)
+        bits = _sum([f"bitShiftLeft(toUInt64(m{number}), {bit})"
+                     for number, (w, bit) in layout.packed.items() if w == word])
         columns.append(f"{bits} AS {word}")
     # Days before as_of, 0 for as_of's own date: bit d of a day mask. Clamped so that rows of a
     # longer window do not shift past the word (their masks are never read).
@@ -661,7 +697,7 @@ def _segment_arrays(plan: Plan, params: dict[str, Any]) -> str:
     for n, start in enumerate(range(0, len(items), 64)):
         part = items[start:start + 64]
         params[f"segment_ids{n}"] = [segment_id for segment_id, _expr in part]
-        columns.append(" + ".join(f"bitShiftLeft(toUInt64({expr}), {bit})" for bit, (_id, expr) in enumerate(part))
+        columns.append(_sum([f"bitShiftLeft(toUInt64({expr}), {bit})" for bit, (_id, expr) in enumerate(part)])
                        + f" AS s{n}")
         words.append(f"arrayMap(b -> {{segment_ids{n}:Array(UInt32)}}[b + 1], bitPositionsToArray(s{n}))")
     return ", ".join([*columns, f"arrayConcat({', '.join(words)}) AS segments"])

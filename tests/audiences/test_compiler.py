@@ -9,7 +9,14 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from audiences.builder import build
-from audiences.compiler import compile_segments, membership_statement, roll_statement, values_statements
+from audiences.compiler import (
+    TODAY,
+    compile_segments,
+    membership_statement,
+    roll_statement,
+    today_statement,
+    values_statements,
+)
 from audiences.definitions import SegmentSet, parse_segment
 from audiences.rollup import ROLLUP, read_plan
 from collector.categories import ContentTaxonomy
@@ -123,7 +130,8 @@ def every_statement(segments: SegmentSet) -> list[tuple[str, dict[str, Any]]]:
     rollup = read_plan(plan, AS_OF)
     return [*values_statements(plan, AS_OF), membership_statement(plan, AS_OF, 7),
             *values_statements(plan, AS_OF, rollup=rollup, roll_days=[date(2024, 1, 1)]),
-            roll_statement(plan, ROLLUP), membership_statement(plan, AS_OF, 7, rollup=rollup)]
+            roll_statement(plan, ROLLUP), today_statement(plan, AS_OF, rollup),
+            membership_statement(plan, AS_OF, 7, rollup=rollup)]
 
 
 def test_a_build_reads_rolled_up_hours_and_the_events_of_as_of_s_day() -> None:
@@ -137,11 +145,45 @@ def test_a_build_reads_rolled_up_hours_and_the_events_of_as_of_s_day() -> None:
     assert "GROUP BY row_id, hour" in roll_sql and "groupBitOr(f0) AS f0" in roll_sql
     assert "sum(c0) AS c0" in roll_sql and "sum(g0) AS g0" in roll_sql
     assert "toUInt32(bitTest(f0, 1)) AS c0" in roll_sql and "if(bitTest(f0, 0), engaged_ms, 0) AS g0" in roll_sql
+    # as_of's day is rolled up the same way, into the build's scratch table, up to as_of.
+    today_sql, today_params = today_statement(plan, AS_OF, rollup)
+    assert today_sql.startswith(f"INSERT INTO {TODAY} ") and "GROUP BY row_id, hour" in today_sql
+    assert today_params["raw_from_ms"] == rollup.raw_from_ms and today_params["as_of_ms"] == AS_OF
+    assert "ts >= fromUnixTimestamp64Milli({raw_from_ms:Int64}" in today_sql
+    assert "ts <= fromUnixTimestamp64Milli({as_of_ms:Int64}" in today_sql
+    # The membership statement reads hour rows only: no event, no per-event expression.
     sql, params = membership_statement(plan, AS_OF, 7, rollup=rollup)
-    assert f"UNION ALL SELECT row_id, toDateTime64(hour, 3, 'UTC') AS t, f0, c0, g0 FROM {ROLLUP}" in sql
+    assert f"SELECT row_id, toDateTime64(hour, 3, 'UTC') AS t, f0, c0, g0 FROM {ROLLUP}" in sql
+    assert f"UNION ALL SELECT row_id, toDateTime64(hour, 3, 'UTC') AS t, f0, c0, g0 FROM {TODAY}" in sql
     assert "hour >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') AND hour < fromUnixTimestamp64Milli(" in sql
-    assert params["raw_from_ms"] == rollup.raw_from_ms and "ts >= fromUnixTimestamp64Milli({raw_from_ms:Int64}" in sql
+    assert params["raw_from_ms"] == rollup.raw_from_ms and "crumb.events" not in sql and "transform(" not in sql
     assert "sum(toUInt64(if(in2, c0, 0))) AS n0" in sql  # the narrower window, on events and hours alike
+
+
+def nesting(sql: str) -> int:
+    depth = deepest = 0
+    for char in sql:
+        depth += (char == "(") - (char == ")")
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def test_many_terms_nest_as_a_tree_not_a_chain() -> None:
+    # ClickHouse names every node of an expression by its whole text, so a chain of 64 terms
+    # (a word of 64 segments' bits) costs planning time quadratic in its text.
+    many = compile_segments(SegmentSet([segment(n, where("path", "prefix", f"/{n}", within_days=n % 5 + 1))
+                                        for n in range(1, 129)]))
+    few = compile_segments(SegmentSet([segment(n, where("path", "prefix", f"/{n}", within_days=n % 5 + 1))
+                                       for n in range(1, 3)]))
+    def members(plan: Any) -> str:
+        return membership_statement(plan, AS_OF, 7, rollup=read_plan(plan, AS_OF))[0]
+
+    def today(plan: Any) -> str:
+        return today_statement(plan, AS_OF, read_plan(plan, AS_OF))[0]
+
+    for statement in (members, today):
+        deep, shallow = nesting(statement(many)), nesting(statement(few))
+        assert deep <= shallow + 8, (deep, shallow)  # log2(128) levels more, not 128
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
