@@ -8,8 +8,10 @@ Steps (each timed, and recorded in `crumb.builds`):
             (`audiences.incremental`)
   profiles  link IDs seen together on an event into profiles (connected components); and, when
             following, every ID of each profile holding a touched ID: the IDs to recompute
-  members   one pass over the window (rolled-up hours, and the events of as_of's day): per ID and
-            per profile, the matchers met and their bounded aggregates; each segment's boolean →
+  today     the events of as_of's day, up to as_of, rolled up per ID and hour like past days
+            (`_build_today`); when following, only the IDs to recompute
+  members   one pass over the window's hour rows (rolled up, and today's): per ID and per
+            profile, the matchers met and their bounded aggregates; each segment's boolean →
             `id_segments_next`, a row per ID. When following, only the IDs to recompute
   copy      this build's profiles → `segment_profiles_next`; when following, every other ID's
             row (and profile) of the last build, as it was

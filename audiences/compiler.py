@@ -706,7 +706,7 @@ def _segment_arrays(plan: Plan, params: dict[str, Any]) -> str:
 def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Tables = BUILD,
                          rollup: RollupRead | None = None, only: str | None = None) -> Statement:
     """The build in one statement: the scan (of events, or with `rollup`, of rolled-up hours and
-    the events of as_of's day), per-ID and per-profile aggregates, each segment's boolean, and a
+    those of as_of's day, `today_statement`), per-ID and per-profile aggregates, each segment's boolean, and a
     row per ID with its segments into `tables.members`. With `only` (a subquery of typed IDs
     holding every ID of each profile it touches), just those IDs' rows and profiles."""
     params: dict[str, Any] = {**window_params(plan, as_of_ms), "build_id": build_id}

@@ -8,7 +8,9 @@ bits OR-ed, counts and engaged time summed), and later builds read those rows in
   window:   since ──────────────────────────────────────────────────── as_of
   read as:  [rolled-up hours, from the hour each window starts on ...] [events of as_of's day]
 
-Rolled-up rows are about a third of the events, and need no predicate work.
+Rolled-up rows are about a third of the events, and need no predicate work. The events of as_of's
+day are rolled up by each build too, into a scratch table (`compiler.today_statement`), so that
+the membership statement reads rows of one shape.
 
 The rolled rows depend on the plan's predicates: the table carries a fingerprint of the roll
 statement (text and parameters), and a plan with another one starts a new table. A day is rolled

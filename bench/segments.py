@@ -76,7 +76,7 @@ FIRST_SEGMENT_ID = 1000
 TARGET_FLOOR_RATIO = 3.0  # build(100) / floor
 TARGET_GROWTH = 2.0  # build(100) / build(10)
 TARGET_RSS_MB = 500.0
-STEPS = ("values", "rollup", "touched", "profiles", "recompute", "members", "copy", "deltas", "swap")
+STEPS = ("values", "rollup", "touched", "recompute", "profiles", "today", "members", "copy", "deltas", "swap")
 OUTPUT_TABLES = ("id_segments", "id_segments_next", "segment_deltas", "segment_history", "segment_sizes",
                  "segment_profiles", "segment_profiles_next", "segment_build_state")
 
@@ -652,7 +652,7 @@ def report(r: dict[str, Any]) -> None:
     print(f"build({big}) / build(10) {ratios['growth_10_to_100']:6.2f}×   target ≤ {TARGET_GROWTH}×  "
           f"{ok(ratios['growth_10_to_100'] <= TARGET_GROWTH)}")
     print(f"members({big}) / floor   {ratios['members_over_floor']:6.2f}×   "
-          f"(members(10) / floor {ratios['members10_over_floor']:.2f}×; the step that reads the events)")
+          f"(members(10) / floor {ratios['members10_over_floor']:.2f}×; the step that aggregates the window's rows)")
     print(f"hourly rebuild / floor {ratios['hour_later_over_floor']:6.2f}×   (hourly {big} / hourly 10: "
           f"{ratios['hourly_growth_10_to_100']:.2f}×; it recomputes only the profiles it finds touched)")
     if "direct" in r:
