@@ -216,7 +216,7 @@ def _values(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead,
 def _roll_today(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead, only: str | None,
                 settings: dict[str, Any] | None) -> None:
     columns = ", ".join(f"{name} {kind}" for name, kind in rollup_columns(plan))
-    client.command(f"CREATE TABLE {rollup.today} ({columns}) ENGINE = Memory")
+    client.command(f"CREATE TABLE {TODAY} ({columns}) ENGINE = Memory")
     _run(client, [today_statement(plan, as_of_ms, rollup, only=only)], settings)
 
 

@@ -407,6 +407,8 @@ def _balanced(parts: list[str], pair: str) -> str:
     """Binary operations over many terms as a balanced tree, not a chain. ClickHouse names each
     node of an expression by its whole text: along a chain of 64 terms the names add up to 32
     times the terms' text, and planning the statement took seconds where a tree takes a tenth."""
+    if not parts:
+        raise ValueError("no terms to combine")
     if len(parts) == 1:
         return parts[0]
     middle = len(parts) // 2
@@ -426,12 +428,11 @@ def _value_sql(plan: Plan, field_name: str, params: dict[str, Any]) -> str:
 class RollupRead:
     """A build that reads rolled-up hours (`audiences.rollup`): from `table`, every hour of the
     window before `raw_from_ms` (the start of as_of's day); the events from then on, rolled up
-    the same way into the build's scratch table `today` first (`today_statement`). Windows start
+    the same way into the build's scratch table `TODAY` first (`today_statement`). Windows start
     on the hour, so no rolled-up hour is cut by one."""
 
     table: str
     raw_from_ms: int
-    today: str = TODAY
 
     def params(self) -> dict[str, Any]:
         return {"raw_from_ms": self.raw_from_ms,
@@ -518,7 +519,7 @@ def roll_statement(plan: Plan, table: str, tables: Tables = BUILD) -> Statement:
 def today_statement(plan: Plan, as_of_ms: int, rollup: RollupRead, tables: Tables = BUILD,
                     only: str | None = None) -> Statement:
     """The events of as_of's day up to as_of (of the IDs in `only`, a subquery of typed IDs, when
-    given), rolled up per ID and hour into `rollup.today`, as `roll_statement` rolls past days.
+    given), rolled up per ID and hour into `TODAY`, as `roll_statement` rolls past days.
 
     The membership statement then reads rows of one shape, none of them an event. That is what
     makes it cheap to plan: ClickHouse names each computed column by its whole expression, and
@@ -527,7 +528,7 @@ def today_statement(plan: Plan, as_of_ms: int, rollup: RollupRead, tables: Table
     statement took 1.9 s, and 0.7 s reading hour rows only; rolling the day first costs ~0.15 s."""
     params = {**window_params(plan, as_of_ms), **rollup.params()}
     rows = f"{window_filter()} AND {rollup.raw_rows()}" + (f" AND {ROW_ID} IN {only}" if only else "")
-    return _roll(plan, rollup.today, tables, rows, params)
+    return _roll(plan, TODAY, tables, rows, params)
 
 
 def _roll(plan: Plan, table: str, tables: Tables, where: str, params: dict[str, Any]) -> Statement:
@@ -556,7 +557,7 @@ def _source_sql(plan: Plan, layout: _Layout, params: dict[str, Any], tables: Tab
     rolled = ", ".join(["row_id", "toDateTime64(hour, 3, 'UTC') AS t", *layout.hour_names()])
     return (f"SELECT {rolled} FROM {rollup.table} WHERE {rollup.rolled_rows()}"
             + (f" AND row_id IN {only}" if only else "")
-            + f" UNION ALL SELECT {rolled} FROM {rollup.today}")
+            + f" UNION ALL SELECT {rolled} FROM {TODAY}")
 
 
 def _window_columns(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str, Any]) -> list[str]:

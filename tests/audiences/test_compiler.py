@@ -11,6 +11,7 @@ from clickhouse_connect.driver.client import Client
 from audiences.builder import build
 from audiences.compiler import (
     TODAY,
+    _balanced,
     compile_segments,
     membership_statement,
     roll_statement,
@@ -160,30 +161,33 @@ def test_a_build_reads_rolled_up_hours_and_the_events_of_as_of_s_day() -> None:
     assert "sum(toUInt64(if(in2, c0, 0))) AS n0" in sql  # the narrower window, on events and hours alike
 
 
-def nesting(sql: str) -> int:
-    depth = deepest = 0
-    for char in sql:
-        depth += (char == "(") - (char == ")")
-        deepest = max(deepest, depth)
-    return deepest
+def most_terms_at_one_level(sql: str, operator: str) -> int:
+    """The most `operator`s between one pair of brackets (or at the top): a chain `a + b + c`
+    has two, a tree `((a + b) + c)` one."""
+    counts, most = [0], 0
+    for position, char in enumerate(sql):
+        if char == "(":
+            counts.append(0)
+        elif char == ")":
+            counts.pop()
+        elif sql.startswith(operator, position):
+            counts[-1] += 1
+            most = max(most, counts[-1])
+    return most
 
 
 def test_many_terms_nest_as_a_tree_not_a_chain() -> None:
     # ClickHouse names every node of an expression by its whole text, so a chain of 64 terms
     # (a word of 64 segments' bits) costs planning time quadratic in its text.
-    many = compile_segments(SegmentSet([segment(n, where("path", "prefix", f"/{n}", within_days=n % 5 + 1))
+    assert _balanced(["a", "b", "c", "d", "e"], "({} + {})") == "((a + b) + (c + (d + e)))"
+    assert _balanced(["a", "b", "c"], "bitOr({}, {})") == "bitOr(a, bitOr(b, c))"
+    with pytest.raises(ValueError):
+        _balanced([], "({} + {})")
+    plan = compile_segments(SegmentSet([segment(n, where("path", "prefix", f"/{n}", within_days=n % 5 + 1))
                                         for n in range(1, 129)]))
-    few = compile_segments(SegmentSet([segment(n, where("path", "prefix", f"/{n}", within_days=n % 5 + 1))
-                                       for n in range(1, 3)]))
-    def members(plan: Any) -> str:
-        return membership_statement(plan, AS_OF, 7, rollup=read_plan(plan, AS_OF))[0]
-
-    def today(plan: Any) -> str:
-        return today_statement(plan, AS_OF, read_plan(plan, AS_OF))[0]
-
-    for statement in (members, today):
-        deep, shallow = nesting(statement(many)), nesting(statement(few))
-        assert deep <= shallow + 8, (deep, shallow)  # log2(128) levels more, not 128
+    rollup = read_plan(plan, AS_OF)
+    assert most_terms_at_one_level(membership_statement(plan, AS_OF, 7, rollup=rollup)[0], " + ") == 1
+    assert most_terms_at_one_level(today_statement(plan, AS_OF, rollup)[0], " + ") <= 1
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
