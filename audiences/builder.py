@@ -10,13 +10,15 @@ Steps (each timed, and recorded in `crumb.builds`):
             following, every ID of each profile holding a touched ID: the IDs to recompute
   today     the events of as_of's day, up to as_of, rolled up per ID and hour like past days
             (`_build_today`); when following, only the IDs to recompute
+  entered   when each ID to compute entered each segment it was in at the last build (`ENTERED`)
   members   one pass over the window's hour rows (rolled up, and today's): per ID and per
             profile, the matchers met and their bounded aggregates; each segment's boolean →
             `id_segments_next`, a row per ID. When following, only the IDs to recompute
   copy      this build's profiles → `segment_profiles_next`; when following, every other ID's
             row (and profile) of the last build, as it was
   lookalikes  each lookalike segment's model over this build's seed members → `id_segments_next`
-  deltas    entered / exited against the previous build, per ID → `segment_deltas`, `segment_history`
+  deltas    entered / exited against the previous build, per ID → `segment_deltas`, `segment_history`:
+            an entry opens an interval; an exit closes the one opened at the entry time its row kept
   swap      exchange `id_segments_next` and `id_segments` atomically (`segment_members` is a view)
 
 A build that fails leaves the previous members in place and its partial deltas removed. The
@@ -35,6 +37,7 @@ from clickhouse_connect.driver.client import Client
 from audiences.compiler import (
     BUILD,
     ELIGIBLE,
+    ENTERED,
     EVENTS,
     FOLLOWING_SETTINGS,
     MEMBERSHIP_SETTINGS,
@@ -71,6 +74,7 @@ from audiences.incremental import (
     touched_statements,
     write_state,
 )
+from audiences.lookalike import RUNS as LOOKALIKE_RUNS
 from audiences.lookalike import build_lookalikes
 from audiences.rollup import DayDigests, days_to_roll, first_day, read_plan, roll
 from collector.categories import ContentTaxonomy
@@ -87,6 +91,7 @@ SCRATCH_TABLES = {
 }
 # The scratch tables of a build that follows the last one.
 FOLLOW_TABLES = {TOUCHED: "(id String) ENGINE = Memory", RECOMPUTE: "(id String) ENGINE = Memory"}
+OPENED = "crumb._build_opened"  # (segment, ID) → its open history interval's entry, for rows without entry times
 MAX_LINK_ROUNDS = 64  # FastSV settles in O(log n) rounds: this is room to spare, not a limit
 
 
@@ -176,8 +181,11 @@ def build(
             only = RECOMPUTED if following else None
             settings = FOLLOWING_SETTINGS if following else MEMBERSHIP_SETTINGS
             steps.run("today", lambda: _roll_today(client, plan, as_of_ms, rollup, only, settings))
+        steps.run("entered", lambda: _entry_times(
+            client, only=RECOMPUTED if following else None, lookalike_ids=lookalike_ids))
+        if rollup:
             steps.run("members", lambda: _run(client, [membership_statement(
-                plan, as_of_ms, result.build_id, rollup=rollup, only=only)], settings))
+                plan, as_of_ms, result.build_id, rollup=rollup, only=only, entered=ENTERED)], settings))
         steps.run("copy", lambda: _carry_over(client, result.build_id, following is not None, lookalike_ids))
         if segments.lookalikes():
             result.lookalikes = steps.run("lookalikes", lambda: build_lookalikes(
@@ -231,6 +239,53 @@ def _recompute_set(client: Client) -> int:
 
 
 TYPED_ID = "concat(if(id_type = 'cookie', 'c:', 'f:'), id)"  # of an id_segments row
+# A row's entry times, one per segment; a row written before they were kept has none: 0, unknown.
+ROW_ENTERED = "arrayResize(entered, length(segments))"
+
+
+def _compared(only: str | None) -> str:
+    """The id_segments rows a build compares with the last build's, as a condition: with `only`
+    (the IDs a following build recomputes), those IDs' rows, and every row of a lookalike (whose
+    step writes them all again); else all."""
+    return f"({TYPED_ID} IN {only} OR hasAny(segments, {{lookalikes:Array(UInt32)}}))" if only else "1"
+
+
+def _entry_times(client: Client, only: str | None, lookalike_ids: list[int]) -> None:
+    """Per typed ID to compute: the segments of its rows in the last build, and when it entered
+    each → `ENTERED`, which the members, lookalike and deltas steps read. Rows written before entry
+    times were kept (migration audiences_0009) take theirs from the open history intervals, once:
+    every row this build writes has them. A following build (`only`) follows a build of its own
+    membership statement (`incremental.plan_key`), so its rows have entry times, and an ID has
+    several rows only where the plan has lookalikes: only a full build looks."""
+    client.command(f"CREATE TABLE {ENTERED} (id String, segments Array(UInt32), "
+                   "entered Array(DateTime64(3, 'UTC'))) ENGINE = Join(ANY, LEFT, id) SETTINGS persistent = 0")
+    params = {"lookalikes": lookalike_ids}
+    compared = f"FROM crumb.id_segments WHERE {_compared(only)}"
+    entered = ROW_ENTERED
+    legacy = f"{compared} AND length(entered) != length(segments)"
+    if only is None and client.query(f"SELECT count() {legacy}", parameters=params).result_rows[0][0]:
+        # The latest interval of each (segment, ID) is the open one: found through the key index.
+        client.command(f"CREATE TABLE {OPENED} (segment_id UInt32, id String, entered_at DateTime64(3, 'UTC')) "
+                       "ENGINE = Join(ANY, LEFT, segment_id, id) SETTINGS persistent = 0")
+        client.command(
+            f"INSERT INTO {OPENED} SELECT segment_id, id, max(entered_at) FROM crumb.segment_history "
+            f"WHERE (segment_id, id) IN (SELECT arrayJoin(segments), id {legacy}) GROUP BY segment_id, id",
+            parameters=params)
+        entered = f"arrayMap((s, e) -> if(e = 0, joinGet('{OPENED}', 'entered_at', s, id), e), segments, {entered})"
+    if (bool(lookalike_ids) if only else _holds_lookalike_rows(client)):  # an ID's several rows become one
+        rows = (f"SELECT typed, arrayMap(p -> p.1, held), arrayMap(p -> p.2, held) FROM ("
+                f"SELECT {TYPED_ID} AS typed, groupArrayArray(arrayZip(segments, {entered})) AS held "
+                f"{compared} GROUP BY typed)")
+    else:  # a row per ID: 1 s for a million, against 3 s grouped
+        rows = f"SELECT {TYPED_ID}, segments, {entered} {compared}"
+    client.command(f"INSERT INTO {ENTERED} {rows}", parameters=params)
+
+
+def _holds_lookalike_rows(client: Client) -> bool:
+    """Whether the last build wrote rows of lookalikes (of any that ever ran): an ID in one has a
+    row of its own for it, beside its rule segments' row."""
+    return bool(client.query(f"SELECT count() FROM crumb.id_segments WHERE hasAny(segments, "
+                             f"(SELECT groupUniqArray(segment_id) FROM {LOOKALIKE_RUNS}))").result_rows[0][0])
 
 
 def _carry_over(client: Client, build_id: int, following: bool, lookalike_ids: list[int]) -> None:
@@ -294,9 +349,9 @@ LINK_TABLES = ("crumb._build_edges", "crumb._build_parent", "crumb._build_parent
 
 
 def _drop_build_tables(client: Client) -> None:
-    """The scratch tables only a build has: its links, what a following build recomputes, and
-    as_of's day rolled up."""
-    for table in (*LINK_TABLES, *FOLLOW_TABLES, TODAY):
+    """The scratch tables only a build has: its links, what a following build recomputes, as_of's
+    day rolled up, and the last build's entry times."""
+    for table in (*LINK_TABLES, *FOLLOW_TABLES, TODAY, ENTERED, OPENED):
         client.command(f"DROP TABLE IF EXISTS {table}")
 
 
@@ -373,28 +428,38 @@ def _write_deltas(client: Client, build_id: int, as_of_ms: int, only: str | None
     the recomputed IDs, and every ID's lookalike rows, are compared."""
     params = {"build_id": build_id, "at": as_of_ms, "lookalikes": lookalike_ids or []}
     at = "fromUnixTimestamp64Milli({at:Int64}, 'UTC')"
-    scope = f" WHERE {TYPED_ID} IN {only} OR hasAny(segments, {{lookalikes:Array(UInt32)}})" if only else ""
+    scope = _compared(only)
     # Per ID, the segments of this build against the last: a million rows grouped, not ten million
     # joined. An ID may have several rows (a lookalike adds its own), so they are grouped, not joined.
     client.command(
         f"INSERT INTO crumb.segment_deltas SELECT {{build_id:UInt64}}, {at}, change.1, id, id_type, change.2 FROM ("
         " SELECT id, id_type, groupArrayArrayIf(segments, fresh) AS new, groupArrayArrayIf(segments, NOT fresh) AS old"
-        f" FROM (SELECT id, id_type, segments, 1 AS fresh FROM crumb.id_segments_next{scope}"
-        f"       UNION ALL SELECT id, id_type, segments, 0 FROM crumb.id_segments{scope})"
+        f" FROM (SELECT id, id_type, segments, 1 AS fresh FROM crumb.id_segments_next WHERE {scope}"
+        f"       UNION ALL SELECT id, id_type, segments, 0 FROM crumb.id_segments WHERE {scope})"
         " GROUP BY id, id_type HAVING arraySort(new) != arraySort(old))"
         " ARRAY JOIN arrayConcat(arrayMap(s -> (s, 'enter'), arrayFilter(s -> NOT has(old, s), new)),"
         "                        arrayMap(s -> (s, 'exit'), arrayFilter(s -> NOT has(new, s), old))) AS change",
         parameters=params)
+    # An entry opens an interval. Read back from the deltas, whose key orders them as the history's
+    # does: ten million rows need no sort on insert (from the unordered changes, the insert took 4x).
     client.command(
         f"INSERT INTO crumb.segment_history SELECT segment_id, id, id_type, {at}, '{OPEN_INTERVAL}', "
         "{build_id:UInt64} FROM crumb.segment_deltas WHERE build_id = {build_id:UInt64} AND change = 'enter'",
         parameters=params)
-    # Close the open interval of each exit: the latest one of its (segment, ID), found through the
-    # key index; no FINAL, which would merge the whole history on every build.
+    # An exit writes the interval opened at its entry again, closed, as a later version. The entry
+    # time is the last build's (`ENTERED`, the rows compared here); 0 where that row had none.
+    exits = (f"SELECT segment_id, id, id_type, arrayElement(joinGet('{ENTERED}', 'entered', {TYPED_ID}),"
+             f" indexOf(joinGet('{ENTERED}', 'segments', {TYPED_ID}), segment_id)) AS entered_at "
+             "FROM crumb.segment_deltas WHERE build_id = {build_id:UInt64} AND change = 'exit'")
+    client.command(
+        f"INSERT INTO crumb.segment_history SELECT segment_id, id, id_type, entered_at, {at}, {{build_id:UInt64}} "
+        f"FROM ({exits}) WHERE entered_at != 0", parameters=params)
+    # An exit without one: its interval is the latest of its (segment, ID), found through the key
+    # index; no FINAL, which would merge the whole history.
     client.command(
         f"INSERT INTO crumb.segment_history SELECT segment_id, id, any(id_type), max(entered_at), {at}, "
         "{build_id:UInt64} FROM crumb.segment_history WHERE (segment_id, id) IN ("
-        " SELECT segment_id, id FROM crumb.segment_deltas WHERE build_id = {build_id:UInt64} AND change = 'exit')"
+        f" SELECT segment_id, id FROM ({exits}) WHERE entered_at = 0)"
         " GROUP BY segment_id, id",
         parameters=params)
     # Profiles per segment without hashing ten million IDs: every ID of a profile has the same

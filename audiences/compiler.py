@@ -33,6 +33,10 @@ PROFILE_OF = "crumb._build_profile_of"
 PROFILE_IDS = "crumb._build_profile_ids"
 MEMBERS_NEXT = "crumb.id_segments_next"
 TODAY = "crumb._build_today"  # as_of's day of events, rolled up per ID and hour by the build
+# Per typed ID, the segments it was in at the last build and when it entered each (0: not known,
+# a row written before entry times were kept). A build's members keep their entry time, so an exit
+# closes its history interval without searching the history for it.
+ENTERED = "crumb._build_entered"
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
@@ -705,11 +709,13 @@ def _segment_arrays(plan: Plan, params: dict[str, Any]) -> str:
 
 
 def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Tables = BUILD,
-                         rollup: RollupRead | None = None, only: str | None = None) -> Statement:
+                         rollup: RollupRead | None = None, only: str | None = None,
+                         entered: str | None = None) -> Statement:
     """The build in one statement: the scan (of events, or with `rollup`, of rolled-up hours and
     those of as_of's day, `today_statement`), per-ID and per-profile aggregates, each segment's boolean, and a
     row per ID with its segments into `tables.members`. With `only` (a subquery of typed IDs
-    holding every ID of each profile it touches), just those IDs' rows and profiles."""
+    holding every ID of each profile it touches), just those IDs' rows and profiles. With `entered`
+    (`ENTERED`, the last build's entry times), each row keeps when its ID entered each segment."""
     params: dict[str, Any] = {**window_params(plan, as_of_ms), "build_id": build_id}
     layout = _Layout.of(plan)
     source = _source_sql(plan, layout, params, tables, rollup, only)
@@ -718,9 +724,8 @@ def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Table
     per_id, per_profile = zip(*_aggregates(plan, layout, bounded), strict=True)
     held = ", ".join(_held_columns(plan, layout, bounded, params))
     segments = _segment_arrays(plan, params)
-    sql = f"""
-INSERT INTO {tables.members} (id, id_type, profile_id, segments, build_id)
-SELECT substring(typed_id, 3), if(startsWith(typed_id, 'c:'), 'cookie', 'fp'), profile, segments, {{build_id:UInt64}}
+    members = f"""
+SELECT typed_id, profile AS profile_id, segments, {{build_id:UInt64}} AS build_id
 FROM (
     SELECT profile, {held}, {segments}
     FROM (
@@ -739,4 +744,23 @@ FROM (
     )
 )
 ARRAY JOIN if(empty(joinGet('{tables.profile_ids}', 'ids', profile) AS ids), [profile], ids) AS typed_id"""
-    return sql, params
+    if entered is None:
+        return f"INSERT INTO {tables.members} (id, id_type, profile_id, segments, build_id)\n" + \
+            f"SELECT {UNTYPED}, profile_id, segments, build_id FROM ({members})", params
+    return (f"INSERT INTO {tables.members} (id, id_type, profile_id, segments, entered, build_id)\n" +
+            member_rows(members, entered)), params
+
+
+AS_OF = "fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC')"  # the build's as_of, from its parameter
+# A typed ID ('c:<cookie>' or 'f:<first-party ID>') as the id and id_type columns of a member row.
+UNTYPED = "substring(typed_id, 3), if(startsWith(typed_id, 'c:'), 'cookie', 'fp')"
+
+
+def member_rows(rows: str, entered: str = ENTERED) -> str:
+    """`rows` (typed_id, profile_id, segments, build_id) as rows of `id_segments` with `entered`:
+    when the ID entered each segment. The last build's time (`entered`) where it was in the
+    segment then; as_of (parameter `as_of_ms`) where it is new to it."""
+    return (f"SELECT {UNTYPED}, profile_id, segments, "
+            f"arrayMap(s -> if(has(was, s), was_at[indexOf(was, s)], {AS_OF}), segments), build_id FROM ("
+            f"SELECT *, joinGet('{entered}', 'segments', typed_id) AS was, "
+            f"joinGet('{entered}', 'entered', typed_id) AS was_at FROM ({rows}))")

@@ -38,6 +38,7 @@ from clickhouse_connect.driver.client import Client
 
 from audiences.compiler import (
     DAY_MS,
+    ENTERED,
     EVENTS,
     HOUR_MS,
     ROW_ID,
@@ -71,8 +72,9 @@ class BuildState:
 
 def plan_key(plan: Plan, lookalike_ids: list[int]) -> str:
     """What the members mean: the rolled rows' fingerprint, the membership statement with its
-    parameters but for those of time, and the lookalike segments (a removed one's rows must go)."""
-    sql, params = membership_statement(plan, 0, 0)
+    parameters but for those of time (and with the entry times its rows keep), and the lookalike
+    segments (a removed one's rows must go)."""
+    sql, params = membership_statement(plan, 0, 0, entered=ENTERED)
     content = [fingerprint(plan), sql, {k: v for k, v in params.items() if not k.startswith(TIME_PARAMS)},
                sorted(lookalike_ids)]
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:32]

@@ -34,7 +34,7 @@ from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import roc_auc_score
 
-from audiences.compiler import MEMBERS_NEXT, PROFILE_IDS
+from audiences.compiler import MEMBERS_NEXT, PROFILE_IDS, member_rows
 from audiences.definitions import Lookalike, Segment, SegmentSet
 from audiences.features import BUILD_PROFILES, IDENTITY, FeatureTable, Profiles, Window
 from collector.categories import BUILTIN, ContentTaxonomy
@@ -322,12 +322,13 @@ def _build_one(client: Client, segment: Segment, build_id: int, as_of_ms: int,
     result = run.run()
     if result["status"] == "ok":
         sql, params = run.audience_sql()
+        rows = (f"SELECT typed_id, profile AS profile_id, [{{s:UInt32}}] AS segments, {{r:UInt64}} AS build_id "
+                f"FROM ({sql}) "
+                f"ARRAY JOIN if(empty(joinGet('{PROFILE_IDS}', 'ids', profile) AS ids), [profile], ids) AS typed_id")
         client.command(
-            f"INSERT INTO {MEMBERS_NEXT} (id, id_type, profile_id, segments, build_id) "
-            "SELECT substring(typed_id, 3), if(startsWith(typed_id, 'c:'), 'cookie', 'fp'), profile, [{s:UInt32}], "
-            f"{{r:UInt64}} FROM ({sql}) "
-            f"ARRAY JOIN if(empty(joinGet('{PROFILE_IDS}', 'ids', profile) AS ids), [profile], ids) AS typed_id",
-            parameters=params)
+            f"INSERT INTO {MEMBERS_NEXT} (id, id_type, profile_id, segments, entered, build_id) "
+            f"{member_rows(rows)}",
+            parameters={**params, "as_of_ms": as_of_ms})
     return result
 
 

@@ -164,6 +164,12 @@ CREATE TABLE IF NOT EXISTS {db}.%s {on_cluster} (
 ) ENGINE = {MergeTree} ORDER BY id
 """
 
+# When each ID entered each of its segments, parallel to `segments`: an exit closes the history
+# interval opened then, without searching the history for it. Rows written before have none.
+_ENTERED = """
+ALTER TABLE {db}.%s {on_cluster} ADD COLUMN IF NOT EXISTS entered Array(DateTime64(3, 'UTC')) AFTER segments
+"""
+
 MIGRATIONS = [
     Migration("audiences_0001_members", [_MEMBERS, _MEMBERS_NEXT]),
     Migration("audiences_0002_deltas_history", [_DELTAS, _HISTORY]),
@@ -181,4 +187,5 @@ MIGRATIONS = [
     Migration("audiences_0006_rollup_days", [_ROLLED_DAYS]),
     Migration("audiences_0007_build_state", [_BUILD_STATE]),
     Migration("audiences_0008_profiles", [_PROFILES % "segment_profiles", _PROFILES % "segment_profiles_next"]),
+    Migration("audiences_0009_entered", [_ENTERED % "id_segments", _ENTERED % "id_segments_next"]),
 ]

@@ -237,3 +237,63 @@ def test_a_build_the_same_day_recomputes_only_the_profiles_it_finds_touched(ware
     assert removed.followed == 0 and removed.changes["events_removed"] and (1, b, "cookie") not in members(warehouse)
     next_day = build(warehouse, SPORTS, as_of_ms=at + DAY)
     assert next_day.followed == 0 and (1, c, "cookie") in members(warehouse)
+
+
+def history(client: Client, segment_id: int, ids: list[str]) -> list[tuple[str, int, int]]:
+    """(ID, entered, exited) of every interval of these IDs in the segment, as epoch ms."""
+    return [(r[0], int(r[1].timestamp() * 1000), int(r[2].timestamp() * 1000)) for r in client.query(
+        "SELECT id, entered_at, exited_at FROM crumb.segment_history FINAL "
+        "WHERE segment_id = {s:UInt32} AND id IN {ids:Array(String)} ORDER BY id, entered_at",
+        parameters={"s": segment_id, "ids": ids}).result_rows]
+
+
+def entry_times(client: Client, ids: list[str]) -> dict[str, list[int]]:
+    return {r[0]: [int(t.timestamp() * 1000) for t in r[1]] for r in client.query(
+        "SELECT id, entered FROM crumb.id_segments WHERE id IN {ids:Array(String)}",
+        parameters={"ids": ids}).result_rows}
+
+
+OPEN_MS = 4_291_747_200_000  # 2106-01-01, an open interval's exit
+
+
+def test_members_keep_when_they_entered_and_an_exit_closes_that_interval(warehouse: Client) -> None:
+    a, b = cookie(), cookie()
+    hour = 3_600_000
+    at = T0 // hour * hour + 200 * DAY + 6 * hour  # on the hour: 3 days later, a's visit is out of the window
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": a, "path": "/sports/1"}])
+    build(warehouse, SPORTS, as_of_ms=at)
+    assert entry_times(warehouse, [a]) == {a: [at]}
+    # b enters an hour later in a build that follows; a's row is carried over with its entry time.
+    insert(warehouse, [{"ts": at + hour // 2, "cookie_id": b, "path": "/sports/2"}])
+    assert build(warehouse, SPORTS, as_of_ms=at + hour).followed
+    assert entry_times(warehouse, [a, b]) == {a: [at], b: [at + hour]}
+    # The next day's build recomputes everything; both stay, and keep when they entered.
+    assert not build(warehouse, SPORTS, as_of_ms=at + DAY).followed
+    assert entry_times(warehouse, [a, b]) == {a: [at], b: [at + hour]}
+    # a leaves (its visit is 3 days and more old), comes back and leaves again: two intervals.
+    build(warehouse, SPORTS, as_of_ms=at + 3 * DAY)
+    insert(warehouse, [{"ts": at + 4 * DAY - 1000, "cookie_id": a, "path": "/sports/3"}])
+    build(warehouse, SPORTS, as_of_ms=at + 4 * DAY)
+    assert entry_times(warehouse, [a, b]) == {a: [at + 4 * DAY]}
+    build(warehouse, SPORTS, as_of_ms=at + 8 * DAY)
+    assert history(warehouse, 1, [a, b]) == sorted([
+        (a, at, at + 3 * DAY), (a, at + 4 * DAY, at + 8 * DAY), (b, at + hour, at + 4 * DAY)])
+
+
+def test_rows_written_before_entry_times_were_kept_take_them_from_the_history(warehouse: Client) -> None:
+    a, b = cookie(), cookie()
+    at = T0 + 230 * DAY
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": a, "path": "/sports/1"},
+                       {"ts": at + DAY - 1000, "cookie_id": b, "path": "/sports/2"}])
+    build(warehouse, SPORTS, as_of_ms=at)
+    build(warehouse, SPORTS, as_of_ms=at + DAY)
+    # As the rows of a build before migration audiences_0009 were: no entry times.
+    warehouse.command("ALTER TABLE crumb.id_segments UPDATE entered = [] WHERE id IN {ids:Array(String)}",
+                      parameters={"ids": [a, b]}, settings={"mutations_sync": 2})
+    assert entry_times(warehouse, [a, b]) == {a: [], b: []}
+    build(warehouse, SPORTS, as_of_ms=at + 2 * DAY)  # both stay, and get their entry back
+    assert entry_times(warehouse, [a, b]) == {a: [at], b: [at + DAY]}
+    warehouse.command("ALTER TABLE crumb.id_segments UPDATE entered = [] WHERE id = {a:String}",
+                      parameters={"a": a}, settings={"mutations_sync": 2})
+    build(warehouse, SPORTS, as_of_ms=at + 5 * DAY)  # both leave: a from a row without entry times
+    assert history(warehouse, 1, [a, b]) == sorted([(a, at, at + 5 * DAY), (b, at + DAY, at + 5 * DAY)])

@@ -140,6 +140,9 @@ def test_build_rebuilds_a_lookalike_of_a_rule_segment(
             {"field": "path", "op": "prefix", "value": "/sports/soccer"}], "min_count": 2}}),
         parse_segment({"id": 902, "name": "soccer lookalike", "kind": "lookalike", "lookback_days": 14,
                        "lookalike": {"seed": 901, "reach": "5%"}}),
+        # Many of the lookalike's members are in this one too: their IDs have two rows with segments.
+        parse_segment({"id": 903, "name": "sports readers", "lookback_days": 14, "rule": {"where": [
+            {"field": "site", "op": "eq", "value": sports_site}]}}),
     ])
     result = build(warehouse, segments, as_of_ms=END_MS)
     assert result.lookalikes[902]["status"] == "ok" and "lookalikes" in result.timings
@@ -165,6 +168,15 @@ def test_build_rebuilds_a_lookalike_of_a_rule_segment(
     full = build(warehouse, segments, as_of_ms=END_MS + 3_600_000, follow=False)
     assert full.followed == 0 and full.entered == full.exited == 0
     assert set(warehouse.query("SELECT segment_id, id, profile_id FROM crumb.segment_members").result_rows) == followed
+    # Every membership, the lookalike's too, kept when it entered: its open history interval's start.
+    memberships, unknown, differ = warehouse.query(
+        "SELECT count(), countIf(e = 0), countIf(e != h) FROM ("
+        " SELECT segment_id, id, e FROM crumb.id_segments ARRAY JOIN segments AS segment_id, entered AS e"
+        " WHERE segment_id IN (901, 902, 903)) AS m LEFT JOIN ("
+        " SELECT segment_id, id, entered_at AS h FROM crumb.segment_history FINAL"
+        " WHERE segment_id IN (901, 902, 903) AND exited_at = '2106-01-01 00:00:00') AS o USING (segment_id, id)"
+    ).result_rows[0]
+    assert memberships > len(seed) and unknown == differ == 0
     # The lookalike removed the same day: the next build does not follow (its rows must all go).
     removed = build(warehouse, SegmentSet([segments.by_id[901]]), as_of_ms=END_MS + 2 * 3_600_000)
     assert removed.followed == 0 and not warehouse.query(
