@@ -44,6 +44,7 @@ from audiences.compiler import (
     PROFILE_IDS,
     PROFILE_OF,
     TODAY,
+    UNTYPED,
     VALUES_SETTINGS,
     Plan,
     RollupRead,
@@ -431,11 +432,12 @@ def _write_deltas(client: Client, build_id: int, as_of_ms: int, only: str | None
     scope = _compared(only)
     # Per ID, the segments of this build against the last: a million rows grouped, not ten million
     # joined. An ID may have several rows (a lookalike adds its own), so they are grouped, not joined.
+    # The last build's side is `ENTERED`, which holds those rows already, one per ID.
     client.command(
         f"INSERT INTO crumb.segment_deltas SELECT {{build_id:UInt64}}, {at}, change.1, id, id_type, change.2 FROM ("
         " SELECT id, id_type, groupArrayArrayIf(segments, fresh) AS new, groupArrayArrayIf(segments, NOT fresh) AS old"
         f" FROM (SELECT id, id_type, segments, 1 AS fresh FROM crumb.id_segments_next WHERE {scope}"
-        f"       UNION ALL SELECT id, id_type, segments, 0 FROM crumb.id_segments WHERE {scope})"
+        f"       UNION ALL SELECT {UNTYPED}, segments, 0 FROM (SELECT id AS typed_id, segments FROM {ENTERED}))"
         " GROUP BY id, id_type HAVING arraySort(new) != arraySort(old))"
         " ARRAY JOIN arrayConcat(arrayMap(s -> (s, 'enter'), arrayFilter(s -> NOT has(old, s), new)),"
         "                        arrayMap(s -> (s, 'exit'), arrayFilter(s -> NOT has(new, s), old))) AS change",
