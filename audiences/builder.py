@@ -167,7 +167,8 @@ def build(
             steps.run("rollup", lambda: roll(client, plan, roll_days, note=progress.note,
                                              settings=MEMBERSHIP_SETTINGS))
         if rollup and following:
-            found = changes(plan, following, as_of_ms, hours, optouts)
+            added = None if optouts.same(following.optouts) else optout_digest(client, following.optouts.through_ms)
+            found = changes(plan, following, as_of_ms, hours, optouts, added)
             result.changes = found.summary()
             following = None if found.events_removed else following
         if rollup and following:

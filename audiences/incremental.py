@@ -10,7 +10,9 @@ successful build (as of `as_of_p`) and this one (as of `as_of`), an ID's rows ch
                  window W of the plan (windows start on the hour: `compiler.window_start`)
   late events    it has events in an hour whose events changed since the last build saw it
                  (count and XOR digest of event IDs per hour, up to as_of_p)
-  opt-outs       the opt-outs changed: every opted-out ID, and the IDs linked to one
+  opt-outs       it opted out since, or is linked to an ID that did. New opt-outs are those
+                 recorded after the last build's latest, when they account for the whole change
+                 (count and digest); else every opted-out ID is taken as new
 
 Those IDs are *touched*, and so are the first-party IDs on their rows: both ends of a link that
 appeared or left. A profile whose IDs changed holds a touched ID (walk any path that changed up
@@ -59,6 +61,19 @@ TIME_PARAMS = ("since", "as_of_ms", "build_id", "raw_")  # prefixes of the param
 HourDigests = dict[int, tuple[int, int, int, int]]
 
 
+@dataclass(frozen=True)
+class Optouts:
+    """The opted-out IDs, as a build saw them: how many, the XOR of their hashes, and the latest
+    time one was recorded (epoch ms)."""
+
+    count: int = 0
+    digest: int = 0
+    through_ms: int = 0
+
+    def same(self, other: Optouts) -> bool:
+        return (self.count, self.digest) == (other.count, other.digest)
+
+
 @dataclass
 class BuildState:
     """What the last successful build saw."""
@@ -66,7 +81,7 @@ class BuildState:
     build_id: int
     as_of_ms: int
     plan: str
-    optouts: tuple[int, int]  # count, XOR of ID hashes
+    optouts: Optouts
     hours: dict[int, tuple[int, int]] = field(default_factory=dict)  # hour → (events, digest) up to as_of
 
 
@@ -84,12 +99,13 @@ def read_state(client: Client) -> BuildState | None:
     """The last successful build's state, if it is still the last successful build's."""
     rows = client.query(
         f"SELECT build_id, toUnixTimestamp64Milli(as_of), plan, optouts, optouts_digest, "
+        "toUnixTimestamp64Milli(optouts_through), "
         f"arrayMap(h -> toUnixTimestamp(h), hours), hour_events, hour_digests FROM {STATE} "
         "WHERE build_id = (SELECT max(build_id) FROM crumb.builds FINAL WHERE status = 'succeeded')").result_rows
     if not rows:
         return None
-    build_id, as_of_ms, plan, optouts, optouts_digest, hours, events, digests = rows[0]
-    return BuildState(int(build_id), int(as_of_ms), plan, (int(optouts), int(optouts_digest)),
+    build_id, as_of_ms, plan, optouts, optouts_digest, through_ms, hours, events, digests = rows[0]
+    return BuildState(int(build_id), int(as_of_ms), plan, Optouts(int(optouts), int(optouts_digest), int(through_ms)),
                       {int(h): (int(n), int(d)) for h, n, d in zip(hours, events, digests, strict=True)})
 
 
@@ -99,11 +115,12 @@ def write_state(client: Client, state: BuildState) -> None:
     client.command(f"TRUNCATE TABLE {STATE}")
     hours = sorted(state.hours)
     client.insert(STATE, [[
-        state.build_id, state.as_of_ms, state.plan, *state.optouts,
+        state.build_id, state.as_of_ms, state.plan, state.optouts.count, state.optouts.digest,
+        state.optouts.through_ms,
         [dt.datetime.fromtimestamp(h, dt.UTC) for h in hours], [state.hours[h][0] for h in hours],
         [state.hours[h][1] for h in hours],
-    ]], column_names=["build_id", "as_of", "plan", "optouts", "optouts_digest", "hours", "hour_events",
-                      "hour_digests"])
+    ]], column_names=["build_id", "as_of", "plan", "optouts", "optouts_digest", "optouts_through", "hours",
+                      "hour_events", "hour_digests"])
 
 
 def can_follow(previous: BuildState | None, key: str, as_of_ms: int) -> bool:
@@ -136,10 +153,17 @@ def day_digests(hours: HourDigests, before_ms: int) -> DayDigests:
     return days
 
 
-def optout_digest(client: Client) -> tuple[int, int]:
-    count, digest = client.query(
-        "SELECT count(), groupBitXor(cityHash64(id)) FROM (SELECT DISTINCT id FROM crumb.optouts)").result_rows[0]
-    return int(count), int(digest)
+def optout_digest(client: Client, after_ms: int | None = None) -> Optouts:
+    """The opted-out IDs now; with `after_ms`, those of them recorded (again) after then."""
+    count, digest, through_ms = client.query(
+        "SELECT count(), groupBitXor(cityHash64(id)), toUnixTimestamp64Milli(max(at)) FROM ("
+        f" SELECT id, max(opted_out_at) AS at FROM crumb.optouts GROUP BY id){_after(after_ms)}",
+        parameters={"after": after_ms or 0}).result_rows[0]
+    return Optouts(int(count), int(digest), int(through_ms) if count else 0)
+
+
+def _after(after_ms: int | None, at: str = "at") -> str:
+    return "" if after_ms is None else f" WHERE {at} > fromUnixTimestamp64Milli({{after:Int64}}, 'UTC')"
 
 
 @dataclass
@@ -149,16 +173,25 @@ class Changes:
     edge_hours: list[int]  # hours that left some window
     late_hours: list[int]  # hours (up to as_of_p) whose events changed
     optouts: bool
+    # When the opt-outs that changed are exactly those recorded after this time (epoch ms), only
+    # they are touched; None: every opted-out ID is.
+    optouts_after_ms: int | None = None
     # Events the last build counted are gone (an erasure, the events TTL, a DELETE): their IDs
     # cannot be read from the events any more, so the build does not follow.
     events_removed: bool = False
 
     def summary(self) -> dict[str, Any]:
-        return {"edge_hours": len(self.edge_hours), "late_hours": len(self.late_hours), "optouts": self.optouts,
+        optouts = False if not self.optouts else "new" if self.optouts_after_ms is not None else "all"
+        return {"edge_hours": len(self.edge_hours), "late_hours": len(self.late_hours), "optouts": optouts,
                 "events_removed": self.events_removed}
 
 
-def changes(plan: Plan, previous: BuildState, as_of_ms: int, hours: HourDigests, optouts: tuple[int, int]) -> Changes:
+def changes(plan: Plan, previous: BuildState, as_of_ms: int, hours: HourDigests, optouts: Optouts,
+            added: Optouts | None = None) -> Changes:
+    """`added`: the opt-outs recorded after the last build's latest (`optout_digest` with its
+    `through_ms`), read when the opt-outs changed. When the last build's and those make up the
+    opt-outs now, count and digest, they are the only new ones: an opt-out recorded late with an
+    earlier time, or one recorded again, breaks the sum, and every opted-out ID is touched."""
     windows = {m.window_days for m in plan.matchers} | {plan.max_window_days}
     edges = set()
     for days in windows:
@@ -169,7 +202,10 @@ def changes(plan: Plan, previous: BuildState, as_of_ms: int, hours: HourDigests,
             if since_hour <= hour <= previous.as_of_ms // 1000
             and hours.get(hour, (0, 0, 0, 0))[2:] != previous.hours.get(hour, (0, 0))]
     fewer = any(hours.get(hour, (0, 0, 0, 0))[2] < previous.hours[hour][0] for hour in late if hour in previous.hours)
-    return Changes(sorted(edges), late, optouts != previous.optouts, events_removed=fewer)
+    only_added = added is not None and (previous.optouts.count + added.count, previous.optouts.digest ^ added.digest) \
+        == (optouts.count, optouts.digest)
+    return Changes(sorted(edges), late, not optouts.same(previous.optouts),
+                   previous.optouts.through_ms if only_added else None, events_removed=fewer)
 
 
 def touched_statements(changes: Changes, rollup: RollupRead, previous_as_of_ms: int,
@@ -192,18 +228,19 @@ def touched_statements(changes: Changes, rollup: RollupRead, previous_as_of_ms: 
             f"INSERT INTO {TOUCHED} SELECT {event_ids} FROM {EVENTS} WHERE toDate(ts) IN {{days:Array(Date)}} "
             f"AND toUnixTimestamp(toStartOfHour(ts)) IN {{hours:Array(UInt32)}} AND {has_id}",
             {"days": sorted({_date(h * 1000) for h in changes.late_hours}), "hours": changes.late_hours}))
-    if changes.optouts:  # every opted-out ID, and the IDs on rows linked to one
-        params = rollup.params()
+    if changes.optouts:  # the new opted-out IDs (or all), and the IDs on rows linked to one
+        opted = f"SELECT id FROM crumb.optouts{_after(changes.optouts_after_ms, 'opted_out_at')}"
+        params = {"after": changes.optouts_after_ms or 0}
         statements += [
-            (f"INSERT INTO {TOUCHED} SELECT concat(kind, id) FROM (SELECT DISTINCT id FROM crumb.optouts) "
-             "ARRAY JOIN ['c:', 'f:'] AS kind", {}),
+            (f"INSERT INTO {TOUCHED} SELECT DISTINCT concat(kind, id) FROM ({opted}) "
+             "ARRAY JOIN ['c:', 'f:'] AS kind", params),
             (f"INSERT INTO {TOUCHED} SELECT {rolled_ids} FROM {rollup.table} "
-             "WHERE row_id IN (SELECT concat(kind, id) FROM crumb.optouts ARRAY JOIN ['c:', 'f:'] AS kind) "
+             f"WHERE row_id IN (SELECT concat(kind, id) FROM ({opted}) ARRAY JOIN ['c:', 'f:'] AS kind) "
              # IN hashes the opt-outs; hasAny of their array compared each link with every one
              # (10,000 opt-outs: 42 s over the bench's 3.1M rolled-up rows, against 0.11 s).
-             "OR arrayExists(f -> f IN (SELECT id FROM crumb.optouts), links)", {}),
+             f"OR arrayExists(f -> f IN ({opted}), links)", params),
             (f"INSERT INTO {TOUCHED} SELECT {event_ids} FROM {EVENTS} WHERE {rollup.raw_rows()} "
-             "AND (cookie_id IN (SELECT id FROM crumb.optouts) OR fp_id IN (SELECT id FROM crumb.optouts))", params),
+             f"AND (cookie_id IN ({opted}) OR fp_id IN ({opted}))", {**params, **rollup.params()}),
         ]
     return statements
 

@@ -170,6 +170,13 @@ _ENTERED = """
 ALTER TABLE {db}.%s {on_cluster} ADD COLUMN IF NOT EXISTS entered Array(DateTime64(3, 'UTC')) AFTER segments
 """
 
+# The latest opt-out a build saw: the next one touches only those recorded after it (when they
+# account for the whole change; `incremental.changes`). A state without it (0) touches them all.
+_OPTOUTS_THROUGH = """
+ALTER TABLE {db}.segment_build_state {on_cluster}
+ADD COLUMN IF NOT EXISTS optouts_through DateTime64(3, 'UTC') AFTER optouts_digest
+"""
+
 MIGRATIONS = [
     Migration("audiences_0001_members", [_MEMBERS, _MEMBERS_NEXT]),
     Migration("audiences_0002_deltas_history", [_DELTAS, _HISTORY]),
@@ -188,4 +195,5 @@ MIGRATIONS = [
     Migration("audiences_0007_build_state", [_BUILD_STATE]),
     Migration("audiences_0008_profiles", [_PROFILES % "segment_profiles", _PROFILES % "segment_profiles_next"]),
     Migration("audiences_0009_entered", [_ENTERED % "id_segments", _ENTERED % "id_segments_next"]),
+    Migration("audiences_0010_optouts_through", [_OPTOUTS_THROUGH]),
 ]

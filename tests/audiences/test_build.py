@@ -297,3 +297,39 @@ def test_rows_written_before_entry_times_were_kept_take_them_from_the_history(wa
                       parameters={"a": a}, settings={"mutations_sync": 2})
     build(warehouse, SPORTS, as_of_ms=at + 5 * DAY)  # both leave: a from a row without entry times
     assert history(warehouse, 1, [a, b]) == sorted([(a, at, at + 5 * DAY), (b, at + DAY, at + 5 * DAY)])
+
+
+def test_a_following_build_touches_only_the_opt_outs_recorded_since_the_last_build(warehouse: Client) -> None:
+    old, new, mate, new_fp, late = cookie(), cookie(), cookie(), cookie(), cookie()
+    hour = 3_600_000
+    at = T0 // hour * hour + 260 * DAY + 6 * hour
+    insert(warehouse, [{"ts": at - DAY, "cookie_id": old, "path": "/sports/1"},
+                       {"ts": at - DAY, "cookie_id": new, "fp_id": new_fp, "path": "/sports/2"},
+                       {"ts": at - DAY - 1000, "cookie_id": mate, "fp_id": new_fp, "path": "/sports/3"},
+                       {"ts": at - DAY, "cookie_id": late, "path": "/sports/4"}])
+
+    def opt_out(cookie_id: str, after_latest_ms: int) -> None:  # relative to the latest recorded (other tests')
+        latest = warehouse.query("SELECT toUnixTimestamp64Milli(max(opted_out_at)) FROM crumb.optouts").result_rows
+        warehouse.insert("crumb.optouts", [[cookie_id, int(latest[0][0] or 0) + after_latest_ms]],
+                         column_names=["id", "opted_out_at"])
+
+    opt_out(old, 1000)
+    build(warehouse, SPORTS, as_of_ms=at)
+    assert {m for m in members(warehouse) if m[1] in (old, new, mate, new_fp, late)} == {
+        (1, new, "cookie"), (1, mate, "cookie"), (1, new_fp, "fp"), (1, late, "cookie")}
+
+    opt_out(new, 1000)
+    second = build(warehouse, SPORTS, as_of_ms=at + hour)
+    # Only `new` is touched, not every opt-out ever recorded: its two typed forms, the fp its
+    # rows link to, and that fp's other cookie (same profile in the last build).
+    assert second.followed and second.changes["optouts"] == "new" and second.recomputed == 4
+    assert {m for m in members(warehouse) if m[1] in (old, new, mate, new_fp, late)} == {
+        (1, mate, "cookie"), (1, new_fp, "fp"), (1, late, "cookie")}
+
+    # Recorded late with an earlier time: the new ones no longer account for the change, so every
+    # opted-out ID is touched, and nothing is missed.
+    opt_out(late, -DAY)
+    third = build(warehouse, SPORTS, as_of_ms=at + 2 * hour)
+    assert third.followed and third.changes["optouts"] == "all" and third.recomputed > 4
+    assert {m for m in members(warehouse) if m[1] in (old, new, mate, new_fp, late)} == {
+        (1, mate, "cookie"), (1, new_fp, "fp")}

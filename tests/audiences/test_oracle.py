@@ -181,10 +181,14 @@ def run_case(warehouse: Client, case: Case) -> Outcome:
             warehouse.insert("crumb.events", [[uuid.uuid4() if c == "event_id" else e[c] for c in EVENT_COLUMNS]
                                               for e in rows], column_names=EVENT_COLUMNS)
 
-    def opt_out(cookies: Sequence[int], fps: Sequence[int]) -> None:
+    def opt_out(cookies: Sequence[int], fps: Sequence[int], after_the_build: bool = False) -> None:
         ids = [real("c", i) for i in cookies] + [real("f", i) for i in fps]
+        at = as_of
+        if after_the_build:  # recorded after everything the first build saw: it touches only these
+            latest = warehouse.query("SELECT toUnixTimestamp64Milli(max(opted_out_at)) FROM crumb.optouts")
+            at = int(latest.result_rows[0][0] or 0) + 1000
         if ids:
-            warehouse.insert("crumb.optouts", [[i, as_of] for i in ids], column_names=["id", "opted_out_at"])
+            warehouse.insert("crumb.optouts", [[i, at] for i in ids], column_names=["id", "opted_out_at"])
 
     events = realised(case.events)
     opt_out(case.optout_cookies, case.optout_fps)
@@ -196,11 +200,15 @@ def run_case(warehouse: Client, case: Case) -> Outcome:
     if case.later:
         late = realised(case.late_events)
         insert(late)
-        opt_out(case.late_optout_cookies, case.late_optout_fps)
+        opt_out(case.late_optout_cookies, case.late_optout_fps, after_the_build=True)
         events += late
         as_of += case.later
         result = build(warehouse, segments, case.taxonomy, as_of_ms=as_of)
         assert result.status == "succeeded", result.error
+        again = set(case.late_optout_cookies) & set(case.optout_cookies) or set(case.late_optout_fps) & set(
+            case.optout_fps)  # recorded a second time: then every opted-out ID is touched
+        if result.followed and (case.late_optout_cookies or case.late_optout_fps) and not again:
+            assert result.changes["optouts"] == "new"  # only they were touched, and the members agree
     rows = warehouse.query("SELECT segment_id, id, id_type FROM crumb.segment_members").result_rows
     actual = {(int(s), str(i), str(t)) for s, i, t in rows}
     optouts = [row[0] for row in warehouse.query("SELECT DISTINCT id FROM crumb.optouts").result_rows]
