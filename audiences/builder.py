@@ -75,7 +75,6 @@ from audiences.incremental import (
     touched_statements,
     write_state,
 )
-from audiences.lookalike import RUNS as LOOKALIKE_RUNS
 from audiences.lookalike import build_lookalikes
 from audiences.rollup import DayDigests, days_to_roll, first_day, read_plan, roll
 from collector.categories import ContentTaxonomy
@@ -158,7 +157,7 @@ def build(
         key = plan_key(plan, lookalike_ids) if plan.segments else ""
         previous = read_state(client) if follow and plan.segments else None
         following = previous if can_follow(previous, key, as_of_ms) else None
-        optouts = optout_digest(client)
+        optouts, added = optout_digest(client, following.optouts.through_ms if following else 0)
         rollup = read_plan(plan, as_of_ms) if plan.segments else None
         hours: HourDigests = {}
         if rollup:
@@ -167,7 +166,6 @@ def build(
             steps.run("rollup", lambda: roll(client, plan, roll_days, note=progress.note,
                                              settings=MEMBERSHIP_SETTINGS))
         if rollup and following:
-            added = None if optouts.same(following.optouts) else optout_digest(client, following.optouts.through_ms)
             found = changes(plan, following, as_of_ms, hours, optouts, added)
             result.changes = found.summary()
             following = None if found.events_removed else following
@@ -266,15 +264,21 @@ def _entry_times(client: Client, only: str | None, lookalike_ids: list[int]) -> 
     entered = ROW_ENTERED
     legacy = f"{compared} AND length(entered) != length(segments)"
     if only is None and client.query(f"SELECT count() {legacy}", parameters=params).result_rows[0][0]:
-        # The latest interval of each (segment, ID) is the open one: found through the key index.
-        client.command(f"CREATE TABLE {OPENED} (segment_id UInt32, id String, entered_at DateTime64(3, 'UTC')) "
-                       "ENGINE = Join(ANY, LEFT, segment_id, id) SETTINGS persistent = 0")
+        # Each open interval (its latest version), found through the key index.
+        client.command(f"CREATE TABLE {OPENED} (segment_id UInt32, id String, id_type String, "
+                       "entered_at DateTime64(3, 'UTC')) ENGINE = Join(ANY, LEFT, segment_id, id, id_type) "
+                       "SETTINGS persistent = 0")
         client.command(
-            f"INSERT INTO {OPENED} SELECT segment_id, id, max(entered_at) FROM crumb.segment_history "
-            f"WHERE (segment_id, id) IN (SELECT arrayJoin(segments), id {legacy}) GROUP BY segment_id, id",
+            f"INSERT INTO {OPENED} SELECT segment_id, id, id_type, max(entered_at) FROM ("
+            " SELECT segment_id, id, id_type, entered_at, argMax(exited_at, version) AS exit FROM crumb.segment_history"
+            f" WHERE (segment_id, id) IN (SELECT arrayJoin(segments), id {legacy})"
+            f" GROUP BY segment_id, id, id_type, entered_at) WHERE exit = '{OPEN_INTERVAL}'"
+            " GROUP BY segment_id, id, id_type",
             parameters=params)
-        entered = f"arrayMap((s, e) -> if(e = 0, joinGet('{OPENED}', 'entered_at', s, id), e), segments, {entered})"
-    if (bool(lookalike_ids) if only else _holds_lookalike_rows(client)):  # an ID's several rows become one
+        entered = (f"arrayMap((s, e) -> if(e = 0, joinGet('{OPENED}', 'entered_at', s, id, toString(id_type)), e), "
+                   f"segments, {entered})")
+    several_rows = bool(lookalike_ids) if only else _several_rows_per_id(client)
+    if several_rows:  # they become one
         rows = (f"SELECT typed, arrayMap(p -> p.1, held), arrayMap(p -> p.2, held) FROM ("
                 f"SELECT {TYPED_ID} AS typed, groupArrayArray(arrayZip(segments, {entered})) AS held "
                 f"{compared} GROUP BY typed)")
@@ -283,11 +287,10 @@ def _entry_times(client: Client, only: str | None, lookalike_ids: list[int]) -> 
     client.command(f"INSERT INTO {ENTERED} {rows}", parameters=params)
 
 
-def _holds_lookalike_rows(client: Client) -> bool:
-    """Whether the last build wrote rows of lookalikes (of any that ever ran): an ID in one has a
-    row of its own for it, beside its rule segments' row."""
-    return bool(client.query(f"SELECT count() FROM crumb.id_segments WHERE hasAny(segments, "
-                             f"(SELECT groupUniqArray(segment_id) FROM {LOOKALIKE_RUNS}))").result_rows[0][0])
+def _several_rows_per_id(client: Client) -> bool:
+    """Whether an ID has several rows in the last build: a lookalike's member has a row of its own
+    for it, beside its rule segments' row."""
+    return bool(client.query("SELECT count() != uniqExact(id_type, id) FROM crumb.id_segments").result_rows[0][0])
 
 
 def _carry_over(client: Client, build_id: int, following: bool, lookalike_ids: list[int]) -> None:
@@ -450,20 +453,13 @@ def _write_deltas(client: Client, build_id: int, as_of_ms: int, only: str | None
         "{build_id:UInt64} FROM crumb.segment_deltas WHERE build_id = {build_id:UInt64} AND change = 'enter'",
         parameters=params)
     # An exit writes the interval opened at its entry again, closed, as a later version. The entry
-    # time is the last build's (`ENTERED`, the rows compared here); 0 where that row had none.
-    exits = (f"SELECT segment_id, id, id_type, arrayElement(joinGet('{ENTERED}', 'entered', {TYPED_ID}),"
-             f" indexOf(joinGet('{ENTERED}', 'segments', {TYPED_ID}), segment_id)) AS entered_at "
-             "FROM crumb.segment_deltas WHERE build_id = {build_id:UInt64} AND change = 'exit'")
+    # time is the last build's (`ENTERED`, the rows compared here). It is 0 only where the history
+    # had no open interval for it (`_entry_times`): there is none to close.
     client.command(
         f"INSERT INTO crumb.segment_history SELECT segment_id, id, id_type, entered_at, {at}, {{build_id:UInt64}} "
-        f"FROM ({exits}) WHERE entered_at != 0", parameters=params)
-    # An exit without one: its interval is the latest of its (segment, ID), found through the key
-    # index; no FINAL, which would merge the whole history.
-    client.command(
-        f"INSERT INTO crumb.segment_history SELECT segment_id, id, any(id_type), max(entered_at), {at}, "
-        "{build_id:UInt64} FROM crumb.segment_history WHERE (segment_id, id) IN ("
-        f" SELECT segment_id, id FROM ({exits}) WHERE entered_at = 0)"
-        " GROUP BY segment_id, id",
+        f"FROM (SELECT segment_id, id, id_type, arrayElement(joinGet('{ENTERED}', 'entered', {TYPED_ID}),"
+        f" indexOf(joinGet('{ENTERED}', 'segments', {TYPED_ID}), segment_id)) AS entered_at "
+        "FROM crumb.segment_deltas WHERE build_id = {build_id:UInt64} AND change = 'exit') WHERE entered_at != 0",
         parameters=params)
     # Profiles per segment without hashing ten million IDs: every ID of a profile has the same
     # segments, so the profile's own row (its label is its smallest typed ID) counts it once.

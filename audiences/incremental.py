@@ -73,6 +73,10 @@ class Optouts:
     def same(self, other: Optouts) -> bool:
         return (self.count, self.digest) == (other.count, other.digest)
 
+    def plus(self, other: Optouts) -> Optouts:
+        """Both sets as one, when they have no ID in common."""
+        return Optouts(self.count + other.count, self.digest ^ other.digest, max(self.through_ms, other.through_ms))
+
 
 @dataclass
 class BuildState:
@@ -153,17 +157,20 @@ def day_digests(hours: HourDigests, before_ms: int) -> DayDigests:
     return days
 
 
-def optout_digest(client: Client, after_ms: int | None = None) -> Optouts:
-    """The opted-out IDs now; with `after_ms`, those of them recorded (again) after then."""
-    count, digest, through_ms = client.query(
-        "SELECT count(), groupBitXor(cityHash64(id)), toUnixTimestamp64Milli(max(at)) FROM ("
-        f" SELECT id, max(opted_out_at) AS at FROM crumb.optouts GROUP BY id){_after(after_ms)}",
-        parameters={"after": after_ms or 0}).result_rows[0]
-    return Optouts(int(count), int(digest), int(through_ms) if count else 0)
+def optout_digest(client: Client, after_ms: int = 0) -> tuple[Optouts, Optouts]:
+    """The opted-out IDs now, and those of them recorded (again) after `after_ms`: in one read, so
+    that no opt-out recorded meanwhile is in one and not the other."""
+    now_count, now_digest, now_through, count, digest, through = client.query(
+        "SELECT count(), groupBitXor(h), toUnixTimestamp64Milli(max(at)), countIf(later), groupBitXorIf(h, later), "
+        "toUnixTimestamp64Milli(maxIf(at, later)) FROM ("
+        " SELECT cityHash64(id) AS h, max(opted_out_at) AS at, at > fromUnixTimestamp64Milli({after:Int64}, 'UTC') "
+        " AS later FROM crumb.optouts GROUP BY id)", parameters={"after": after_ms}).result_rows[0]
+    return (Optouts(int(now_count), int(now_digest), int(now_through) if now_count else 0),
+            Optouts(int(count), int(digest), int(through) if count else 0))
 
 
-def _after(after_ms: int | None, at: str = "at") -> str:
-    return "" if after_ms is None else f" WHERE {at} > fromUnixTimestamp64Milli({{after:Int64}}, 'UTC')"
+def _after(after_ms: int | None) -> str:
+    return "" if after_ms is None else " WHERE opted_out_at > fromUnixTimestamp64Milli({after:Int64}, 'UTC')"
 
 
 @dataclass
@@ -189,9 +196,9 @@ class Changes:
 def changes(plan: Plan, previous: BuildState, as_of_ms: int, hours: HourDigests, optouts: Optouts,
             added: Optouts | None = None) -> Changes:
     """`added`: the opt-outs recorded after the last build's latest (`optout_digest` with its
-    `through_ms`), read when the opt-outs changed. When the last build's and those make up the
-    opt-outs now, count and digest, they are the only new ones: an opt-out recorded late with an
-    earlier time, or one recorded again, breaks the sum, and every opted-out ID is touched."""
+    `through_ms`, read with `optouts`). When the last build's and those make up the opt-outs now,
+    count and digest, they are the only new ones: an opt-out recorded late with an earlier time,
+    one recorded again, or one removed breaks the sum, and every opted-out ID is touched."""
     windows = {m.window_days for m in plan.matchers} | {plan.max_window_days}
     edges = set()
     for days in windows:
@@ -202,8 +209,7 @@ def changes(plan: Plan, previous: BuildState, as_of_ms: int, hours: HourDigests,
             if since_hour <= hour <= previous.as_of_ms // 1000
             and hours.get(hour, (0, 0, 0, 0))[2:] != previous.hours.get(hour, (0, 0))]
     fewer = any(hours.get(hour, (0, 0, 0, 0))[2] < previous.hours[hour][0] for hour in late if hour in previous.hours)
-    only_added = added is not None and (previous.optouts.count + added.count, previous.optouts.digest ^ added.digest) \
-        == (optouts.count, optouts.digest)
+    only_added = added is not None and previous.optouts.plus(added).same(optouts)
     return Changes(sorted(edges), late, not optouts.same(previous.optouts),
                    previous.optouts.through_ms if only_added else None, events_removed=fewer)
 
@@ -229,7 +235,7 @@ def touched_statements(changes: Changes, rollup: RollupRead, previous_as_of_ms: 
             f"AND toUnixTimestamp(toStartOfHour(ts)) IN {{hours:Array(UInt32)}} AND {has_id}",
             {"days": sorted({_date(h * 1000) for h in changes.late_hours}), "hours": changes.late_hours}))
     if changes.optouts:  # the new opted-out IDs (or all), and the IDs on rows linked to one
-        opted = f"SELECT id FROM crumb.optouts{_after(changes.optouts_after_ms, 'opted_out_at')}"
+        opted = f"SELECT id FROM crumb.optouts{_after(changes.optouts_after_ms)}"
         params = {"after": changes.optouts_after_ms or 0}
         statements += [
             (f"INSERT INTO {TOUCHED} SELECT DISTINCT concat(kind, id) FROM ({opted}) "

@@ -553,7 +553,8 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
             hourly_runs = hourly_builds(client, segment_set, as_of_ms, sampler, args.hourly_runs,
                                         f"build {n} an hour later")
             builds[str(n)].update(hour_later_s=round(statistics.median(w for _, w in hourly_runs), 3),
-                                  hour_later_timings=hourly_runs[-1][0].timings,
+                                  hour_later_timings={step: round(statistics.median(
+                                      r.timings.get(step, 0.0) for r, _ in hourly_runs), 3) for step in STEPS},
                                   hour_later_recomputed=hourly_runs[-1][0].recomputed)
             forget_new_optouts(client, as_of_ms)  # the next first builds are an hour before them
     # one more build on top of the last, recomputing everything: the nightly full rebuild
