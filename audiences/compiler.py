@@ -710,12 +710,12 @@ def _segment_arrays(plan: Plan, params: dict[str, Any]) -> str:
 
 def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Tables = BUILD,
                          rollup: RollupRead | None = None, only: str | None = None,
-                         entered: str | None = None) -> Statement:
+                         keep_entered: bool = False) -> Statement:
     """The build in one statement: the scan (of events, or with `rollup`, of rolled-up hours and
     those of as_of's day, `today_statement`), per-ID and per-profile aggregates, each segment's boolean, and a
     row per ID with its segments into `tables.members`. With `only` (a subquery of typed IDs
-    holding every ID of each profile it touches), just those IDs' rows and profiles. With `entered`
-    (`ENTERED`, the last build's entry times), each row keeps when its ID entered each segment."""
+    holding every ID of each profile it touches), just those IDs' rows and profiles. With
+    `keep_entered`, each row keeps when its ID entered each segment (`member_rows`)."""
     params: dict[str, Any] = {**window_params(plan, as_of_ms), "build_id": build_id}
     layout = _Layout.of(plan)
     source = _source_sql(plan, layout, params, tables, rollup, only)
@@ -744,11 +744,11 @@ FROM (
     )
 )
 ARRAY JOIN if(empty(joinGet('{tables.profile_ids}', 'ids', profile) AS ids), [profile], ids) AS typed_id"""
-    if entered is None:
+    if not keep_entered:
         return f"INSERT INTO {tables.members} (id, id_type, profile_id, segments, build_id)\n" + \
             f"SELECT {UNTYPED}, profile_id, segments, build_id FROM ({members})", params
     return (f"INSERT INTO {tables.members} (id, id_type, profile_id, segments, entered, build_id)\n" +
-            member_rows(members, entered)), params
+            member_rows(members)), params
 
 
 AS_OF = "fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC')"  # the build's as_of, from its parameter
@@ -756,11 +756,11 @@ AS_OF = "fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC')"  # the build's as_of
 UNTYPED = "substring(typed_id, 3), if(startsWith(typed_id, 'c:'), 'cookie', 'fp')"
 
 
-def member_rows(rows: str, entered: str = ENTERED) -> str:
+def member_rows(rows: str) -> str:
     """`rows` (typed_id, profile_id, segments, build_id) as rows of `id_segments` with `entered`:
-    when the ID entered each segment. The last build's time (`entered`) where it was in the
+    when the ID entered each segment. The last build's time (`ENTERED`) where it was in the
     segment then; as_of (parameter `as_of_ms`) where it is new to it."""
     return (f"SELECT {UNTYPED}, profile_id, segments, "
             f"arrayMap(s -> if(has(was, s), was_at[indexOf(was, s)], {AS_OF}), segments), build_id FROM ("
-            f"SELECT *, joinGet('{entered}', 'segments', typed_id) AS was, "
-            f"joinGet('{entered}', 'entered', typed_id) AS was_at FROM ({rows}))")
+            f"SELECT *, joinGet('{ENTERED}', 'segments', typed_id) AS was, "
+            f"joinGet('{ENTERED}', 'entered', typed_id) AS was_at FROM ({rows}))")

@@ -40,7 +40,6 @@ from clickhouse_connect.driver.client import Client
 
 from audiences.compiler import (
     DAY_MS,
-    ENTERED,
     EVENTS,
     HOUR_MS,
     ROW_ID,
@@ -93,7 +92,7 @@ def plan_key(plan: Plan, lookalike_ids: list[int]) -> str:
     """What the members mean: the rolled rows' fingerprint, the membership statement with its
     parameters but for those of time (and with the entry times its rows keep), and the lookalike
     segments (a removed one's rows must go)."""
-    sql, params = membership_statement(plan, 0, 0, entered=ENTERED)
+    sql, params = membership_statement(plan, 0, 0, keep_entered=True)
     content = [fingerprint(plan), sql, {k: v for k, v in params.items() if not k.startswith(TIME_PARAMS)},
                sorted(lookalike_ids)]
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:32]
@@ -169,10 +168,6 @@ def optout_digest(client: Client, after_ms: int = 0) -> tuple[Optouts, Optouts]:
             Optouts(int(count), int(digest), int(through) if count else 0))
 
 
-def _after(after_ms: int | None) -> str:
-    return "" if after_ms is None else " WHERE opted_out_at > fromUnixTimestamp64Milli({after:Int64}, 'UTC')"
-
-
 @dataclass
 class Changes:
     """What changed since the previous build, in hours (epoch seconds)."""
@@ -235,7 +230,9 @@ def touched_statements(changes: Changes, rollup: RollupRead, previous_as_of_ms: 
             f"AND toUnixTimestamp(toStartOfHour(ts)) IN {{hours:Array(UInt32)}} AND {has_id}",
             {"days": sorted({_date(h * 1000) for h in changes.late_hours}), "hours": changes.late_hours}))
     if changes.optouts:  # the new opted-out IDs (or all), and the IDs on rows linked to one
-        opted = f"SELECT id FROM crumb.optouts{_after(changes.optouts_after_ms)}"
+        opted = "SELECT id FROM crumb.optouts"
+        if changes.optouts_after_ms is not None:
+            opted += " WHERE opted_out_at > fromUnixTimestamp64Milli({after:Int64}, 'UTC')"
         params = {"after": changes.optouts_after_ms or 0}
         statements += [
             (f"INSERT INTO {TOUCHED} SELECT DISTINCT concat(kind, id) FROM ({opted}) "

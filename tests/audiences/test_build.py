@@ -253,9 +253,6 @@ def entry_times(client: Client, ids: list[str]) -> dict[str, list[int]]:
         parameters={"ids": ids}).result_rows}
 
 
-OPEN_MS = 4_291_747_200_000  # 2106-01-01, an open interval's exit
-
-
 def test_members_keep_when_they_entered_and_an_exit_closes_that_interval(warehouse: Client) -> None:
     a, b = cookie(), cookie()
     hour = 3_600_000
