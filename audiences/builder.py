@@ -185,7 +185,7 @@ def build(
             client, only=RECOMPUTED if following else None, lookalike_ids=lookalike_ids))
         if rollup:
             steps.run("members", lambda: _run(client, [membership_statement(
-                plan, as_of_ms, result.build_id, rollup=rollup, only=only, entered=ENTERED)], settings))
+                plan, as_of_ms, result.build_id, rollup=rollup, only=only, keep_entered=True)], settings))
         steps.run("copy", lambda: _carry_over(client, result.build_id, following is not None, lookalike_ids))
         if segments.lookalikes():
             result.lookalikes = steps.run("lookalikes", lambda: build_lookalikes(
@@ -200,7 +200,7 @@ def build(
         result.status = "succeeded"
     except Exception as exc:
         result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"[:2000]
-        _discard_build(client, result.build_id)
+        discard_build(client, result.build_id)
         _record(client, result, started_ms)
         raise BuildError(f"build {result.build_id} failed, the previous build stays in place: {result.error}") from exc
     finally:
@@ -486,8 +486,9 @@ def _swap(client: Client) -> None:
     client.command("EXCHANGE TABLES crumb.id_segments AND crumb.id_segments_next")
 
 
-def _discard_build(client: Client, build_id: int) -> None:
-    """Remove what a failed build wrote, so activation never sees its deltas."""
+def discard_build(client: Client, build_id: int) -> None:
+    """Remove what a build wrote to the tables builds append to: a failed build's, so activation
+    never sees its deltas (and the segments bench's, to run the same build again)."""
     params = {"build_id": build_id}
     for table, column in (("segment_deltas", "build_id"), ("segment_history", "version"),
                           ("segment_sizes", "build_id")):
@@ -504,7 +505,7 @@ def _discard_incomplete_builds(client: Client, current: int) -> None:
         "SELECT build_id FROM crumb.builds FINAL WHERE status = 'running' AND build_id != {b:UInt64}",
         parameters={"b": current}).result_rows
     for (build_id,) in rows:
-        _discard_build(client, int(build_id))
+        discard_build(client, int(build_id))
         client.command(
             "INSERT INTO crumb.builds SELECT build_id, started_at, now64(3), as_of, 'failed', segments, conditions, "
             "profiles, members, entered, exited, timings, 'interrupted: the process running it stopped', "

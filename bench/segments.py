@@ -58,7 +58,7 @@ if str(REPO) not in sys.path:
 import clickhouse_connect  # noqa: E402
 from clickhouse_connect.driver.client import Client  # noqa: E402
 
-from audiences.builder import BuildResult, build  # noqa: E402
+from audiences.builder import BuildResult, build, discard_build  # noqa: E402
 from audiences.compiler import (  # noqa: E402
     Plan,
     compile_segments,
@@ -536,7 +536,7 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
     # built as of an hour before the floor's as_of, so that the hourly build (as of the floor's)
     # finds an hour of new events, as it would in production.
     hour_before = as_of_ms - 3_600_000
-    result["optouts"] = {"recorded": record_optouts(client, as_of_ms), "new_before_hourly": NEW_OPTOUTS}
+    result["optouts"] = {"recorded": seed_optouts(client, as_of_ms), "new_before_hourly": NEW_OPTOUTS}
     builds: dict[str, Any] = {}
     for n, segment_set in sets.items():
         runs: list[BuildResult] = []
@@ -634,10 +634,8 @@ def hourly_builds(client: Client, segments: SegmentSet, as_of_ms: int, sampler: 
     try:
         for run in range(runs):
             if run:
-                for table, column in (("builds", "build_id"), ("segment_deltas", "build_id"),
-                                      ("segment_sizes", "build_id"), ("segment_history", "version")):
-                    client.command(f"DELETE FROM crumb.{table} WHERE {column} > {{b:UInt64}}",
-                                   parameters={"b": last_build})
+                discard_build(client, results[-1][0].build_id)  # its deltas, history and sizes
+                client.command("DELETE FROM crumb.builds WHERE build_id > {b:UInt64}", parameters={"b": last_build})
                 for table in HOURLY_STATE:
                     client.command(f"TRUNCATE TABLE crumb.{table}")
                     client.command(f"INSERT INTO crumb.{table} SELECT * FROM crumb._bench_{table}")
@@ -658,7 +656,7 @@ NEW_OPTOUT_AGE_MS = 1_800_000  # half an hour before as_of: after the last build
 _OPTOUT_COOKIES = "SELECT DISTINCT cookie_id FROM crumb.events WHERE cookie_id != '' ORDER BY cityHash64(cookie_id)"
 
 
-def record_optouts(client: Client, as_of_ms: int) -> int:
+def seed_optouts(client: Client, as_of_ms: int) -> int:
     """The old opt-outs (recorded two days before as_of), once per data dir. Returns how many."""
     if not client.query("SELECT count() FROM crumb.optouts").result_rows[0][0]:
         client.command(f"INSERT INTO crumb.optouts SELECT cookie_id, fromUnixTimestamp64Milli({{t:Int64}}, 'UTC') "
