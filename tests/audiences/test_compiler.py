@@ -10,10 +10,11 @@ from clickhouse_connect.driver.client import Client
 
 from audiences.builder import build
 from audiences.compiler import (
-    TODAY,
+    HOURS,
     _balanced,
     compile_segments,
     membership_statement,
+    recomputed_hours_statement,
     roll_statement,
     today_statement,
     values_statements,
@@ -132,6 +133,7 @@ def every_statement(segments: SegmentSet) -> list[tuple[str, dict[str, Any]]]:
     return [*values_statements(plan, AS_OF), membership_statement(plan, AS_OF, 7),
             *values_statements(plan, AS_OF, rollup=rollup, roll_days=[date(2024, 1, 1)]),
             roll_statement(plan, ROLLUP), today_statement(plan, AS_OF, rollup),
+            recomputed_hours_statement(plan, AS_OF, rollup, "(SELECT id FROM crumb._build_recompute)"),
             membership_statement(plan, AS_OF, 7, rollup=rollup)]
 
 
@@ -148,16 +150,25 @@ def test_a_build_reads_rolled_up_hours_and_the_events_of_as_of_s_day() -> None:
     assert "toUInt32(bitTest(f0, 1)) AS c0" in roll_sql and "if(bitTest(f0, 0), engaged_ms, 0) AS g0" in roll_sql
     # as_of's day is rolled up the same way, into the build's scratch table, up to as_of.
     today_sql, today_params = today_statement(plan, AS_OF, rollup)
-    assert today_sql.startswith(f"INSERT INTO {TODAY} ") and "GROUP BY row_id, hour" in today_sql
+    assert today_sql.startswith(f"INSERT INTO {HOURS} ") and "GROUP BY row_id, hour" in today_sql
     assert today_params["raw_from_ms"] == rollup.raw_from_ms and today_params["as_of_ms"] == AS_OF
     assert "ts >= fromUnixTimestamp64Milli({raw_from_ms:Int64}" in today_sql
     assert "ts <= fromUnixTimestamp64Milli({as_of_ms:Int64}" in today_sql
     # The membership statement reads hour rows only: no event, no per-event expression.
     sql, params = membership_statement(plan, AS_OF, 7, rollup=rollup)
     assert f"SELECT row_id, toDateTime64(hour, 3, 'UTC') AS t, f0, c0, g0 FROM {ROLLUP}" in sql
-    assert f"UNION ALL SELECT row_id, toDateTime64(hour, 3, 'UTC') AS t, f0, c0, g0 FROM {TODAY}" in sql
+    assert f"UNION ALL SELECT row_id, toDateTime64(hour, 3, 'UTC') AS t, f0, c0, g0 FROM {HOURS}" in sql
     assert "hour >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') AND hour < fromUnixTimestamp64Milli(" in sql
     assert params["raw_from_ms"] == rollup.raw_from_ms and "crumb.events" not in sql and "transform(" not in sql
+    # Recomputing some IDs only, their rolled-up hours are copied into the scratch table too,
+    # which is then all the statement reads.
+    ids = "(SELECT id FROM crumb._build_recompute)"
+    copy_sql, copy_params = recomputed_hours_statement(plan, AS_OF, rollup, ids)
+    assert copy_sql.startswith(f"INSERT INTO {HOURS} ") and f"FROM {ROLLUP} PREWHERE" in copy_sql
+    assert f"PREWHERE row_id IN {ids} WHERE hour >= " in copy_sql and copy_params["raw_from_ms"] == rollup.raw_from_ms
+    only_sql, _params = membership_statement(plan, AS_OF, 7, rollup=rollup, only=ids)
+    assert ROLLUP not in only_sql
+    assert f"SELECT row_id, toDateTime64(hour, 3, 'UTC') AS t, f0, c0, g0 FROM {HOURS})" in only_sql
     assert "sum(toUInt64(if(in2, c0, 0))) AS n0" in sql  # the narrower window, on events and hours alike
 
 
