@@ -193,7 +193,7 @@ def build(
                 client, segments, result.build_id, as_of_ms, taxonomy, progress))
         steps.run("deltas", lambda: _write_deltas(client, result.build_id, as_of_ms,
                                                   only=only, lookalike_ids=lookalike_ids))
-        _count(client, result)
+        _count(client, result, lookalikes=bool(lookalike_ids))
         if plan.segments:  # before the swap: a state whose build is not the last succeeded one is ignored
             write_state(client, BuildState(result.build_id, as_of_ms, key, optouts,
                                            {hour: digest[:2] for hour, digest in hours.items()}))
@@ -481,10 +481,13 @@ def _write_deltas(client: Client, build_id: int, as_of_ms: int, only: str | None
         "FROM crumb.id_segments_next ARRAY JOIN segments AS segment_id GROUP BY segment_id", parameters=params)
 
 
-def _count(client: Client, result: BuildResult) -> None:
+def _count(client: Client, result: BuildResult, lookalikes: bool) -> None:
     params = {"build_id": result.build_id}
+    # Without lookalikes an ID has one row, so each profile one row labelled by its own ID: counted
+    # as such, not hashed (0.07 s against 0.17 s for 1.2M rows).
+    profiles = "uniqExact(profile_id)" if lookalikes else f"countIf({TYPED_ID} = profile_id)"
     result.members, result.profiles = client.query(
-        "SELECT sum(length(segments)), uniqExact(profile_id) FROM crumb.id_segments_next").result_rows[0]
+        f"SELECT sum(length(segments)), {profiles} FROM crumb.id_segments_next").result_rows[0]
     result.entered, result.exited = client.query(
         "SELECT countIf(change = 'enter'), countIf(change = 'exit') FROM crumb.segment_deltas "
         "WHERE build_id = {build_id:UInt64}", parameters=params).result_rows[0]

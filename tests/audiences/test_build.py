@@ -74,9 +74,10 @@ def test_linked_ids_are_one_profile_and_all_get_the_membership(warehouse: Client
     ])
     two_visits = SegmentSet([parse_segment({"id": 2, "name": "two", "rule": {
         "where": [{"field": "path", "op": "prefix", "value": "/sports"}], "min_count": 2}})])
-    build(warehouse, two_visits, as_of_ms=at)
+    result = build(warehouse, two_visits, as_of_ms=at)
     # Neither cookie alone read sports twice; the profile did.
     assert members(warehouse) == {(2, c1, "cookie"), (2, c2, "cookie"), (2, fp, "fp")}
+    assert (result.profiles, result.members) == (1, 3)
     profiles = {r[0] for r in warehouse.query("SELECT DISTINCT profile_id FROM crumb.segment_members").result_rows}
     assert profiles == {"c:" + min(c1, c2)}
 
