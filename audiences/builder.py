@@ -362,8 +362,8 @@ LINK_TABLES = ("crumb._build_edges", "crumb._build_parent", "crumb._build_parent
 
 
 def _drop_build_tables(client: Client) -> None:
-    """The scratch tables only a build has: its links, what a following build recomputes, as_of's
-    day rolled up, and the last build's entry times."""
+    """The scratch tables only a build has: its links, what a following build recomputes, the hour
+    rows it reads besides the rollup, and the last build's entry times."""
     for table in (*LINK_TABLES, *FOLLOW_TABLES, HOURS, ENTERED, OPENED):
         client.command(f"DROP TABLE IF EXISTS {table}")
 
@@ -429,6 +429,7 @@ def _links_sql(params: dict[str, Any], rollup: RollupRead | None, recomputing: b
     if rollup is None:
         return (f"SELECT concat('c:', cookie_id) AS a, concat('f:', fp_id) AS b FROM {EVENTS} "
                 f"WHERE {window_filter()} AND cookie_id != '' AND fp_id != ''")
+
     def links(table: str, rows: str = "1") -> str:
         return (f"SELECT row_id AS a, concat('f:', fp) AS b FROM {table} ARRAY JOIN links AS fp "
                 f"WHERE {rows} AND fp NOT IN (SELECT id FROM crumb.optouts)")
