@@ -248,11 +248,16 @@ TYPED_ID = "concat(if(id_type = 'cookie', 'c:', 'f:'), id)"  # of an id_segments
 ROW_ENTERED = "arrayResize(entered, length(segments))"
 
 
-def _compared(only: str | None) -> str:
+def _compared(only: str | None, lookalike_ids: list[int] | None) -> str:
     """The id_segments rows a build compares with the last build's, as a condition: with `only`
     (the IDs a following build recomputes), those IDs' rows, and every row of a lookalike (whose
-    step writes them all again); else all."""
-    return f"({TYPED_ID} IN {only} OR hasAny(segments, {{lookalikes:Array(UInt32)}}))" if only else "1"
+    step writes them all again; parameter `lookalikes`); else all. Segments are read to find
+    lookalike rows only when there are lookalikes: over 1.2M rows, that read made the carry-over's
+    DELETE take 0.45 s instead of 0.25 s."""
+    if not only:
+        return "1"
+    lookalike_rows = " OR hasAny(segments, {lookalikes:Array(UInt32)})" if lookalike_ids else ""
+    return f"({TYPED_ID} IN {only}{lookalike_rows})"
 
 
 def _entry_times(client: Client, only: str | None, lookalike_ids: list[int]) -> None:
@@ -265,7 +270,7 @@ def _entry_times(client: Client, only: str | None, lookalike_ids: list[int]) -> 
     client.command(f"CREATE TABLE {ENTERED} (id String, segments Array(UInt32), "
                    "entered Array(DateTime64(3, 'UTC'))) ENGINE = Join(ANY, LEFT, id) SETTINGS persistent = 0")
     params = {"lookalikes": lookalike_ids}
-    compared = f"FROM crumb.id_segments WHERE {_compared(only)}"
+    compared = f"FROM crumb.id_segments WHERE {_compared(only, lookalike_ids)}"
     entered = ROW_ENTERED
     legacy = f"{compared} AND length(entered) != length(segments)"
     if only is None and client.query(f"SELECT count() {legacy}", parameters=params).result_rows[0][0]:
@@ -311,10 +316,7 @@ def _carry_over(client: Client, build_id: int, following: bool, lookalike_ids: l
     params = {"build_id": build_id, "lookalikes": lookalike_ids}
     for table in ("id_segments", "segment_profiles"):
         client.command(f"ALTER TABLE crumb.{table}_next ATTACH PARTITION ID 'all' FROM crumb.{table}")
-    # Reading every row's segments costs as much again as the rest (0.45 s against 0.25 s for
-    # 1.2M rows): they are read only when there are lookalike rows to find.
-    lookalike_rows = " OR hasAny(segments, {lookalikes:Array(UInt32)})" if lookalike_ids else ""
-    client.command(f"DELETE FROM crumb.id_segments_next WHERE ({TYPED_ID} IN {RECOMPUTED}{lookalike_rows}) "
+    client.command(f"DELETE FROM crumb.id_segments_next WHERE {_compared(RECOMPUTED, lookalike_ids)} "
                    "AND build_id != {build_id:UInt64}", parameters=params)
     client.command(f"DELETE FROM crumb.segment_profiles_next WHERE id IN {RECOMPUTED}")
     client.command("ALTER TABLE crumb.id_segments_next UPDATE build_id = {build_id:UInt64} "
@@ -446,7 +448,7 @@ def _write_deltas(client: Client, build_id: int, as_of_ms: int, only: str | None
     the recomputed IDs, and every ID's lookalike rows, are compared."""
     params = {"build_id": build_id, "at": as_of_ms, "lookalikes": lookalike_ids or []}
     at = "fromUnixTimestamp64Milli({at:Int64}, 'UTC')"
-    scope = _compared(only)
+    scope = _compared(only, lookalike_ids)
     # Per ID, the segments of this build against the last: a million rows grouped, not ten million
     # joined. An ID may have several rows (a lookalike adds its own), so they are grouped, not joined.
     # The last build's side is `ENTERED`, which holds those rows already, one per ID.
