@@ -492,6 +492,12 @@ def event_columns(plan: Plan, layout: _Layout, params: dict[str, Any], tables: T
     """Per events row, the columns of an hour row (`_Layout.hour_columns`): the mask words, the
     words of predicates that hold together (`x<j>`), and the row's contribution to each count
     (`c<i>`) and engaged-time sum (`g<i>`). Rolled up over an hour of an ID, they OR and add."""
+    words = _mask_words(plan, layout, params, tables)
+    return [f"{sql} AS {word}" for word, sql in words.items()] + _word_columns(layout)
+
+
+def _mask_words(plan: Plan, layout: _Layout, params: dict[str, Any], tables: Tables) -> dict[str, str]:
+    """Per events row, its predicates' bits in mask words: word (`f<k>`) → its expression."""
     parts: dict[str, list[str]] = {}
     for chunk in layout.chunks:
         if looked_up(plan, chunk.field_name, chunk.numbers):
@@ -500,7 +506,13 @@ def event_columns(plan: Plan, layout: _Layout, params: dict[str, Any], tables: T
         else:
             part = _mask_sql(plan, chunk, params)
         parts.setdefault(chunk.word, []).append(part)
-    columns = [f"{_bit_or(word_parts)} AS {word}" for word, word_parts in parts.items()]
+    return {word: _bit_or(word_parts) for word, word_parts in parts.items()}
+
+
+def _word_columns(layout: _Layout) -> list[str]:
+    """The columns of an hour row read off a row's mask words (and `engaged_ms`): `x<j>`, `c<i>`
+    and `g<i>` (`event_columns`)."""
+    columns = []
     for word in layout.set_words():
         bits = _sum([
             f"bitShiftLeft(toUInt64({' AND '.join('bitTest({}, {})'.format(*layout.bit_of[n]) for n in predicates)}),"
@@ -559,9 +571,17 @@ def _roll(plan: Plan, table: str, tables: Tables, where: str, params: dict[str, 
     rolled = ", ".join(["row_id", "toStartOfHour(ts) AS hour",
                         "groupUniqArrayIf(fp_id, cookie_id != '' AND fp_id != '') AS links",
                         *(f"{how}({name}) AS {name}" for name, _kind, how in layout.hour_columns())])
-    rows = ", ".join([f"{ROW_ID} AS row_id", "ts", "cookie_id", "fp_id", *event_columns(plan, layout, params, tables)])
+    # The mask words are computed in a query of their own, and the other columns read them as
+    # columns. As aliases, each word's expression (a `transform` with its value lists) was repeated,
+    # and planned, in every column built on it: rolling as_of's day up planned in 0.23 s, against
+    # 0.11 s so, and a day of the 100-segment benchmark rolled in 0.31 s, against 0.18 s.
+    words = _mask_words(plan, layout, params, tables)
+    events = ", ".join([f"{ROW_ID} AS row_id", "ts", "cookie_id", "fp_id", "engaged_ms",
+                        *(f"{sql} AS {word}" for word, sql in words.items())])
+    rows = ", ".join(["row_id", "ts", "cookie_id", "fp_id", *words, *_word_columns(layout)])
     sql = (f"INSERT INTO {table} ({', '.join(['row_id', 'hour', 'links', *layout.hour_names()])}) "
-           f"SELECT {rolled} FROM (SELECT {rows} FROM {tables.events} WHERE {where}) GROUP BY row_id, hour")
+           f"SELECT {rolled} FROM (SELECT {rows} FROM (SELECT {events} FROM {tables.events} WHERE {where})) "
+           "GROUP BY row_id, hour")
     return sql, params
 
 
