@@ -318,8 +318,8 @@ def test_a_following_build_touches_only_the_opt_outs_recorded_since_the_last_bui
 
     opt_out(new, 1000)
     second = build(warehouse, SPORTS, as_of_ms=at + hour)
-    # Only `new` is touched, not every opt-out ever recorded: its two typed forms. Its profile in
-    # the last build is recomputed with it: the fp its rows link to, and that fp's other cookie.
+    # Only `new` is touched, not every opt-out ever recorded: its two typed forms, the fp its
+    # rows link to, and that fp's other cookie (same profile in the last build).
     assert second.followed and second.changes["optouts"] == "new" and second.recomputed == 4
     assert {m for m in members(warehouse) if m[1] in (old, new, mate, new_fp, late)} == {
         (1, mate, "cookie"), (1, new_fp, "fp"), (1, late, "cookie")}
