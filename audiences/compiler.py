@@ -754,7 +754,9 @@ def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Table
     `keep_entered`, each row keeps when its ID entered each segment (`member_rows`).
 
     Opted-out IDs need no test here: the rows read are of IDs opted in, and so are the links the
-    profiles are made of (`window_filter`, `RollupRead.rolled_rows`), so no profile holds one."""
+    profiles are made of (`window_filter`, `RollupRead.rolled_rows`), so no profile holds one. (An
+    opt-out recorded while a build runs may reach only some of its steps; the next build touches
+    it, and the IDs on rows linked to it, as new: `incremental.touched_statements`.)"""
     params: dict[str, Any] = {**window_params(plan, as_of_ms), "build_id": build_id}
     layout = _Layout.of(plan)
     source = _source_sql(plan, layout, params, tables, rollup, only)
