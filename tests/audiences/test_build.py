@@ -218,6 +218,7 @@ def test_a_build_the_same_day_recomputes_only_the_profiles_it_finds_touched(ware
     # Only c has a row that changed (no row of this test's left a window in the hour): c alone is
     # recomputed; a's and b's rows are the first build's, carried into this build.
     assert second.followed == first.build_id and second.recomputed == 1
+    assert (second.profiles, second.members) == (3, 3)  # counted over carried-over rows and c's alike
     assert {(1, a, "cookie"), (1, b, "cookie"), (1, c, "cookie")} <= members(warehouse)
     assert warehouse.query("SELECT id, change FROM crumb.segment_deltas WHERE build_id = {b:UInt64}",
                            parameters={"b": second.build_id}).result_rows == [(c, "enter")]
