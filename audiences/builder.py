@@ -380,7 +380,8 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupR
     every ID's smallest neighbour already is its component's label (stars and pairs, the usual case).
     `recomputing` (a build following the last one, with `rollup`): only the links of the IDs it
     recomputes, all in `HOURS`. Their set is closed under the links: an ID linked to one of them
-    now was linked to it at the last build (so in its profile), or both are in an event since.
+    now was linked to it at the last build (so in its profile), or is touched itself (on an event
+    since, or on a row linked to a new opt-out: `incremental.touched_statements`).
     """
     params = window_params(plan, as_of_ms)
     # Both directions of each link, so every ID is a `u`.

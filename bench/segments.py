@@ -553,8 +553,7 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
             hourly_runs = hourly_builds(client, segment_set, as_of_ms, sampler, args.hourly_runs,
                                         f"build {n} an hour later")
             builds[str(n)].update(hour_later_s=round(statistics.median(w for _, w in hourly_runs), 3),
-                                  hour_later_timings={step: round(statistics.median(
-                                      r.timings.get(step, 0.0) for r, _ in hourly_runs), 3) for step in STEPS},
+                                  hour_later_timings=median_steps([r for r, _ in hourly_runs]),
                                   hour_later_recomputed=hourly_runs[-1][0].recomputed)
             forget_new_optouts(client, as_of_ms)  # the next first builds are an hour before them
     # one more build on top of the last, recomputing everything: the nightly full rebuild
@@ -573,9 +572,7 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
     result["steady_rebuild"] = {"wall_s": round(steady_wall, 3), "timings": steady.timings,
                                 "entered": steady.entered, "exited": steady.exited}
     result["hour_later_rebuild"] = {"wall_s": round(later_wall, 3), "runs_s": [round(w, 3) for _, w in hourly_runs],
-                                    "timings": {step: round(statistics.median(r.timings.get(step, 0.0)
-                                                                              for r, _ in hourly_runs), 3)
-                                                for step in STEPS},
+                                    "timings": median_steps([r for r, _ in hourly_runs]),
                                     "entered": later.entered, "exited": later.exited,
                                     "recomputed_ids": later.recomputed, "changes": later.changes,
                                     "in_full_s": round(later_full_wall, 3), "in_full_timings": later_full.timings}
@@ -649,7 +646,7 @@ def hourly_builds(client: Client, segments: SegmentSet, as_of_ms: int, sampler: 
 
 
 # Opt-outs, as a live deployment has them: many recorded long ago, and a few new ones between two
-# builds, which a following build must take in (it touches the IDs linked to any opted-out ID).
+# builds, which a following build must take in (it touches the new ones and the IDs linked to them).
 OLD_OPTOUTS = 10_000
 NEW_OPTOUTS = 100
 NEW_OPTOUT_AGE_MS = 1_800_000  # half an hour before as_of: after the last build, before the hourly one
@@ -675,13 +672,17 @@ def forget_new_optouts(client: Client, as_of_ms: int) -> None:
                    parameters={"t": as_of_ms - NEW_OPTOUT_AGE_MS})
 
 
+def median_steps(runs: list[BuildResult]) -> dict[str, float]:
+    """Each step's median time over the runs (0 where a run did not have the step)."""
+    return {step: round(statistics.median(r.timings.get(step, 0.0) for r in runs), 3) for step in STEPS}
+
+
 def _build_summary(runs: list[BuildResult], walls: list[float], memory: Memory) -> dict[str, Any]:
-    steps = {step: round(statistics.median(r.timings.get(step, 0.0) for r in runs), 3) for step in STEPS}
     return {
         "median_s": round(statistics.median(walls), 3),
         "runs_s": [round(w, 3) for w in walls],
         "timed_steps_s": round(statistics.median(sum(r.timings.values()) for r in runs), 3),
-        "steps_median_s": steps,
+        "steps_median_s": median_steps(runs),
         "runs": [r.as_dict() for r in runs],
         "memory": memory.__dict__,
     }
