@@ -1,6 +1,7 @@
 """The batch build: all active segments in one scan of the events, entirely inside ClickHouse.
 
 Steps (each timed, and recorded in `crumb.builds`):
+  (first)   a snapshot of the opt-outs (`compiler.BUILD_OPTOUTS`): what every statement excludes
   values    the window's events per hour (count, digest); the days to roll up; the lookups of the
             values of pattern-tested fields
   rollup    whole past days whose events changed (or are new) → per ID and hour, `segment_rollup`
@@ -54,6 +55,7 @@ from audiences.compiler import (
     membership_statement,
     recomputed_hours_statement,
     rollup_columns,
+    snapshot_optouts,
     today_statement,
     values_statements,
     window_filter,
@@ -159,7 +161,7 @@ def build(
         key = plan_key(plan, lookalike_ids) if plan.segments else ""
         previous = read_state(client) if follow and plan.segments else None
         following = previous if can_follow(previous, key, as_of_ms) else None
-        optouts, added = optout_digest(client, following.optouts.through_ms if following else 0)
+        optouts, added = optout_digest(client, BUILD.optouts, following.optouts.through_ms if following else 0)
         rollup = read_plan(plan, as_of_ms) if plan.segments else None
         hours: HourDigests = {}
         if rollup:
@@ -351,12 +353,14 @@ def _record(client: Client, result: BuildResult, started_ms: int) -> None:
 
 
 def make_scratch(client: Client, tables: Tables = BUILD) -> None:
+    """The scratch tables, and the snapshot of the opt-outs every later statement reads."""
     for name, definition in SCRATCH_TABLES.items():
         client.command(f"CREATE TABLE {getattr(tables, name)} {definition}")
+    client.command(snapshot_optouts(tables))
 
 
 def drop_scratch(client: Client, tables: Tables = BUILD) -> None:
-    for name in SCRATCH_TABLES:
+    for name in [*SCRATCH_TABLES, "optouts"]:
         client.command(f"DROP TABLE IF EXISTS {getattr(tables, name)}")
 
 
@@ -381,8 +385,7 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupR
     `recomputing` (a build following the last one, with `rollup`): only the links of the IDs it
     recomputes, all in `HOURS`. Their set is closed under the links: an ID linked to one of them
     now was linked to it at the last build (so in its profile), or is touched itself (on an event
-    since, or on a row linked to a new opt-out: `incremental.touched_statements`).
-    """
+    since: `incremental.touched_statements`)."""
     params = window_params(plan, as_of_ms)
     # Both directions of each link, so every ID is a `u`.
     client.command(
@@ -431,16 +434,16 @@ def _links_sql(params: dict[str, Any], rollup: RollupRead | None, recomputing: b
     the IDs recomputed). A first-party ID may have opted out since its hour was rolled up."""
     if rollup is None:
         return (f"SELECT concat('c:', cookie_id) AS a, concat('f:', fp_id) AS b FROM {EVENTS} "
-                f"WHERE {window_filter()} AND cookie_id != '' AND fp_id != ''")
+                f"WHERE {window_filter(BUILD.optouts)} AND cookie_id != '' AND fp_id != ''")
 
     def links(table: str, rows: str = "1") -> str:
         return (f"SELECT row_id AS a, concat('f:', fp) AS b FROM {table} ARRAY JOIN links AS fp "
-                f"WHERE {rows} AND fp NOT IN (SELECT id FROM crumb.optouts)")
+                f"WHERE {rows} AND fp NOT IN (SELECT id FROM {BUILD.optouts})")
 
     if recomputing:
         return links(HOURS)
     params.update(rollup.params())
-    return f"{links(rollup.table, rollup.rolled_rows())} UNION ALL {links(HOURS)}"
+    return f"{links(rollup.table, rollup.rolled_rows(BUILD.optouts))} UNION ALL {links(HOURS)}"
 
 
 def _write_deltas(client: Client, build_id: int, as_of_ms: int, only: str | None = None,

@@ -32,6 +32,12 @@ VALUES = "crumb._build_values"
 PROFILE_OF = "crumb._build_profile_of"
 PROFILE_IDS = "crumb._build_profile_ids"
 MEMBERS_NEXT = "crumb.id_segments_next"
+OPTOUTS = "crumb.optouts"  # the ledger of opted-out IDs (the collector's)
+# The opted-out IDs as a build read them at its start, one row per ID: every statement of the
+# build excludes exactly these, and its state records exactly these (`incremental.optout_digest`).
+# An opt-out recorded while a build runs then reaches none of its statements, and the next build
+# takes it as new, instead of reaching some (its links dropped, its rows counted) and not others.
+BUILD_OPTOUTS = "crumb._build_optouts"
 # The hour rows a build reads besides the rollup table: as_of's day of events, rolled up per ID and
 # hour by the build (`today_statement`); and in a build that recomputes some IDs only, every
 # rolled-up hour of theirs too (`recomputed_hours_statement`), so that the profiles and members
@@ -56,13 +62,14 @@ class Tables:
     profile_of: str
     profile_ids: str
     members: str
+    optouts: str  # the opt-outs it excludes: a snapshot of the ledger (`snapshot_optouts`)
 
     @classmethod
     def scratch(cls, prefix: str) -> Tables:
         return cls(*(f"{prefix}{f.name}" for f in fields(cls)))
 
 
-BUILD = Tables(EVENTS, VALUES, PROFILE_OF, PROFILE_IDS, MEMBERS_NEXT)
+BUILD = Tables(EVENTS, VALUES, PROFILE_OF, PROFILE_IDS, MEMBERS_NEXT, BUILD_OPTOUTS)
 
 # Allow-listed event fields and the SQL that reads each.
 COLUMNS = {
@@ -207,9 +214,20 @@ FOLLOWING_SETTINGS = PLANNING_SETTINGS
 VALUES_SETTINGS = {"query_plan_filter_push_down": 0}
 
 
-# Rows of IDs that opted out count nowhere (their profiles are excluded too, in the build).
-OPTED_IN = "cookie_id NOT IN (SELECT id FROM crumb.optouts) AND fp_id NOT IN (SELECT id FROM crumb.optouts)"
-OPTED_OUT_TYPED = "SELECT arrayJoin([concat('c:', id), concat('f:', id)]) AS typed FROM crumb.optouts"
+def opted_in(optouts: str = OPTOUTS) -> str:
+    """Events rows of IDs opted in: the rows of an ID that opted out count nowhere."""
+    return f"cookie_id NOT IN (SELECT id FROM {optouts}) AND fp_id NOT IN (SELECT id FROM {optouts})"
+
+
+def opted_out_typed(optouts: str) -> str:
+    """The opted-out IDs, typed as a row's ID is (both types of each: an opt-out names no type)."""
+    return f"SELECT arrayJoin([concat('c:', id), concat('f:', id)]) AS typed FROM {optouts}"
+
+
+def snapshot_optouts(tables: Tables) -> str:
+    """The statement that takes the build's (or a preview's) snapshot of the opt-outs."""
+    return (f"CREATE TABLE {tables.optouts} ENGINE = Memory AS "
+            f"SELECT id, max(opted_out_at) AS opted_out_at FROM {OPTOUTS} GROUP BY id")
 
 
 def window_start(as_of_ms: int, days: int) -> int:
@@ -220,9 +238,11 @@ def window_start(as_of_ms: int, days: int) -> int:
     return as_of_ms - as_of_ms % HOUR_MS - days * DAY_MS
 
 
-def window_filter() -> str:
+def window_filter(optouts: str = OPTOUTS) -> str:
+    """The eligible events rows of the window (parameters `since_ms`, `as_of_ms`) of IDs opted in:
+    by the ledger, or by a build's snapshot of it."""
     return (f"{ELIGIBLE} AND ts >= fromUnixTimestamp64Milli({{since_ms:Int64}}, 'UTC') "
-            f"AND ts <= fromUnixTimestamp64Milli({{as_of_ms:Int64}}, 'UTC') AND {OPTED_IN}")
+            f"AND ts <= fromUnixTimestamp64Milli({{as_of_ms:Int64}}, 'UTC') AND {opted_in(optouts)}")
 
 
 def window_params(plan: Plan, as_of_ms: int) -> dict[str, Any]:
@@ -451,11 +471,11 @@ class RollupRead:
         `toDate(ts)`, and its index is used for dates, not for ranges of `ts`."""
         return "(toDate(ts) >= {raw_day:Date} AND ts >= fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC'))"
 
-    def rolled_rows(self) -> str:
-        """The rolled-up hours of the window read as such, of IDs opted in."""
+    def rolled_rows(self, optouts: str) -> str:
+        """The rolled-up hours of the window read as such, of IDs opted in (by `optouts`)."""
         return ("hour >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
                 "AND hour < fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC') "
-                f"AND row_id NOT IN ({OPTED_OUT_TYPED})")
+                f"AND row_id NOT IN ({opted_out_typed(optouts)})")
 
 
 ROLL_DAYS = "toDate(ts) IN {roll_days:Array(Date)}"
@@ -533,7 +553,7 @@ def rollup_columns(plan: Plan) -> list[tuple[str, str]]:
 def roll_statement(plan: Plan, table: str, tables: Tables = BUILD) -> Statement:
     """Whole days of events (parameter `roll_days`), rolled up per ID and hour into `table`. The
     statement's text and parameters, but for the days, are what the rolled rows depend on."""
-    return _roll(plan, table, tables, f"{ELIGIBLE} AND {ROLL_DAYS} AND {OPTED_IN}", {})
+    return _roll(plan, table, tables, f"{ELIGIBLE} AND {ROLL_DAYS} AND {opted_in(tables.optouts)}", {})
 
 
 def today_statement(plan: Plan, as_of_ms: int, rollup: RollupRead, tables: Tables = BUILD,
@@ -547,7 +567,7 @@ def today_statement(plan: Plan, as_of_ms: int, rollup: RollupRead, tables: Table
     named again in every one of the hundreds of columns built on them. With no rows to read, that
     statement took 1.9 s, and 0.7 s reading hour rows only; rolling the day first costs ~0.15 s."""
     params = {**window_params(plan, as_of_ms), **rollup.params()}
-    rows = f"{window_filter()} AND {rollup.raw_rows()}" + (f" AND {ROW_ID} IN {only}" if only else "")
+    rows = f"{window_filter(tables.optouts)} AND {rollup.raw_rows()}" + (f" AND {ROW_ID} IN {only}" if only else "")
     return _roll(plan, HOURS, tables, rows, params)
 
 
@@ -560,7 +580,7 @@ def recomputed_hours_statement(plan: Plan, as_of_ms: int, rollup: RollupRead, on
     # Filtered on the IDs first: the other columns are then copied for their rows only, not
     # tested against the window and the opt-outs for every row (0.64 s against 0.82 s).
     return (f"INSERT INTO {HOURS} ({columns}) SELECT {columns} FROM {rollup.table} "
-            f"PREWHERE row_id IN {only} WHERE {rollup.rolled_rows()}",
+            f"PREWHERE row_id IN {only} WHERE {rollup.rolled_rows(BUILD.optouts)}",
             {**window_params(plan, as_of_ms), **rollup.params()})
 
 
@@ -592,12 +612,13 @@ def _source_sql(plan: Plan, layout: _Layout, params: dict[str, Any], tables: Tab
     subquery of typed IDs), the rows of those IDs: with `rollup`, `HOURS` holds all of them."""
     if rollup is None:
         columns = ", ".join([f"{ROW_ID} AS row_id", "ts AS t", *event_columns(plan, layout, params, tables)])
-        return (f"SELECT {columns} FROM {tables.events} WHERE {window_filter()}"
+        return (f"SELECT {columns} FROM {tables.events} WHERE {window_filter(tables.optouts)}"
                 + (f" AND {ROW_ID} IN {only}" if only else ""))
     params.update(rollup.params())
     rolled = ", ".join(["row_id", "toDateTime64(hour, 3, 'UTC') AS t", *layout.hour_names()])
     hours = f"SELECT {rolled} FROM {HOURS}"
-    return hours if only else f"SELECT {rolled} FROM {rollup.table} WHERE {rollup.rolled_rows()} UNION ALL {hours}"
+    return hours if only else (f"SELECT {rolled} FROM {rollup.table} WHERE {rollup.rolled_rows(tables.optouts)} "
+                               f"UNION ALL {hours}")
 
 
 def _window_columns(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str, Any]) -> list[str]:
@@ -754,9 +775,9 @@ def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Table
     `keep_entered`, each row keeps when its ID entered each segment (`member_rows`).
 
     Opted-out IDs need no test here: the rows read are of IDs opted in, and so are the links the
-    profiles are made of (`window_filter`, `RollupRead.rolled_rows`), so no profile holds one. (An
-    opt-out recorded while a build runs may reach only some of its steps; the next build touches
-    it, and the IDs on rows linked to it, as new: `incremental.touched_statements`.)"""
+    profiles are made of (`window_filter`, `RollupRead.rolled_rows`), so no profile holds one.
+    Every statement of a build reads the same opt-outs, its snapshot (`tables.optouts`): one
+    recorded while it runs is the next build's to take in."""
     params: dict[str, Any] = {**window_params(plan, as_of_ms), "build_id": build_id}
     layout = _Layout.of(plan)
     source = _source_sql(plan, layout, params, tables, rollup, only)

@@ -10,9 +10,10 @@ successful build (as of `as_of_p`) and this one (as of `as_of`), an ID's rows ch
                  window W of the plan (windows start on the hour: `compiler.window_start`)
   late events    it has events in an hour whose events changed since the last build saw it
                  (count and XOR digest of event IDs per hour, up to as_of_p)
-  opt-outs       it opted out since, or is linked to an ID that did. New opt-outs are those
-                 recorded after the last build's latest, when they account for the whole change
-                 (count and digest); else every opted-out ID is taken as new
+  opt-outs       it opted out since: it is in this build's snapshot of the opt-outs and not in
+                 the last build's. New opt-outs are those recorded after the last build's
+                 latest, when they account for the whole change (count and digest); else every
+                 opted-out ID is taken as new. Its links left: it is their touched end
 
 Those IDs are *touched*, and so are the first-party IDs on their rows: both ends of a link that
 appeared or left. A profile whose IDs changed holds a touched ID (walk any path that changed up
@@ -39,6 +40,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from audiences.compiler import (
+    BUILD,
     DAY_MS,
     EVENTS,
     HOUR_MS,
@@ -156,14 +158,14 @@ def day_digests(hours: HourDigests, before_ms: int) -> DayDigests:
     return days
 
 
-def optout_digest(client: Client, after_ms: int = 0) -> tuple[Optouts, Optouts]:
-    """The opted-out IDs now, and those of them recorded (again) after `after_ms`: in one read, so
-    that no opt-out recorded meanwhile is in one and not the other."""
+def optout_digest(client: Client, snapshot: str, after_ms: int = 0) -> tuple[Optouts, Optouts]:
+    """The opted-out IDs of the build's snapshot (`compiler.snapshot_optouts`), and those of them
+    recorded after `after_ms`: what every statement of the build excludes, so what its state says."""
     now_count, now_digest, now_through, count, digest, through = client.query(
         "SELECT count(), groupBitXor(h), toUnixTimestamp64Milli(max(at)), countIf(later), groupBitXorIf(h, later), "
         "toUnixTimestamp64Milli(maxIf(at, later)) FROM ("
-        " SELECT cityHash64(id) AS h, max(opted_out_at) AS at, at > fromUnixTimestamp64Milli({after:Int64}, 'UTC') "
-        " AS later FROM crumb.optouts GROUP BY id)", parameters={"after": after_ms}).result_rows[0]
+        " SELECT cityHash64(id) AS h, opted_out_at AS at, at > fromUnixTimestamp64Milli({after:Int64}, 'UTC') "
+        f" AS later FROM {snapshot})", parameters={"after": after_ms}).result_rows[0]
     return (Optouts(int(now_count), int(now_digest), int(now_through) if now_count else 0),
             Optouts(int(count), int(digest), int(through) if count else 0))
 
@@ -229,26 +231,15 @@ def touched_statements(changes: Changes, rollup: RollupRead, previous_as_of_ms: 
             f"INSERT INTO {TOUCHED} SELECT {event_ids} FROM {EVENTS} WHERE toDate(ts) IN {{days:Array(Date)}} "
             f"AND toUnixTimestamp(toStartOfHour(ts)) IN {{hours:Array(UInt32)}} AND {has_id}",
             {"days": sorted({_date(h * 1000) for h in changes.late_hours}), "hours": changes.late_hours}))
-    # The IDs on rows linked to a new opt-out are searched for (0.2 s over the bench's rollup),
-    # not taken from its profile at the last build: an opt-out recorded while that build ran may
-    # have been read by some of its statements and not others (its link dropped from the profiles,
-    # its rows still counted), so that profile need not hold them.
-    if changes.optouts:  # the new opted-out IDs (or all), and the IDs on rows linked to one
-        opted = "SELECT id FROM crumb.optouts"
+    # A new opt-out's own IDs. The IDs linked to it were in its profile at the last build, which
+    # read it as opted in (it was not in that build's snapshot: `compiler.BUILD_OPTOUTS`), so the
+    # recompute step takes them in; an ID linked to it since is touched by the event that links them.
+    if changes.optouts:  # the new opted-out IDs (or all)
+        opted = f"SELECT id FROM {BUILD.optouts}"
         if changes.optouts_after_ms is not None:
             opted += " WHERE opted_out_at > fromUnixTimestamp64Milli({after:Int64}, 'UTC')"
-        params = {"after": changes.optouts_after_ms or 0}
-        statements += [
-            (f"INSERT INTO {TOUCHED} SELECT DISTINCT concat(kind, id) FROM ({opted}) "
-             "ARRAY JOIN ['c:', 'f:'] AS kind", params),
-            (f"INSERT INTO {TOUCHED} SELECT {rolled_ids} FROM {rollup.table} "
-             f"WHERE row_id IN (SELECT concat(kind, id) FROM ({opted}) ARRAY JOIN ['c:', 'f:'] AS kind) "
-             # IN hashes the opt-outs; hasAny of their array compared each link with every one
-             # (10,000 opt-outs: 42 s over the bench's 3.1M rolled-up rows, against 0.11 s).
-             f"OR arrayExists(f -> f IN ({opted}), links)", params),
-            (f"INSERT INTO {TOUCHED} SELECT {event_ids} FROM {EVENTS} WHERE {rollup.raw_rows()} "
-             f"AND (cookie_id IN ({opted}) OR fp_id IN ({opted}))", {**params, **rollup.params()}),
-        ]
+        statements.append((f"INSERT INTO {TOUCHED} SELECT DISTINCT concat(kind, id) FROM ({opted}) "
+                           "ARRAY JOIN ['c:', 'f:'] AS kind", {"after": changes.optouts_after_ms or 0}))
     return statements
 
 

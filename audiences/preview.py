@@ -88,7 +88,7 @@ def _evaluate(client: Client, plan: Plan, segment: Segment, as_of_ms: int, bucke
         sql, parameters = membership_statement(plan, as_of_ms, 0, tables)
         client.command(sql, parameters=parameters, settings=MEMBERSHIP_SETTINGS)
         sampled = client.query(
-            f"SELECT uniqExact({ROW_ID}) FROM {tables.events} WHERE {window_filter()}",
+            f"SELECT uniqExact({ROW_ID}) FROM {tables.events} WHERE {window_filter(tables.optouts)}",
             parameters={"since_ms": window_start(as_of_ms, segment.lookback_days), "as_of_ms": as_of_ms},
         ).result_rows[0][0]
         members = client.query(f"SELECT uniqExact(profile_id) FROM {tables.members}").result_rows[0][0]

@@ -16,6 +16,7 @@ from audiences.builder import build
 from audiences.definitions import SegmentSet, parse_segment
 from audiences.errors import BuildError
 from crumb.privacy import erase
+from crumb.progress import Progress
 from tests.audiences.events import cookie, insert_events
 from tests.conftest import LiveServer
 
@@ -332,3 +333,32 @@ def test_a_following_build_touches_only_the_opt_outs_recorded_since_the_last_bui
     assert third.followed and third.changes["optouts"] == "all" and third.recomputed > 4
     assert {m for m in members(warehouse) if m[1] in (old, new, mate, new_fp, late)} == {
         (1, mate, "cookie"), (1, new_fp, "fp")}
+
+
+def test_an_opt_out_recorded_while_a_build_runs_is_the_next_builds_to_take_in(warehouse: Client) -> None:
+    c, fp = cookie(), cookie()
+    hour = 3_600_000
+    at = T0 // hour * hour + 270 * DAY + 6 * hour
+    # Today's events, read as events by each build: one that carries `fp` too, so it counts nowhere
+    # once `fp` opts out; then one that touches `c` before the build during which `fp` opts out.
+    insert(warehouse, [{"ts": at - hour, "cookie_id": c, "fp_id": fp, "path": "/sports/1"}])
+    build(warehouse, SPORTS, as_of_ms=at)
+    insert(warehouse, [{"ts": at + hour // 2, "cookie_id": c, "path": "/news/1"}])
+    ours = {c, fp}
+
+    def opt_out_once_profiles_start(line: str) -> None:  # after the rows were read, before the links
+        if line.endswith(": profiles ...") and not warehouse.query(
+                "SELECT count() FROM crumb.optouts WHERE id = {fp:String}", parameters={"fp": fp}).result_rows[0][0]:
+            warehouse.insert("crumb.optouts", [[fp, at + hour // 2]], column_names=["id", "opted_out_at"])
+
+    during = build(warehouse, SPORTS, as_of_ms=at + hour, progress=Progress(sink=opt_out_once_profiles_start))
+    assert during.followed and during.recomputed == 2  # c, touched, and fp, of its profile
+    # That build read the opt-outs at its start, in every statement: its rows and links agree.
+    assert {m for m in members(warehouse) if m[1] in ours} == {(1, c, "cookie"), (1, fp, "fp")}
+    after = build(warehouse, SPORTS, as_of_ms=at + 2 * hour)
+    # The next one takes the opt-out as new, and recomputes `c` from its profile with `fp`: the
+    # visit that carried `fp` counts no more.
+    assert after.followed and after.changes["optouts"] == "new"
+    assert not {m for m in members(warehouse) if m[1] in ours}
+    full = build(warehouse, SPORTS, as_of_ms=at + 2 * hour, follow=False)
+    assert (full.entered, full.exited) == (0, 0)  # a full build agrees
