@@ -395,6 +395,18 @@ class _Layout:
         return "bitTest({}_any, {})".format(*self.bit_of[plan.matchers[matcher - 1].predicates[0]])
 
 
+def counts_toward_window(plan: Plan, days: int) -> str:
+    """Whether a rolled-up hour row counts toward some matcher of a window of `days`, as SQL over
+    the row's columns: every aggregate of a matcher takes a row only where the matcher's
+    predicates held on it, so when an hour leaves that window, only such rows change their IDs'
+    aggregates. An hour leaving the scan's whole window takes every row out, and its links."""
+    if days >= plan.max_window_days:
+        return "1"
+    layout = _Layout.of(plan)
+    tests = sorted({layout.set_test(m.predicates) for m in plan.matchers if m.window_days == days})
+    return "1" if "1" in tests else " OR ".join(tests) or "0"
+
+
 def _mask_sql(plan: Plan, chunk: _Chunk, params: dict[str, Any], value: str = "") -> str:
     """A chunk's predicates as bits of a UInt64 (from its offset): over the events row, or over `value`."""
     parts = []

@@ -362,3 +362,32 @@ def test_an_opt_out_recorded_while_a_build_runs_is_the_next_builds_to_take_in(wa
     assert not {m for m in members(warehouse) if m[1] in ours}
     full = build(warehouse, SPORTS, as_of_ms=at + 2 * hour, follow=False)
     assert (full.entered, full.exited) == (0, 0)  # a full build agrees
+
+
+def test_an_hour_leaving_a_window_touches_only_the_ids_whose_rows_counted_there(warehouse: Client) -> None:
+    sports, reader, both = cookie(), cookie(), cookie()
+    hour = 3_600_000
+    at = T0 // hour * hour + 300 * DAY + 6 * hour
+    # All three in the hour that leaves the 2-day window of a condition at the next build; the
+    # segments' 10-day lookback keeps it.
+    insert(warehouse, [{"ts": at - 2 * DAY + 1000, "cookie_id": sports, "path": "/sports/1"},
+                       {"ts": at - 2 * DAY + 1000, "cookie_id": reader, "path": "/news/1"},
+                       {"ts": at - 2 * DAY + 1000, "cookie_id": both, "path": "/sports/2"},
+                       {"ts": at - 5 * DAY, "cookie_id": both, "path": "/sports/3"}])
+    on_sports = [{"field": "path", "op": "prefix", "value": "/sports"}]
+    segments = SegmentSet([parse_segment(s) for s in (
+        {"id": 4, "name": "recent sports", "lookback_days": 10, "rule": {"where": on_sports, "within_days": 2}},
+        {"id": 5, "name": "any visit", "lookback_days": 10, "rule": {"where": []}},
+        {"id": 6, "name": "sports twice", "lookback_days": 10, "rule": {"where": on_sports, "min_count": 2}})])
+    ours = {sports, reader, both}
+    build(warehouse, segments, as_of_ms=at)
+    assert {m for m in members(warehouse) if m[1] in ours} == {
+        (4, sports, "cookie"), (4, both, "cookie"), (5, sports, "cookie"), (5, reader, "cookie"),
+        (5, both, "cookie"), (6, both, "cookie")}
+    later = build(warehouse, segments, as_of_ms=at + hour)
+    # The news reader's row counted toward no 2-day matcher: it is not recomputed, and need not be.
+    assert later.followed and later.recomputed == 2
+    assert {m for m in members(warehouse) if m[1] in ours} == {
+        (5, sports, "cookie"), (5, reader, "cookie"), (5, both, "cookie"), (6, both, "cookie")}
+    full = build(warehouse, segments, as_of_ms=at + hour, follow=False)
+    assert (full.entered, full.exited) == (0, 0)  # a full build agrees
