@@ -138,17 +138,30 @@ def can_follow(previous: BuildState | None, key: str, as_of_ms: int) -> bool:
             and previous.as_of_ms // DAY_MS == as_of_ms // DAY_MS)
 
 
+_HOUR = "toStartOfHour(ts)"
+_RECENT = f"{_HOUR} >= toStartOfHour(fromUnixTimestamp64Milli({{previous:Int64}}, 'UTC'))"
+# The whole hours from `first` to the previous build's as_of's: in the projection's own key and
+# aggregates, and no other column, or ClickHouse reads the events instead.
+WHOLE_HOURS = (f"SELECT toUnixTimestamp({_HOUR}), count(), groupBitXor(cityHash64(event_id)) FROM {EVENTS} "
+               f"WHERE {_HOUR} >= toDateTime({{first:Date}}, 'UTC') AND NOT {_RECENT} GROUP BY {_HOUR}")
+
+
 def hour_digests(client: Client, first_day: dt.date, as_of_ms: int, previous_as_of_ms: int) -> HourDigests:
     """Per hour from `first_day` to as_of: the events' count and XOR of event ID hashes, up to
-    as_of and up to the previous build's as_of."""
-    rows = client.query(
-        "SELECT toUnixTimestamp(toStartOfHour(ts)) AS hour, count(), groupBitXor(cityHash64(event_id)), "
+    as_of and up to the previous build's as_of. The hours before the previous as_of's are whole
+    on both sides, and are read from the events' `hour_digests` projection (`collector.schema`);
+    the rest from the events themselves."""
+    params = {"first": first_day, "as_of": as_of_ms, "previous": previous_as_of_ms}
+    whole = client.query(WHOLE_HOURS, parameters=params).result_rows
+    recent = client.query(
+        f"SELECT toUnixTimestamp({_HOUR}) AS hour, count(), groupBitXor(cityHash64(event_id)), "
         "countIf(ts <= fromUnixTimestamp64Milli({previous:Int64}, 'UTC')), "
         "groupBitXorIf(cityHash64(event_id), ts <= fromUnixTimestamp64Milli({previous:Int64}, 'UTC')) "
-        f"FROM {EVENTS} WHERE toDate(ts) >= {{first:Date}} "
-        "AND ts <= fromUnixTimestamp64Milli({as_of:Int64}, 'UTC') GROUP BY hour",
-        parameters={"first": first_day, "as_of": as_of_ms, "previous": previous_as_of_ms}).result_rows
-    return {int(hour): (int(n), int(d), int(n_p), int(d_p)) for hour, n, d, n_p, d_p in rows}
+        f"FROM {EVENTS} WHERE toDate(ts) >= {{first:Date}} AND {_RECENT} "
+        "AND ts <= fromUnixTimestamp64Milli({as_of:Int64}, 'UTC') GROUP BY hour", parameters=params).result_rows
+    digests = {int(h): (int(n), int(d), int(n), int(d)) for h, n, d in whole}
+    digests.update({int(h): (int(n), int(d), int(n_p), int(d_p)) for h, n, d, n_p, d_p in recent})
+    return digests
 
 
 def day_digests(hours: HourDigests, before_ms: int) -> DayDigests:

@@ -71,9 +71,22 @@ CREATE TABLE IF NOT EXISTS {db}.optouts {on_cluster} (
 ) ENGINE = {ReplacingMergeTree} ORDER BY id
 """
 
+# Per hour, the events' count and the XOR of their event IDs' hashes, kept by ClickHouse as events
+# arrive, merge, expire and are erased (a lightweight DELETE rebuilds a part's projection; the
+# default is to refuse the DELETE). A segment build compares them with the last build's to find
+# the hours whose events changed: ~720 rows for a 30-day window, not the window's events
+# (`audiences.incremental.hour_digests`: 0.01 s against 0.2 s for 8M events).
+_HOUR_DIGESTS = [
+    "ALTER TABLE {db}.events {on_cluster} MODIFY SETTING lightweight_mutation_projection_mode = 'rebuild'",
+    "ALTER TABLE {db}.events {on_cluster} ADD PROJECTION IF NOT EXISTS hour_digests "
+    "(SELECT toStartOfHour(ts), count(), groupBitXor(cityHash64(event_id)) GROUP BY toStartOfHour(ts))",
+    "ALTER TABLE {db}.events {on_cluster} MATERIALIZE PROJECTION hour_digests",  # the parts already there
+]
+
 MIGRATIONS = [
     Migration("collector_0001_events", [_EVENTS]),
     Migration("collector_0002_optouts", [_OPTOUTS]),
+    Migration("collector_0003_events_hour_digests", _HOUR_DIGESTS),
 ]
 
 

@@ -7,6 +7,7 @@ own events fall inside their windows.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from clickhouse_connect.driver.client import Client
 from audiences.builder import build
 from audiences.definitions import SegmentSet, parse_segment
 from audiences.errors import BuildError
+from audiences.incremental import WHOLE_HOURS, hour_digests
 from crumb.privacy import erase
 from crumb.progress import Progress
 from tests.audiences.events import cookie, insert_events
@@ -391,3 +393,32 @@ def test_an_hour_leaving_a_window_touches_only_the_ids_whose_rows_counted_there(
         (5, sports, "cookie"), (5, reader, "cookie"), (5, both, "cookie"), (6, both, "cookie")}
     full = build(warehouse, segments, as_of_ms=at + hour, follow=False)
     assert (full.entered, full.exited) == (0, 0)  # a full build agrees
+
+
+def test_hour_digests_read_whole_hours_from_the_events_projection_and_follow_an_erasure(warehouse: Client) -> None:
+    kept, erased = cookie(), cookie()
+    hour = 3_600_000
+    at = T0 // hour * hour + 320 * DAY + 6 * hour
+    insert(warehouse, [{"ts": at - h * hour - 1000, "cookie_id": c, "path": f"/{h}"}
+                       for h in range(5) for c in (kept, erased)])
+    first = datetime.fromtimestamp((at - DAY) / 1000, UTC).date()
+
+    def from_the_events(previous_ms: int) -> dict[int, tuple[int, ...]]:
+        return {int(h): tuple(int(v) for v in rest) for h, *rest in warehouse.query(
+            "SELECT toUnixTimestamp(toStartOfHour(ts)) AS hour, count(), groupBitXor(cityHash64(event_id)), "
+            "countIf(ts <= fromUnixTimestamp64Milli({p:Int64}, 'UTC')), "
+            "groupBitXorIf(cityHash64(event_id), ts <= fromUnixTimestamp64Milli({p:Int64}, 'UTC')) "
+            "FROM crumb.events WHERE toDate(ts) >= {first:Date} AND ts <= fromUnixTimestamp64Milli({at:Int64}, 'UTC') "
+            "GROUP BY hour", parameters={"p": previous_ms, "first": first, "at": at}).result_rows}
+
+    plan = "\n".join(r[0] for r in warehouse.query(
+        f"EXPLAIN {WHOLE_HOURS}", parameters={"first": first, "previous": at}).result_rows)
+    assert "ReadFromMergeTree (hour_digests)" in plan
+    for previous_ms in (at, at - 2 * hour - 500, at - DAY):
+        assert hour_digests(warehouse, first, at, previous_ms) == from_the_events(previous_ms)
+    before = hour_digests(warehouse, first, at, at)
+    # As an erasure deletes (`crumb.privacy`): a lightweight DELETE, which rebuilds the projection.
+    warehouse.command("DELETE FROM crumb.events WHERE cookie_id = {c:String}", parameters={"c": erased})
+    after = hour_digests(warehouse, first, at, at)
+    assert after == from_the_events(at)
+    assert [after[h][0] for h in sorted(after)][-5:] == [before[h][0] - 1 for h in sorted(before)][-5:]
