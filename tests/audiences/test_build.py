@@ -389,6 +389,15 @@ def test_an_hour_leaving_a_window_touches_only_the_ids_whose_rows_counted_there(
     later = build(warehouse, segments, as_of_ms=at + hour)
     # The news reader's row counted toward no 2-day matcher: it is not recomputed, and need not be.
     assert later.followed and later.recomputed == 2
+    # Its sizes and counts are the last build's, less the rows it compared, plus its own: as if
+    # every row were counted again.
+    assert warehouse.query(
+        "SELECT segment_id, profiles, ids FROM crumb.segment_sizes WHERE build_id = {b:UInt64} ORDER BY segment_id",
+        parameters={"b": later.build_id}).result_rows == warehouse.query(
+        "SELECT segment_id, uniqExact(profile_id), count() FROM crumb.segment_members GROUP BY segment_id "
+        "ORDER BY segment_id").result_rows
+    assert (later.members, later.profiles) == warehouse.query(
+        "SELECT count(), uniqExact(profile_id) FROM crumb.segment_members").result_rows[0]
     assert {m for m in members(warehouse) if m[1] in ours} == {
         (5, sports, "cookie"), (5, reader, "cookie"), (5, both, "cookie"), (6, both, "cookie")}
     full = build(warehouse, segments, as_of_ms=at + hour, follow=False)
