@@ -14,9 +14,11 @@ Before each measured build the audience output tables are emptied, so every run 
 the floor's as_of (the last event); then one more 100-segment build in full on top (the nightly
 rebuild), and the hourly build as of the floor's as_of: an hour of new events, windows moved, 100
 new opt-outs (10,000 are recorded before the first builds), and it follows the last build
-(recomputing only the profiles it finds touched). The hourly build runs 3 times from the same
-state (each run but the last undone) and its median is reported: one run moves by tens of percent. A full build at the
-same as_of checks that it agrees (no member enters or exits) and shows what it saves.
+(recomputing only the profiles it finds touched). The hourly build runs 5 times from the same
+state (each run but the last undone), each just after a run of the floor query, and its median is
+reported, with the median of each run's ratio to its floor: one run moves by tens of percent, and
+so does the floor. A full build at the same as_of checks that it agrees (no member enters or
+exits) and shows what it saves.
 
 Memory: chdb runs ClickHouse inside this process, so the process's RSS is Python and ClickHouse
 together. Per phase: peak RSS (VmHWM, reset through /proc/self/clear_refs), sampled peak anonymous
@@ -46,6 +48,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -439,7 +442,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1M events / 100k cookies: a smoke check")
     parser.add_argument("--segments", type=int, default=100)
     parser.add_argument("--no-direct", action="store_true", help="skip the direct-compile reference query")
-    parser.add_argument("--hourly-runs", type=int, default=3, help="runs of the hourly build, from one state (median)")
+    parser.add_argument("--hourly-runs", type=int, default=5, help="runs of the hourly build, from one state (median)")
     parser.add_argument("--load-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -528,6 +531,9 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
     with Phase(sampler, "floor") as phase:
         floor_runs = [timed(lambda: client.command(floor_sql(), parameters=params)) for _ in range(3)]
     floor_s = statistics.median(floor_runs)
+
+    def floor() -> float:
+        return timed(lambda: client.command(floor_sql(), parameters=params))
     result["floor"] = {"median_s": round(floor_s, 3), "runs_s": [round(t, 3) for t in floor_runs],
                        "memory": phase.memory.__dict__}
     print(f"floor: {floor_s:.2f}s (runs {', '.join(f'{t:.2f}' for t in floor_runs)})", flush=True)
@@ -551,16 +557,17 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
         builds[str(n)] = _build_summary(runs, walls, phase.memory)
         if n != big:  # its hourly build, on its own rollup (the big plan's comes below)
             hourly_runs = hourly_builds(client, segment_set, as_of_ms, sampler, args.hourly_runs,
-                                        f"build {n} an hour later")
-            builds[str(n)].update(hour_later_s=round(statistics.median(w for _, w in hourly_runs), 3),
-                                  hour_later_timings=median_steps([r for r, _ in hourly_runs]),
-                                  hour_later_recomputed=hourly_runs[-1][0].recomputed)
+                                        f"build {n} an hour later", floor)
+            builds[str(n)].update(hour_later_s=round(statistics.median(r.wall for r in hourly_runs), 3),
+                                  hour_later_timings=median_steps([r.result for r in hourly_runs]),
+                                  hour_later_recomputed=hourly_runs[-1].result.recomputed)
             forget_new_optouts(client, as_of_ms)  # the next first builds are an hour before them
     # one more build on top of the last, recomputing everything: the nightly full rebuild
     steady, steady_wall = timed_build(client, sets[big], hour_before, sampler, f"rebuild {big} in full", follow=False)
     # and the hourly build: an hour of new events, windows have moved; it follows the last build
-    hourly_runs = hourly_builds(client, sets[big], as_of_ms, sampler, args.hourly_runs, f"rebuild {big} an hour later")
-    later, later_wall = hourly_runs[-1][0], statistics.median(wall for _, wall in hourly_runs)
+    hourly_runs = hourly_builds(client, sets[big], as_of_ms, sampler, args.hourly_runs, f"rebuild {big} an hour later",
+                                floor)
+    later, later_wall = hourly_runs[-1].result, statistics.median(r.wall for r in hourly_runs)
     # what it would cost recomputing everything
     later_full, later_full_wall = timed_build(client, sets[big], as_of_ms, sampler,
                                               f"rebuild {big} an hour later, in full", follow=False)
@@ -571,8 +578,9 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
     result["builds"] = builds
     result["steady_rebuild"] = {"wall_s": round(steady_wall, 3), "timings": steady.timings,
                                 "entered": steady.entered, "exited": steady.exited}
-    result["hour_later_rebuild"] = {"wall_s": round(later_wall, 3), "runs_s": [round(w, 3) for _, w in hourly_runs],
-                                    "timings": median_steps([r for r, _ in hourly_runs]),
+    result["hour_later_rebuild"] = {"wall_s": round(later_wall, 3), "runs_s": [round(r.wall, 3) for r in hourly_runs],
+                                    "floor_runs_s": [round(r.floor, 3) for r in hourly_runs],
+                                    "timings": median_steps([r.result for r in hourly_runs]),
                                     "entered": later.entered, "exited": later.exited,
                                     "recomputed_ids": later.recomputed, "changes": later.changes,
                                     "in_full_s": round(later_full_wall, 3), "in_full_timings": later_full.timings}
@@ -588,6 +596,8 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
         "members_over_floor": round(builds[str(big)]["steps_median_s"]["members"] / floor_s, 2),
         "members10_over_floor": round(builds["10"]["steps_median_s"]["members"] / floor_s, 2),
         "hour_later_over_floor": round(later_wall / floor_s, 2),
+        # Each hourly run against the floor run just before it: the machine as each run found it.
+        "hour_later_over_paired_floor": round(statistics.median(r.wall / r.floor for r in hourly_runs), 2),
         "hourly_growth_10_to_100": round(later_wall / builds["10"]["hour_later_s"], 2),
     }
 
@@ -616,11 +626,20 @@ def timed_build(client: Client, segments: SegmentSet, as_of_ms: int, sampler: Sa
 HOURLY_STATE = ("id_segments", "segment_profiles", "segment_build_state")  # what a build replaces whole
 
 
+@dataclass
+class HourlyRun:
+    result: BuildResult
+    wall: float
+    floor: float  # the floor query, timed just before this run
+
+
 def hourly_builds(client: Client, segments: SegmentSet, as_of_ms: int, sampler: Sampler, runs: int,
-                  label: str) -> list[tuple[BuildResult, float]]:
+                  label: str, floor: Callable[[], float]) -> list[HourlyRun]:
     """The hourly build `runs` times from the same state, so that its figure is a median and not
     one run on a noisy machine: every run but the last is undone (its rows in the append-only
-    tables deleted, the tables a build replaces put back from a copy). The last one stays."""
+    tables deleted, the tables a build replaces put back from a copy). The last one stays. Each
+    run follows a run of the floor query, so that each can be set against the floor of the
+    moment: on this shared machine, the floor alone moved between 0.5 s and 0.9 s in an hour."""
     last_build = int(client.query("SELECT max(build_id) FROM crumb.builds").result_rows[0][0])
     add_new_optouts(client, as_of_ms)
     for table in HOURLY_STATE:
@@ -631,14 +650,15 @@ def hourly_builds(client: Client, segments: SegmentSet, as_of_ms: int, sampler: 
     try:
         for run in range(runs):
             if run:
-                discard_build(client, results[-1][0].build_id)  # its deltas, history and sizes
+                discard_build(client, results[-1].result.build_id)  # its deltas, history and sizes
                 client.command("DELETE FROM crumb.builds WHERE build_id > {b:UInt64}", parameters={"b": last_build})
                 for table in HOURLY_STATE:
                     client.command(f"TRUNCATE TABLE crumb.{table}")
                     client.command(f"INSERT INTO crumb.{table} SELECT * FROM crumb._bench_{table}")
-            result = timed_build(client, segments, as_of_ms, sampler, f"{label} ({run + 1}/{runs})")
-            assert result[0].followed, "the hourly build did not follow the last (was as_of an hour into a UTC day?)"
-            results.append(result)
+            floor_s = floor()
+            result, wall = timed_build(client, segments, as_of_ms, sampler, f"{label} ({run + 1}/{runs})")
+            assert result.followed, "the hourly build did not follow the last (was as_of an hour into a UTC day?)"
+            results.append(HourlyRun(result, wall, floor_s))
     finally:
         for table in HOURLY_STATE:
             client.command(f"DROP TABLE IF EXISTS crumb._bench_{table}")
@@ -732,6 +752,9 @@ def report(r: dict[str, Any]) -> None:
           f"(members(10) / floor {ratios['members10_over_floor']:.2f}×; the step that aggregates the window's rows)")
     print(f"hourly rebuild / floor {ratios['hour_later_over_floor']:6.2f}×   (hourly {big} / hourly 10: "
           f"{ratios['hourly_growth_10_to_100']:.2f}×; it recomputes only the profiles it finds touched)")
+    print(f"  each against the floor run just before it: median {ratios['hour_later_over_paired_floor']:.2f}×  "
+          f"(hourly runs {', '.join(f'{w:.2f}' for w in h['runs_s'])}; floor runs "
+          f"{', '.join(f'{f:.2f}' for f in h['floor_runs_s'])})")
     if "direct" in r:
         print(f"direct({big}) / floor    {r['direct']['over_floor']:6.2f}×   (reference)")
     print()
