@@ -195,7 +195,7 @@ def build(
         if segments.lookalikes():
             result.lookalikes = steps.run("lookalikes", lambda: build_lookalikes(
                 client, segments, result.build_id, as_of_ms, taxonomy, progress))
-        steps.run("deltas", lambda: _write_deltas(client, result.build_id, as_of_ms, result.followed))
+        steps.run("deltas", lambda: _write_deltas(client, result.build_id, as_of_ms))
         _count(client, result, lookalikes=bool(lookalike_ids))
         if following:
             steps.run("stamp", lambda: _stamp(client, result.build_id))
@@ -273,8 +273,7 @@ def _entry_times(client: Client, only: str | None, lookalike_ids: list[int]) -> 
     membership statement (`incremental.plan_key`), so its rows have entry times, and an ID has
     several rows only where the plan has lookalikes: only a full build looks."""
     client.command(f"CREATE TABLE {ENTERED} (id String, segments Array(UInt32), "
-                   "entered Array(DateTime64(3, 'UTC')), profile String) ENGINE = Join(ANY, LEFT, id) "
-                   "SETTINGS persistent = 0")
+                   "entered Array(DateTime64(3, 'UTC'))) ENGINE = Join(ANY, LEFT, id) SETTINGS persistent = 0")
     params = {"lookalikes": lookalike_ids}
     compared = f"FROM crumb.id_segments WHERE {_compared(only, lookalike_ids)}"
     entered = ROW_ENTERED
@@ -295,11 +294,11 @@ def _entry_times(client: Client, only: str | None, lookalike_ids: list[int]) -> 
                    f"segments, {entered})")
     several_rows = bool(lookalike_ids) if only else _several_rows_per_id(client)
     if several_rows:  # they become one
-        rows = (f"SELECT typed, arrayMap(p -> p.1, held), arrayMap(p -> p.2, held), profile FROM ("
-                f"SELECT {TYPED_ID} AS typed, groupArrayArray(arrayZip(segments, {entered})) AS held, "
-                f"any(profile_id) AS profile {compared} GROUP BY typed)")
+        rows = (f"SELECT typed, arrayMap(p -> p.1, held), arrayMap(p -> p.2, held) FROM ("
+                f"SELECT {TYPED_ID} AS typed, groupArrayArray(arrayZip(segments, {entered})) AS held "
+                f"{compared} GROUP BY typed)")
     else:  # a row per ID: 1 s for a million, against 3 s grouped
-        rows = f"SELECT {TYPED_ID}, segments, {entered}, profile_id {compared}"
+        rows = f"SELECT {TYPED_ID}, segments, {entered} {compared}"
     client.command(f"INSERT INTO {ENTERED} {rows}", parameters=params)
 
 
@@ -448,11 +447,11 @@ def _links_sql(params: dict[str, Any], rollup: RollupRead | None, recomputing: b
     return f"{links(rollup.table, rollup.rolled_rows(BUILD.optouts))} UNION ALL {links(HOURS)}"
 
 
-def _write_deltas(client: Client, build_id: int, as_of_ms: int, followed: int = 0) -> None:
-    """The rows this build wrote (`build_id`), against the last build's rows of their IDs
-    (`ENTERED`). When following (the build `followed`), the others are the last build's, carried
-    over as they were, with its build ID until `_stamp`: every row, in a full build."""
-    params = {"build_id": build_id, "at": as_of_ms, "followed": followed}
+def _write_deltas(client: Client, build_id: int, as_of_ms: int) -> None:
+    """The rows this build wrote, which have its ID (`build_id`), against the last build's rows of
+    their IDs (`ENTERED`). In a full build, that is every row. In a following build, the others
+    are the last build's, carried over as they were: they keep that build's ID until `_stamp`."""
+    params = {"build_id": build_id, "at": as_of_ms}
     at = "fromUnixTimestamp64Milli({at:Int64}, 'UTC')"
     # Not `_compared`: a UInt64 compared, not a typed ID built and looked up per row (0.007 s
     # against 0.067 s over the benchmark's 1.2M rows).
@@ -486,19 +485,12 @@ def _write_deltas(client: Client, build_id: int, as_of_ms: int, followed: int = 
         parameters=params)
     # Profiles per segment without hashing ten million IDs: every ID of a profile has the same
     # segments, so the profile's own row (its label is its smallest typed ID) counts it once.
-    sizes = (f"SELECT segment_id, toInt64(countIf({TYPED_ID} = profile_id)) AS p, toInt64(count()) AS n "
-             f"FROM crumb.id_segments_next ARRAY JOIN segments AS segment_id WHERE {scope} GROUP BY segment_id")
-    if followed:
-        # The last build's sizes, less its rows this build compared, plus this build's own: the
-        # rows carried over are not read again (0.02 s against 0.07 s on the benchmark).
-        sizes = ("SELECT segment_id, sum(p), sum(n) FROM ("
-                 "SELECT segment_id, toInt64(profiles) AS p, toInt64(ids) AS n FROM crumb.segment_sizes "
-                 f"WHERE build_id = {{followed:UInt64}} UNION ALL {sizes} UNION ALL "
-                 "SELECT segment_id, -toInt64(countIf(id = profile)), -toInt64(count()) "
-                 f"FROM {ENTERED} ARRAY JOIN segments AS segment_id GROUP BY segment_id"
-                 ") GROUP BY segment_id HAVING sum(n) > 0")
-    client.command(f"INSERT INTO crumb.segment_sizes SELECT {{build_id:UInt64}}, {at}, * FROM ({sizes})",
-                   parameters=params)
+    # Every row, each build: a following build's sizes taken from the last build's would miss the
+    # rows an erasure deleted in between.
+    client.command(
+        f"INSERT INTO crumb.segment_sizes SELECT {{build_id:UInt64}}, {at}, segment_id, "
+        f"countIf({TYPED_ID} = profile_id), count() "
+        "FROM crumb.id_segments_next ARRAY JOIN segments AS segment_id GROUP BY segment_id", parameters=params)
 
 
 def _stamp(client: Client, build_id: int) -> None:

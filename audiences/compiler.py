@@ -33,10 +33,12 @@ PROFILE_OF = "crumb._build_profile_of"
 PROFILE_IDS = "crumb._build_profile_ids"
 MEMBERS_NEXT = "crumb.id_segments_next"
 OPTOUTS = "crumb.optouts"  # the ledger of opted-out IDs (the collector's)
-# The opted-out IDs as a build read them at its start, one row per ID: every statement of the
-# build excludes exactly these, and its state records exactly these (`incremental.optout_digest`).
-# An opt-out recorded while a build runs then reaches none of its statements, and the next build
-# takes it as new, instead of reaching some (its links dropped, its rows counted) and not others.
+# The opted-out IDs as a build read them at its start, one row per ID: every statement of its
+# rule segments excludes exactly these, and its state records exactly these
+# (`incremental.optout_digest`). An opt-out recorded while a build runs then reaches none of them,
+# and the next build takes it as new, instead of reaching some (its links dropped, its rows
+# counted) and not others. (The lookalike step reads the ledger: it scores every profile anew in
+# every build, so a later opt-out leaves nothing behind there.)
 BUILD_OPTOUTS = "crumb._build_optouts"
 # The hour rows a build reads besides the rollup table: as_of's day of events, rolled up per ID and
 # hour by the build (`today_statement`); and in a build that recomputes some IDs only, every
@@ -788,8 +790,8 @@ def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Table
 
     Opted-out IDs need no test here: the rows read are of IDs opted in, and so are the links the
     profiles are made of (`window_filter`, `RollupRead.rolled_rows`), so no profile holds one.
-    Every statement of a build reads the same opt-outs, its snapshot (`tables.optouts`): one
-    recorded while it runs is the next build's to take in."""
+    Every statement of a build's rule segments reads the same opt-outs, its snapshot
+    (`tables.optouts`): one recorded while it runs is the next build's to take in."""
     params: dict[str, Any] = {**window_params(plan, as_of_ms), "build_id": build_id}
     layout = _Layout.of(plan)
     source = _source_sql(plan, layout, params, tables, rollup, only)

@@ -140,8 +140,8 @@ def can_follow(previous: BuildState | None, key: str, as_of_ms: int) -> bool:
 
 _HOUR = "toStartOfHour(ts)"
 _RECENT = f"{_HOUR} >= toStartOfHour(fromUnixTimestamp64Milli({{previous:Int64}}, 'UTC'))"
-# The whole hours from `first` to the previous build's as_of's: in the projection's own key and
-# aggregates, and no other column, or ClickHouse reads the events instead.
+# The whole hours from `first` up to the hour of the previous build's as_of, that hour excluded:
+# in the projection's own key and aggregates, and no other column, or ClickHouse reads the events.
 WHOLE_HOURS = (f"SELECT toUnixTimestamp({_HOUR}), count(), groupBitXor(cityHash64(event_id)) FROM {EVENTS} "
                f"WHERE {_HOUR} >= toDateTime({{first:Date}}, 'UTC') AND NOT {_RECENT} GROUP BY {_HOUR}")
 
@@ -260,6 +260,10 @@ def touched_statements(changes: Changes, plan: Plan, rollup: RollupRead, previou
     # A new opt-out's own IDs. The IDs linked to it were in its profile at the last build, which
     # read it as opted in (it was not in that build's snapshot: `compiler.BUILD_OPTOUTS`), so the
     # recompute step takes them in; an ID linked to it since is touched by the event that links them.
+    # That profile is gone only if the ID was erased, and an erasure deletes the events that linked
+    # it too: the next build is then a full one (fewer events in an hour it compares), or those
+    # events' hour has left the window and its rolled-up rows are touched as such. No erasure runs
+    # during a build, between its hour digests and its recompute step (`audiences.lock`).
     if changes.optouts:  # the new opted-out IDs (or all)
         opted = f"SELECT id FROM {BUILD.optouts}"
         if changes.optouts_after_ms is not None:

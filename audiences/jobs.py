@@ -10,11 +10,12 @@ from clickhouse_connect.driver.client import Client
 from audiences.builder import BuildResult, build
 from audiences.definitions import SegmentSet, load_segments
 from audiences.errors import AudiencesError
+from audiences.lock import BUILD_LOCK_KEY
 from collector.categories import ContentTaxonomy
 from crumb.progress import SILENT, Progress
 from crumb.settings import Settings
 
-BUILD_LOCK_KEY = "crumb:{audiences}:build-lock"
+BUILD_LOCK_WAIT_S = 60  # an erasure holds the lock for a batch: seconds
 EXAMPLES_DIR = Path(__file__).with_name("examples")
 
 
@@ -41,9 +42,10 @@ def build_once(
 ) -> BuildResult:
     """One build, unless another is running anywhere (the lock lives in Redis, shared by replicas)."""
     segments = load_definitions(directory or settings.segments_dir, settings)
-    lock = redis_client.lock(BUILD_LOCK_KEY, timeout=6 * 3600, blocking=False)
+    # Erasures take the lock too: a build waits for one to end.
+    lock = redis_client.lock(BUILD_LOCK_KEY, timeout=6 * 3600, blocking=True, blocking_timeout=BUILD_LOCK_WAIT_S)
     if not lock.acquire():
-        raise BuildBusy("another build is running; one build at a time")
+        raise BuildBusy("another build (or an erasure) is running; one build at a time")
     try:
         return build(client, segments, content_taxonomy(settings), progress, as_of_ms=as_of_ms, follow=follow)
     finally:

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from activation.runner import STATS as SYNC_STATS
 from activation.runner import SyncStatsExporter
 from activation.service import Activation
+from audiences.lock import BUILD_LOCK_KEY
 from collector.categories import ContentTaxonomy
 from collector.encoder import EncoderProcess
 from collector.endpoints import Pixel
@@ -75,7 +76,8 @@ class CrumbServer:
         self.collector = Collector(config, signer, sites, self.stats, self.writer.add, self._opt_out)
         self.activation = Activation(runtime, signer)
         self.erasures = ErasureWorker(
-            runtime.client, runtime.redis, before_erase=lambda ids: record_optouts(runtime.client, ids)
+            runtime.client, runtime.redis, before_erase=lambda ids: record_optouts(runtime.client, ids),
+            exclusive_with=BUILD_LOCK_KEY,  # never while a build runs, which would undo or half-see it
         )
         self.commands = CommandContext(runtime, flush_events=self.writer.flush)
         self.scheduler = Scheduler()

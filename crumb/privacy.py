@@ -59,7 +59,8 @@ def _erase_memberships(client: Client, _redis: redis.Redis, ids: list[str]) -> N
     for table in ("id_segments", "segment_deltas", "segment_history"):
         client.command(f"DELETE FROM crumb.{table} {on_cluster(client)} WHERE id IN {{ids:Array(String)}}",
                        parameters={"ids": ids})
-    # The last build's profiles, by typed ID (a build following it recomputes the ID's old profile).
+    # The last build's profiles, by typed ID. (The events this erases make the next build a full one,
+    # as do any events it removes from hours a build compares: `audiences.incremental`.)
     client.command(f"DELETE FROM crumb.segment_profiles {on_cluster(client)} WHERE id IN {{typed:Array(String)}}",
                    parameters={"typed": [f"{kind}:{i}" for i in ids for kind in ("c", "f")]})
 
@@ -124,12 +125,16 @@ class ErasureWorker:
 
     def __init__(
         self, client: Client, redis_client: redis.Redis, interval_s: float = 1.0,
-        before_erase: Callable[[list[str]], None] = lambda ids: None,
+        before_erase: Callable[[list[str]], None] = lambda ids: None, exclusive_with: str = "",
     ) -> None:
+        """`exclusive_with`: the key of a Redis lock held while erasing (the segment builds' own):
+        a build reads the events, the rollup and the last build's profiles at different moments,
+        and an erasure between two of those reads would leave it with half an ID."""
         self._client = client
         self._redis = redis_client
         self._interval_s = interval_s
         self._before_erase = before_erase
+        self._exclusive_with = exclusive_with
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="crumb-erasure", daemon=True)
         self.erased = 0
@@ -149,14 +154,29 @@ class ErasureWorker:
             return 0
         try:
             ids = [i.decode() if isinstance(i, bytes) else i for i in self._redis.lrange(ERASE_QUEUE_KEY, 0, limit - 1)]
+            if ids and not self._erase_alone(ids):
+                return 0  # a build is running: the IDs wait (their events are dropped at ingest already)
             if ids:
-                self._before_erase(ids)
-                erase(self._client, self._redis, ids, reason="optout")
                 self._redis.ltrim(ERASE_QUEUE_KEY, len(ids), -1)
         finally:
             lock.release()
         self.erased += len(ids)
         return len(ids)
+
+    def _erase_alone(self, ids: list[str]) -> bool:
+        """Record and erase the IDs while holding the exclusive lock; False if it is held."""
+        exclusive = None
+        if self._exclusive_with:
+            exclusive = self._redis.lock(self._exclusive_with, timeout=600, blocking=False)
+        if exclusive is not None and not exclusive.acquire():
+            return False
+        try:
+            self._before_erase(ids)
+            erase(self._client, self._redis, ids, reason="optout")
+        finally:
+            if exclusive is not None:
+                exclusive.release()
+        return True
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval_s):

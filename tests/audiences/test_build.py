@@ -431,3 +431,23 @@ def test_hour_digests_read_whole_hours_from_the_events_projection_and_follow_an_
     after = hour_digests(warehouse, first, at, at)
     assert after == from_the_events(at)
     assert [after[h][0] for h in sorted(after)][-5:] == [before[h][0] - 1 for h in sorted(before)][-5:]
+
+
+def test_sizes_count_every_row_again_after_an_erasure_between_two_builds(
+        warehouse: Client, live_server: LiveServer) -> None:
+    gone, kept = cookie(), cookie()
+    hour = 3_600_000
+    at = T0 // hour * hour + 400 * DAY + 6 * hour
+    # `gone`'s only event is in the hour that leaves the window next: its erasure removes no event
+    # the next build compares, so that build follows this one.
+    insert(warehouse, [{"ts": at - 3 * DAY + 1000, "cookie_id": gone, "path": "/sports/1"},
+                       {"ts": at - DAY, "cookie_id": kept, "path": "/sports/2"}])
+    build(warehouse, SPORTS, as_of_ms=at)
+    erase(warehouse, live_server.crumb.runtime.redis, [gone], "test")
+    later = build(warehouse, SPORTS, as_of_ms=at + hour)
+    assert later.followed
+    assert {m for m in members(warehouse) if m[1] in (gone, kept)} == {(1, kept, "cookie")}
+    assert warehouse.query(
+        "SELECT segment_id, profiles, ids FROM crumb.segment_sizes WHERE build_id = {b:UInt64}",
+        parameters={"b": later.build_id}).result_rows == warehouse.query(
+        "SELECT segment_id, uniqExact(profile_id), count() FROM crumb.segment_members GROUP BY segment_id").result_rows

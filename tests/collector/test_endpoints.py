@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from audiences.lock import BUILD_LOCK_KEY
 from tests.conftest import LiveServer
 from tests.tcf import make_tc_string
 
@@ -174,6 +175,14 @@ def test_optout_stops_collection_and_erases(live_server: LiveServer, http: httpx
     # A hit still in flight for this ID is dropped by the writer; a new one is refused at the door.
     http.post("/e", json=beacon(site, pageview()), headers={"cookie": f"crumb_id={signed}"})
     http.post("/e", json=beacon(site, pageview()), headers={"cookie": f"crumb_id={signed}; crumb_optout=1"})
+    # Not while a build runs (it holds the builds' lock): the ID waits in the queue.
+    build_lock = live_server.crumb.runtime.redis.lock(BUILD_LOCK_KEY, timeout=60, blocking=False)
+    assert build_lock.acquire()
+    try:
+        assert live_server.crumb.erasures.run_once() == 0
+        assert len(rows_of(live_server, site)) == 1
+    finally:
+        build_lock.release()
     live_server.crumb.erasures.run_once()
     cookie_id = signed.split(".")[0]
     assert rows_of(live_server, site) == []
