@@ -3,8 +3,8 @@
 A build an hour after the last one finds most profiles exactly as they were: their rows in each
 window are the same rows, so their segments are the same. A profile's segments can change only
 when one of its IDs gained or lost a row in some window that counts toward a matcher of that
-window, or its links changed. Between the last
-successful build (as of `as_of_p`) and this one (as of `as_of`), an ID's rows change when:
+window, or its links changed. Between the last successful build (as of `as_of_p`) and this one
+(as of `as_of`), an ID's rows change when:
 
   new events     it has events in (as_of_p, as_of]: rows entered every window
   window edges   it has a row in an hour that left a window, [start_p(W), start(W)) for each
@@ -215,7 +215,7 @@ def changes(plan: Plan, previous: BuildState, as_of_ms: int, hours: HourDigests,
     count and digest, they are the only new ones: an opt-out recorded late with an earlier time,
     one recorded again, or one removed breaks the sum, and every opted-out ID is touched."""
     windows = {m.window_days for m in plan.matchers} | {plan.max_window_days}
-    edges = {}
+    edges: dict[int, list[int]] = {}
     for days in sorted(windows):
         start_p, start = window_start(previous.as_of_ms, days), window_start(as_of_ms, days)
         if start > start_p:
