@@ -263,7 +263,7 @@ def touched_statements(changes: Changes, plan: Plan, rollup: RollupRead, previou
     # That profile is gone only if the ID was erased, and an erasure deletes the events that linked
     # it too: the next build is then a full one (fewer events in an hour it compares), or those
     # events' hour has left the window and its rolled-up rows are touched as such. No erasure runs
-    # during a build, between its hour digests and its recompute step (`audiences.lock`).
+    # during a build, between its hour digests and its recompute step (`crumb.privacy.erase`).
     if changes.optouts:  # the new opted-out IDs (or all)
         opted = f"SELECT id FROM {BUILD.optouts}"
         if changes.optouts_after_ms is not None:

@@ -10,8 +10,8 @@ from clickhouse_connect.driver.client import Client
 from audiences.builder import BuildResult, build
 from audiences.definitions import SegmentSet, load_segments
 from audiences.errors import AudiencesError
-from audiences.lock import BUILD_LOCK_KEY
 from collector.categories import ContentTaxonomy
+from crumb.privacy import BUILD_LOCK_KEY
 from crumb.progress import SILENT, Progress
 from crumb.settings import Settings
 

@@ -20,7 +20,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from activation.runner import STATS as SYNC_STATS
 from activation.runner import SyncStatsExporter
 from activation.service import Activation
-from audiences.lock import BUILD_LOCK_KEY
 from collector.categories import ContentTaxonomy
 from collector.encoder import EncoderProcess
 from collector.endpoints import Pixel
@@ -76,8 +75,7 @@ class CrumbServer:
         self.collector = Collector(config, signer, sites, self.stats, self.writer.add, self._opt_out)
         self.activation = Activation(runtime, signer)
         self.erasures = ErasureWorker(
-            runtime.client, runtime.redis, before_erase=lambda ids: record_optouts(runtime.client, ids),
-            exclusive_with=BUILD_LOCK_KEY,  # never while a build runs, which would undo or half-see it
+            runtime.client, runtime.redis, before_erase=lambda ids: record_optouts(runtime.client, ids)
         )
         self.commands = CommandContext(runtime, flush_events=self.writer.flush)
         self.scheduler = Scheduler()

@@ -17,10 +17,24 @@ from dataclasses import dataclass
 import redis
 from clickhouse_connect.driver.client import Client
 
+from crumb.errors import CrumbError
+
 log = logging.getLogger("crumb.privacy")
 
 ERASE_QUEUE_KEY = "crumb:{privacy}:erase"
 ERASE_LOCK_KEY = "crumb:{privacy}:erase-lock"  # one worker at a time, across replicas
+# Held by a segment build from start to end (`audiences.jobs`), and by an erasure: a build reads
+# the events, the rollup and the last build's profiles at different moments, and an erasure
+# between two of those reads would leave it with half an ID, or see its rows put back by the
+# build's swap.
+BUILD_LOCK_KEY = "crumb:{audiences}:build-lock"
+BUILD_WAIT_S = 600.0  # how long a requested erasure waits for a running build to end
+
+
+class ErasureDeferred(CrumbError):
+    """A segment build kept running: the erasure did not start, and can be asked again."""
+
+    code = "erasure_deferred"
 
 
 @dataclass(frozen=True)
@@ -97,14 +111,24 @@ ERASERS: list[Eraser] = [
 ]
 
 
-def erase(client: Client, redis_client: redis.Redis, ids: Sequence[str], reason: str) -> list[str]:
-    """Erase the IDs everywhere; returns the tables and key spaces erased from."""
+def erase(client: Client, redis_client: redis.Redis, ids: Sequence[str], reason: str,
+          wait_s: float = BUILD_WAIT_S, before: Callable[[list[str]], None] = lambda ids: None) -> list[str]:
+    """Erase the IDs everywhere; returns the tables and key spaces erased from. Never while a
+    segment build runs: it waits up to `wait_s` for one to end, then raises ErasureDeferred.
+    `before` runs first, once no build can start (the opt-out worker records its IDs there)."""
     ids = sorted({i for i in ids if i})
     if not ids:
         return []
     requested_ms = int(time.time() * 1000)
-    for eraser in ERASERS:
-        eraser.erase(client, redis_client, ids)
+    no_build = redis_client.lock(BUILD_LOCK_KEY, timeout=600, blocking=wait_s > 0, blocking_timeout=wait_s or None)
+    if not no_build.acquire():
+        raise ErasureDeferred(f"a segment build is still running after {wait_s:.0f}s; erase again later")
+    try:
+        before(ids)
+        for eraser in ERASERS:
+            eraser.erase(client, redis_client, ids)
+    finally:
+        no_build.release()
     names = [eraser.name for eraser in ERASERS]
     completed_ms = int(time.time() * 1000)
     client.insert(
@@ -125,16 +149,12 @@ class ErasureWorker:
 
     def __init__(
         self, client: Client, redis_client: redis.Redis, interval_s: float = 1.0,
-        before_erase: Callable[[list[str]], None] = lambda ids: None, exclusive_with: str = "",
+        before_erase: Callable[[list[str]], None] = lambda ids: None,
     ) -> None:
-        """`exclusive_with`: the key of a Redis lock held while erasing (the segment builds' own):
-        a build reads the events, the rollup and the last build's profiles at different moments,
-        and an erasure between two of those reads would leave it with half an ID."""
         self._client = client
         self._redis = redis_client
         self._interval_s = interval_s
         self._before_erase = before_erase
-        self._exclusive_with = exclusive_with
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="crumb-erasure", daemon=True)
         self.erased = 0
@@ -154,29 +174,16 @@ class ErasureWorker:
             return 0
         try:
             ids = [i.decode() if isinstance(i, bytes) else i for i in self._redis.lrange(ERASE_QUEUE_KEY, 0, limit - 1)]
-            if ids and not self._erase_alone(ids):
-                return 0  # a build is running: the IDs wait (their events are dropped at ingest already)
             if ids:
+                try:  # without waiting: this lock expires, and the queue keeps the IDs meanwhile
+                    erase(self._client, self._redis, ids, reason="optout", wait_s=0, before=self._before_erase)
+                except ErasureDeferred:
+                    return 0  # a build is running (the IDs' events are dropped at ingest already)
                 self._redis.ltrim(ERASE_QUEUE_KEY, len(ids), -1)
         finally:
             lock.release()
         self.erased += len(ids)
         return len(ids)
-
-    def _erase_alone(self, ids: list[str]) -> bool:
-        """Record and erase the IDs while holding the exclusive lock; False if it is held."""
-        exclusive = None
-        if self._exclusive_with:
-            exclusive = self._redis.lock(self._exclusive_with, timeout=600, blocking=False)
-        if exclusive is not None and not exclusive.acquire():
-            return False
-        try:
-            self._before_erase(ids)
-            erase(self._client, self._redis, ids, reason="optout")
-        finally:
-            if exclusive is not None:
-                exclusive.release()
-        return True
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval_s):

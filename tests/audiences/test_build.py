@@ -17,7 +17,7 @@ from audiences.builder import build
 from audiences.definitions import SegmentSet, parse_segment
 from audiences.errors import BuildError
 from audiences.incremental import WHOLE_HOURS, hour_digests
-from crumb.privacy import erase
+from crumb.privacy import BUILD_LOCK_KEY, ErasureDeferred, erase
 from crumb.progress import Progress
 from tests.audiences.events import cookie, insert_events
 from tests.conftest import LiveServer
@@ -145,7 +145,17 @@ def test_erasure_removes_the_id_from_members_deltas_and_history(warehouse: Clien
     assert rolled_ids(warehouse, [kept, erased]) == {f"c:{kept}", f"c:{erased}"}
     assert {(1, kept, "cookie"), (1, erased, "cookie")} <= members(warehouse)
 
-    names = erase(warehouse, live_server.crumb.runtime.redis, [erased], "test")
+    # Not while a build runs: it holds the builds' lock, and an erasure waits for it, or gives up.
+    redis_client = live_server.crumb.runtime.redis
+    running_build = redis_client.lock(BUILD_LOCK_KEY, timeout=60, blocking=False)
+    assert running_build.acquire()
+    try:
+        with pytest.raises(ErasureDeferred):
+            erase(warehouse, redis_client, [erased], "test", wait_s=0)
+        assert warehouse.query(profiles).result_rows[0][0] == 1
+    finally:
+        running_build.release()
+    names = erase(warehouse, redis_client, [erased], "test")
 
     assert "crumb.id_segments, segment_profiles, segment_deltas, segment_history" in names
     assert warehouse.query(profiles).result_rows[0][0] == 0

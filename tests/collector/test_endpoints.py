@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from audiences.lock import BUILD_LOCK_KEY
+from crumb.privacy import BUILD_LOCK_KEY
 from tests.conftest import LiveServer
 from tests.tcf import make_tc_string
 
