@@ -1,7 +1,8 @@
 """The batch build: all active segments in one scan of the events, entirely inside ClickHouse.
 
 Steps (each timed, and recorded in `crumb.builds`):
-  (first)   a snapshot of the opt-outs (`compiler.BUILD_OPTOUTS`): what every statement excludes
+  (first)   a snapshot of the opt-outs (`compiler.BUILD_OPTOUTS`): what every rule-segment statement
+            excludes
   values    the window's events per hour (count, digest); the days to roll up; the lookups of the
             values of pattern-tested fields
   rollup    whole past days whose events changed (or are new) → per ID and hour, `segment_rollup`

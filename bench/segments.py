@@ -528,12 +528,12 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
 
     # (1) the floor: same window, same eligibility, same parameters
     client.command(floor_sql(), parameters=params)  # warm the page cache, as the builds will find it
-    with Phase(sampler, "floor") as phase:
-        floor_runs = [timed(lambda: client.command(floor_sql(), parameters=params)) for _ in range(3)]
-    floor_s = statistics.median(floor_runs)
-
     def floor() -> float:
         return timed(lambda: client.command(floor_sql(), parameters=params))
+
+    with Phase(sampler, "floor") as phase:
+        floor_runs = [floor() for _ in range(3)]
+    floor_s = statistics.median(floor_runs)
     result["floor"] = {"median_s": round(floor_s, 3), "runs_s": [round(t, 3) for t in floor_runs],
                        "memory": phase.memory.__dict__}
     print(f"floor: {floor_s:.2f}s (runs {', '.join(f'{t:.2f}' for t in floor_runs)})", flush=True)
