@@ -215,6 +215,22 @@ def test_a_plan_with_other_predicates_starts_a_new_rollup(warehouse: Client) -> 
     assert again.rolled_days == 0 and (6, a, "cookie") in members(warehouse)
 
 
+def test_the_rollup_stores_its_counts_plain_and_a_table_of_an_older_layout_is_rolled_up_anew(
+        warehouse: Client) -> None:
+    a = cookie()
+    at = T0 + 75 * DAY
+    insert(warehouse, [{"ts": at - DAY - 1000, "cookie_id": a, "path": "/sports/1"}])
+    assert build(warehouse, SPORTS, as_of_ms=at).rolled_days == 1
+    codecs = dict(warehouse.query("SELECT name, compression_codec FROM system.columns "
+                                  "WHERE database = 'crumb' AND table = 'segment_rollup'").result_rows)
+    assert codecs.pop("row_id") == codecs.pop("links") == ""  # the default: compressed
+    assert codecs and set(codecs.values()) == {"CODEC(NONE)"}
+    # A table rolled up by an older release has another fingerprint: the next build starts anew.
+    warehouse.command("ALTER TABLE crumb.segment_rollup MODIFY COMMENT 'an older layout'")
+    again = build(warehouse, SPORTS, as_of_ms=at)
+    assert again.rolled_days == 1 and (1, a, "cookie") in members(warehouse)
+
+
 def test_a_build_the_same_day_recomputes_only_the_profiles_it_finds_touched(warehouse: Client) -> None:
     a, b, c = cookie(), cookie(), cookie()
     hour = 3_600_000
