@@ -766,17 +766,14 @@ def _held_columns(plan: Plan, layout: _Layout, bounded: _Bounded, params: dict[s
 
 
 def _segment_arrays(plan: Plan, params: dict[str, Any]) -> str:
-    """Each segment's boolean as a bit of a word `s<n>`, and `segments` the IDs of the bits set:
-    a profile's array holds its own segments, not one slot per segment to filter afterwards."""
-    columns, words = [], []
+    """`segments`: the IDs of the segments whose booleans hold, in the plan's order. One array of
+    the booleans filtered, not a word of bits per 64 segments: the bits' sums of shifted booleans
+    were most of the statement's text. A full build's members step of the 100-segment benchmark
+    took 4.7 s instead of 6.1 s, and a following build's 0.43-0.58 s instead of 0.44-0.73 s."""
     items = list(plan.expressions.items())
-    for n, start in enumerate(range(0, len(items), 64)):
-        part = items[start:start + 64]
-        params[f"segment_ids{n}"] = [segment_id for segment_id, _expr in part]
-        columns.append(_sum([f"bitShiftLeft(toUInt64({expr}), {bit})" for bit, (_id, expr) in enumerate(part)])
-                       + f" AS s{n}")
-        words.append(f"arrayMap(b -> {{segment_ids{n}:Array(UInt32)}}[b + 1], bitPositionsToArray(s{n}))")
-    return ", ".join([*columns, f"arrayConcat({', '.join(words)}) AS segments"])
+    params["segment_ids"] = [segment_id for segment_id, _expr in items]
+    held = ", ".join(expr for _id, expr in items)
+    return f"arrayFilter((segment_id, held) -> held, {{segment_ids:Array(UInt32)}}, [{held}]) AS segments"
 
 
 def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Tables = BUILD,

@@ -68,8 +68,9 @@ def test_golden_plan_numbers_shared_predicates_once() -> None:
     assert "toUInt32(bitTest(f0, 0)) AS c0" in sql and "sum(toUInt64(c0)) AS n0" in sql and params["min_n2"] == 3
     assert "(bitTest(f0_any, 0) AND bitAnd(n0, 4294967295) >= {min_n2:UInt64}) AS h2" in sql
     assert "(bitTest(w0_any, 2)) AS h4" in sql
-    # Each segment a bit of a word; a profile's array, the IDs of the bits set.
-    assert params["segment_ids0"] == [1, 2] and "bitPositionsToArray(s0)" in sql
+    # A profile's array: the IDs of the segments whose booleans hold, in the plan's order.
+    assert params["segment_ids"] == [1, 2]
+    assert "arrayFilter((segment_id, held) -> held, {segment_ids:Array(UInt32)}, [(h1 AND h2), " in sql
 
 
 def test_conditions_that_differ_only_in_bounds_share_a_matcher() -> None:
