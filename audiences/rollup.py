@@ -44,9 +44,10 @@ ROLLUP = "crumb.segment_rollup"
 ROLLED_DAYS = "crumb.segment_rollup_days"  # migration audiences_0006
 # Every build reads the rollup whole: a following build wants the rows of the IDs it recomputes,
 # and they are in every part. Its counts and bit words compress 3-10x, but decompressing them was
-# much of that read: stored plain, the hourly build of bench/segments took a tenth less CPU (3.10 s
-# against 3.50 s, median of 5 interleaved pairs), for twice the disk (496 MB against 234 MB for 3M
-# rows, about the size of the events they came from). The IDs and links compress little anyway.
+# much of that read: stored plain (its hours too), the hourly build of bench/segments took a tenth
+# less CPU (3.10 s against 3.50 s, median of 5 interleaved pairs), for twice the disk (496 MB
+# against 234 MB for 3M rows, about the size of the events they came from). The IDs and links
+# stay compressed: they compress little, and reading them plain saved nothing.
 COMPRESSED_KINDS = ("String", "Array(String)")  # the rest is stored plain
 LAYOUT = 2  # of the table; in the fingerprint, so that a table of an older layout is rolled up anew
 
@@ -74,12 +75,14 @@ def days_to_roll(client: Client, plan: Plan, as_of_ms: int, now: DayDigests) -> 
     that left the window are dropped."""
     key = fingerprint(plan)
     if _table_key(client) != key:
+        # The record of rolled days goes before the new table comes: a table with the plan's key
+        # and days recorded from the old one would read as rolled up, and be empty.
         client.command(f"DROP TABLE IF EXISTS {ROLLUP}")
+        client.command(f"TRUNCATE TABLE {ROLLED_DAYS}")
         columns = ", ".join(f"{name} {kind}" + ("" if kind in COMPRESSED_KINDS else " CODEC(NONE)")
                             for name, kind in rollup_columns(plan))
         client.command(f"CREATE TABLE {ROLLUP} ({columns}) ENGINE = MergeTree "
                        f"PARTITION BY toYYYYMMDD(hour) ORDER BY (hour, row_id) COMMENT '{key}'")
-        client.command(f"TRUNCATE TABLE {ROLLED_DAYS}")
     first = first_day(plan, as_of_ms)
     last = _day(as_of_ms) - dt.timedelta(days=1)
     if last < first:

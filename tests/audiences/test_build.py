@@ -231,6 +231,39 @@ def test_the_rollup_stores_its_counts_plain_and_a_table_of_an_older_layout_is_ro
     assert again.rolled_days == 1 and (1, a, "cookie") in members(warehouse)
 
 
+class FailingOn:
+    """The warehouse's client, but its first command that starts with `prefix` fails, as if the
+    process died there."""
+
+    def __init__(self, client: Client, prefix: str) -> None:
+        self._client, self._prefix, self.failed = client, prefix, False
+
+    def command(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        if not self.failed and sql.startswith(self._prefix):
+            self.failed = True
+            raise RuntimeError(f"stopped before: {sql}")
+        return self._client.command(sql, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_a_rollup_replaced_halfway_is_rolled_up_again(warehouse: Client) -> None:
+    a = cookie()
+    at = T0 + 150 * DAY
+    insert(warehouse, [{"ts": at - DAY - 1000, "cookie_id": a, "path": "/sports/1"}])
+    assert build(warehouse, SPORTS, as_of_ms=at).rolled_days == 1
+    warehouse.command("ALTER TABLE crumb.segment_rollup MODIFY COMMENT 'an older layout'")
+    # The build replacing the table stops between its steps: the record of rolled days must not
+    # outlive the table it described, or the next build reads an empty rollup as rolled up.
+    failing = FailingOn(warehouse, "TRUNCATE TABLE crumb.segment_rollup_days")
+    with pytest.raises(BuildError):
+        build(failing, SPORTS, as_of_ms=at)  # type: ignore[arg-type]
+    assert failing.failed
+    again = build(warehouse, SPORTS, as_of_ms=at)
+    assert again.rolled_days == 1 and (1, a, "cookie") in members(warehouse)
+
+
 def test_a_build_the_same_day_recomputes_only_the_profiles_it_finds_touched(warehouse: Client) -> None:
     a, b, c = cookie(), cookie(), cookie()
     hour = 3_600_000
