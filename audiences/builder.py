@@ -193,8 +193,9 @@ def build(
                 plan, as_of_ms, result.build_id, rollup=rollup, only=only, keep_entered=True)], settings))
         steps.run("copy", lambda: _carry_over(client, result.build_id, following is not None, lookalike_ids))
         if segments.lookalikes():
-            # Imported here: scikit-learn, SciPy and pyarrow are ~200 MB of a process's memory and
-            # 1.3 s of its start, which a deployment without lookalikes should not pay.
+            # Imported here: scikit-learn and SciPy (and pyarrow, where nothing else loads it) are
+            # ~200 MB of a build's process and 1.3 s of its start, which a plan without lookalikes
+            # should not pay.
             from audiences.lookalike import build_lookalikes
             result.lookalikes = steps.run("lookalikes", lambda: build_lookalikes(
                 client, segments, result.build_id, as_of_ms, taxonomy, progress))

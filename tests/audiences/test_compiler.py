@@ -190,7 +190,7 @@ def most_terms_at_one_level(sql: str, operator: str) -> int:
 
 def test_many_terms_nest_as_a_tree_not_a_chain() -> None:
     # ClickHouse names every node of an expression by its whole text, so a chain of 64 terms
-    # (a word of 64 segments' bits) costs planning time quadratic in its text.
+    # (the per-row words of predicate bits, the packed counts) costs planning time quadratic in it.
     assert _balanced(["a", "b", "c", "d", "e"], "({} + {})") == "((a + b) + (c + (d + e)))"
     assert _balanced(["a", "b", "c"], "bitOr({}, {})") == "bitOr(a, bitOr(b, c))"
     with pytest.raises(ValueError):
