@@ -96,6 +96,7 @@ SCRATCH_TABLES = {
 }
 # The scratch tables of a build that follows the last one.
 FOLLOW_TABLES = {TOUCHED: "(id String) ENGINE = Memory", RECOMPUTE: "(id String) ENGINE = Memory"}
+PROFILE_ROWS = "crumb._build_profile_rows"  # the rows of `PROFILE_OF`, to read whole (`LINK_TABLES`)
 OPENED = "crumb._build_opened"  # (segment, ID) → its open history interval's entry, for rows without entry times
 MAX_LINK_ROUNDS = 64  # FastSV settles in O(log n) rounds: this is room to spare, not a limit
 
@@ -320,7 +321,7 @@ def _carry_over(client: Client, build_id: int, following: bool, lookalike_ids: l
     every profile, so then the build's profile tables are filled with all of them again."""
     client.command("TRUNCATE TABLE crumb.segment_profiles_next")
     if not following:
-        client.command(f"INSERT INTO crumb.segment_profiles_next SELECT id, profile FROM {PROFILE_OF}")
+        client.command(f"INSERT INTO crumb.segment_profiles_next SELECT id, profile FROM {PROFILE_ROWS}")
         return
     params = {"build_id": build_id, "lookalikes": lookalike_ids}
     for table in ("id_segments", "segment_profiles"):
@@ -328,7 +329,7 @@ def _carry_over(client: Client, build_id: int, following: bool, lookalike_ids: l
     client.command(f"DELETE FROM crumb.id_segments_next WHERE {_compared(RECOMPUTED, lookalike_ids)} "
                    "AND build_id != {build_id:UInt64}", parameters=params)
     client.command(f"DELETE FROM crumb.segment_profiles_next WHERE id IN {RECOMPUTED}")
-    client.command(f"INSERT INTO crumb.segment_profiles_next SELECT id, profile FROM {PROFILE_OF}")
+    client.command(f"INSERT INTO crumb.segment_profiles_next SELECT id, profile FROM {PROFILE_ROWS}")
     if lookalike_ids:
         client.command(f"TRUNCATE TABLE {PROFILE_OF}")
         client.command(f"TRUNCATE TABLE {PROFILE_IDS}")
@@ -369,7 +370,11 @@ def drop_scratch(client: Client, tables: Tables = BUILD) -> None:
         client.command(f"DROP TABLE IF EXISTS {getattr(tables, name)}")
 
 
-LINK_TABLES = ("crumb._build_edges", "crumb._build_parent", "crumb._build_parent_next")
+# Each table of parents twice: a Join by ID for joinGet, and its rows in a Memory table for reading
+# whole (a Join table reads at ~4M rows/s, on one thread: 0.15-0.3 s for the benchmark's 770k IDs,
+# read twice by a full build; the Memory table in 2 ms).
+LINK_TABLES = ("crumb._build_edges", "crumb._build_parent", "crumb._build_parent_next", "crumb._build_parent_rows",
+               "crumb._build_parent_next_rows", PROFILE_ROWS)
 
 
 def _drop_build_tables(client: Client) -> None:
@@ -398,9 +403,7 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupR
         f" SELECT DISTINCT a, b FROM ({_links_sql(params, rollup, recomputing)})) ARRAY JOIN [(a, b), (b, a)] AS pair",
         parameters=params)
     # The parents, as the profile_of table itself is: (id, profile) by id.
-    structure = SCRATCH_TABLES["profile_of"]
-    client.command(f"CREATE TABLE crumb._build_parent {structure}")
-    client.command("INSERT INTO crumb._build_parent SELECT u, min(least(u, v)) FROM crumb._build_edges GROUP BY u")
+    _parents(client, "crumb._build_parent", "SELECT u, min(least(u, v)) FROM crumb._build_edges GROUP BY u")
     parent = "joinGet('crumb._build_parent', 'profile', {})"
     # Settled already when both ends of every link have one parent that is its own parent: then
     # each component's parent is its smallest ID. One pass over the links, not a round.
@@ -412,25 +415,36 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupR
         rounds += 1
         if rounds > MAX_LINK_ROUNDS:
             raise BuildError(f"profile links did not settle in {MAX_LINK_ROUNDS} rounds")
-        client.command(f"CREATE TABLE crumb._build_parent_next {structure}")
         # Candidates for a new parent: the link's grandparent, offered to u (aggressive hooking)
         # and to u's parent (stochastic hooking); and u's own grandparent (shortcutting).
-        client.command(
-            "INSERT INTO crumb._build_parent_next SELECT offer.1 AS node, min(offer.2) FROM ("
-            f" SELECT u, {parent.format('u')} AS pu, {parent.format(parent.format('v'))} AS gv,"
-            f" {parent.format('pu')} AS gu"
-            " FROM crumb._build_edges)"
-            " ARRAY JOIN [(u, gv), (pu, gv), (u, gu), (u, pu)] AS offer"
-            " GROUP BY node")
+        _parents(client, "crumb._build_parent_next",
+                 "SELECT offer.1 AS node, min(offer.2) FROM ("
+                 f" SELECT u, {parent.format('u')} AS pu, {parent.format(parent.format('v'))} AS gv,"
+                 f" {parent.format('pu')} AS gu"
+                 " FROM crumb._build_edges)"
+                 " ARRAY JOIN [(u, gv), (pu, gv), (u, gu), (u, pu)] AS offer"
+                 " GROUP BY node")
         unsettled = client.query(
-            f"SELECT count() FROM crumb._build_parent_next WHERE {parent.format('id')} != profile").result_rows[0][0]
+            f"SELECT count() FROM crumb._build_parent_next_rows WHERE {parent.format('id')} != profile"
+        ).result_rows[0][0]
         client.command("DROP TABLE crumb._build_parent")
-        client.command("RENAME TABLE crumb._build_parent_next TO crumb._build_parent")
+        client.command("DROP TABLE crumb._build_parent_rows")
+        client.command("RENAME TABLE crumb._build_parent_next TO crumb._build_parent, "
+                       "crumb._build_parent_next_rows TO crumb._build_parent_rows")
     # Every ID points at its component's smallest ID: the parents are the profiles.
     client.command(f"DROP TABLE {PROFILE_OF}")
-    client.command(f"RENAME TABLE crumb._build_parent TO {PROFILE_OF}")
-    client.command(f"INSERT INTO {PROFILE_IDS} SELECT profile, groupArray(id) FROM {PROFILE_OF} GROUP BY profile")
+    client.command(f"RENAME TABLE crumb._build_parent TO {PROFILE_OF}, crumb._build_parent_rows TO {PROFILE_ROWS}")
+    client.command(f"INSERT INTO {PROFILE_IDS} SELECT profile, groupArray(id) FROM {PROFILE_ROWS} GROUP BY profile")
     return rounds
+
+
+def _parents(client: Client, table: str, rows: str) -> None:
+    """Parents (`rows`: a SELECT of ID and parent) into `table`, a Join by ID as `PROFILE_OF` is,
+    and into `<table>_rows`, the same rows in a Memory table (`LINK_TABLES`)."""
+    client.command(f"CREATE TABLE {table}_rows (id String, profile String) ENGINE = Memory")
+    client.command(f"INSERT INTO {table}_rows {rows}")
+    client.command(f"CREATE TABLE {table} {SCRATCH_TABLES['profile_of']}")
+    client.command(f"INSERT INTO {table} SELECT id, profile FROM {table}_rows")
 
 
 def _links_sql(params: dict[str, Any], rollup: RollupRead | None, recomputing: bool = False) -> str:
