@@ -96,7 +96,9 @@ SCRATCH_TABLES = {
 }
 # The scratch tables of a build that follows the last one.
 FOLLOW_TABLES = {TOUCHED: "(id String) ENGINE = Memory", RECOMPUTE: "(id String) ENGINE = Memory"}
-PROFILE_ROWS = "crumb._build_profile_rows"  # the rows of `PROFILE_OF`, to read whole (`LINK_TABLES`)
+# The rows of `PROFILE_OF` as the profiles step left them, to read whole (`LINK_TABLES`), until
+# the copy step drops it.
+PROFILE_ROWS = "crumb._build_profile_rows"
 ENTERED_ROWS = "crumb._build_entered_rows"  # the rows of `ENTERED`, to read whole (as `PROFILE_ROWS`)
 OPENED = "crumb._build_opened"  # (segment, ID) → its open history interval's entry, for rows without entry times
 MAX_LINK_ROUNDS = 64  # FastSV settles in O(log n) rounds: this is room to spare, not a limit
@@ -326,6 +328,7 @@ def _carry_over(client: Client, build_id: int, following: bool, lookalike_ids: l
     client.command("TRUNCATE TABLE crumb.segment_profiles_next")
     if not following:
         client.command(f"INSERT INTO crumb.segment_profiles_next SELECT id, profile FROM {PROFILE_ROWS}")
+        client.command(f"DROP TABLE {PROFILE_ROWS}")  # read last here: its memory goes back
         return
     params = {"build_id": build_id, "lookalikes": lookalike_ids}
     for table in ("id_segments", "segment_profiles"):
@@ -334,6 +337,9 @@ def _carry_over(client: Client, build_id: int, following: bool, lookalike_ids: l
                    "AND build_id != {build_id:UInt64}", parameters=params)
     client.command(f"DELETE FROM crumb.segment_profiles_next WHERE id IN {RECOMPUTED}")
     client.command(f"INSERT INTO crumb.segment_profiles_next SELECT id, profile FROM {PROFILE_ROWS}")
+    # Read last here: dropped, so that its memory goes back, and no later step reads it once the
+    # lookalikes' refill below has made `PROFILE_OF` hold more.
+    client.command(f"DROP TABLE {PROFILE_ROWS}")
     if lookalike_ids:
         client.command(f"TRUNCATE TABLE {PROFILE_OF}")
         client.command(f"TRUNCATE TABLE {PROFILE_IDS}")
@@ -471,8 +477,9 @@ def _links_sql(params: dict[str, Any], rollup: RollupRead | None, recomputing: b
 
 def _write_deltas(client: Client, build_id: int, as_of_ms: int) -> None:
     """The rows this build wrote, which have its ID (`build_id`), against the last build's rows of
-    their IDs (`ENTERED`). In a full build, that is every row. In a following build, the others
-    are the last build's, carried over as they were: they keep that build's ID until `_stamp`."""
+    their IDs (`ENTERED`, read whole from `ENTERED_ROWS`). In a full build, that is every row. In a
+    following build, the others are the last build's, carried over as they were: they keep that
+    build's ID until `_stamp`."""
     params = {"build_id": build_id, "at": as_of_ms}
     at = "fromUnixTimestamp64Milli({at:Int64}, 'UTC')"
     # Not `_compared`: a UInt64 compared, not a typed ID built and looked up per row (0.007 s
@@ -480,7 +487,8 @@ def _write_deltas(client: Client, build_id: int, as_of_ms: int) -> None:
     scope = "build_id = {build_id:UInt64}"
     # Per ID, the segments of this build against the last: a million rows grouped, not ten million
     # joined. An ID may have several rows (a lookalike adds its own), so they are grouped, not joined.
-    # The last build's side is `ENTERED`, which holds those rows already, one per ID.
+    # The last build's side is `ENTERED_ROWS`, which holds those rows already, one per ID
+    # (`_entry_times` groups an ID's rows where it may have several).
     client.command(
         f"INSERT INTO crumb.segment_deltas SELECT {{build_id:UInt64}}, {at}, change.1, id, id_type, change.2 FROM ("
         " SELECT id, id_type, groupArrayArrayIf(segments, fresh) AS new, groupArrayArrayIf(segments, NOT fresh) AS old"
@@ -497,7 +505,7 @@ def _write_deltas(client: Client, build_id: int, as_of_ms: int) -> None:
         "{build_id:UInt64} FROM crumb.segment_deltas WHERE build_id = {build_id:UInt64} AND change = 'enter'",
         parameters=params)
     # An exit writes the interval opened at its entry again, closed, as a later version. The entry
-    # time is the last build's (`ENTERED`, the rows compared here). It is 0 only where the history
+    # time is the last build's (`ENTERED`: the rows compared here, looked up by ID). It is 0 only where the history
     # had no open interval for it (`_entry_times`): there is none to close.
     client.command(
         f"INSERT INTO crumb.segment_history SELECT segment_id, id, id_type, entered_at, {at}, {{build_id:UInt64}} "

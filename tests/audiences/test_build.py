@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 
+import audiences.builder as builder
 from audiences.builder import build
 from audiences.definitions import SegmentSet, parse_segment
 from audiences.errors import BuildError
@@ -262,6 +263,64 @@ def test_a_rollup_replaced_halfway_is_rolled_up_again(warehouse: Client) -> None
     assert failing.failed
     again = build(warehouse, SPORTS, as_of_ms=at)
     assert again.rolled_days == 1 and (1, a, "cookie") in members(warehouse)
+
+
+def build_tables(client: Client) -> list[str]:
+    """The scratch tables of builds left in the warehouse."""
+    return [row[0] for row in client.query(
+        "SELECT name FROM system.tables WHERE database = 'crumb' AND name LIKE '\\_build%'").result_rows]
+
+
+def chain(at: int, pairs: int = 6) -> tuple[list[str], list[dict[str, Any]]]:
+    """Cookies linked in a chain through first-party IDs (c0-f0-c1-f1-...): its profile settles in
+    link rounds, not at once. Returns the cookies and the events."""
+    cookies, fps = [cookie() for _ in range(pairs)], [cookie() for _ in range(pairs)]
+    rows = [{"ts": at - 10_000 - i, "cookie_id": cookies[i], "fp_id": fps[i], "path": "/a"} for i in range(pairs)]
+    rows += [{"ts": at - 20_000 - i, "cookie_id": cookies[i + 1], "fp_id": fps[i], "path": "/b"}
+             for i in range(pairs - 1)]
+    return cookies, rows
+
+
+def test_links_that_do_not_settle_fail_the_build_and_leave_no_scratch_table(
+        warehouse: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = T0 + 500 * DAY
+    cookies, rows = chain(at)
+    insert(warehouse, [*rows, {"ts": at - 1000, "cookie_id": cookies[-1], "path": "/sports/1"}])
+    monkeypatch.setattr(builder, "MAX_LINK_ROUNDS", 0)
+    with pytest.raises(BuildError, match="did not settle"):
+        build(warehouse, SPORTS, as_of_ms=at)
+    assert build_tables(warehouse) == []
+    monkeypatch.undo()
+    settled = build(warehouse, SPORTS, as_of_ms=at)
+    assert settled.link_rounds > 0 and settled.profiles == 1
+
+
+def test_scratch_tables_a_stopped_build_left_are_dropped_by_the_next(warehouse: Client) -> None:
+    at = T0 + 510 * DAY
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": cookie(), "path": "/sports/1"}])
+    for table in (*builder.LINK_TABLES, builder.ENTERED_ROWS):
+        warehouse.command(f"CREATE TABLE {table} (x UInt8) ENGINE = Memory")
+    build(warehouse, SPORTS, as_of_ms=at)
+    assert build_tables(warehouse) == []
+
+
+def test_a_following_build_through_link_rounds_agrees_with_a_full_one(warehouse: Client) -> None:
+    at = T0 + 520 * DAY
+    cookies, rows = chain(at)
+    insert(warehouse, [*rows, {"ts": at - 1000, "cookie_id": cookies[-1], "path": "/sports/1"}])
+    first = build(warehouse, SPORTS, as_of_ms=at)
+    insert(warehouse, [{"ts": at + 1000, "cookie_id": cookies[0], "path": "/x"}])  # the chain's head
+    later = build(warehouse, SPORTS, as_of_ms=at + 3_600_000)
+    assert later.followed == first.build_id and later.link_rounds > 0
+
+    def state() -> tuple[set[tuple[int, str, str]], set[tuple[str, str]]]:
+        return members(warehouse), set(warehouse.query("SELECT id, profile FROM crumb.segment_profiles").result_rows)
+
+    followed = state()
+    full = build(warehouse, SPORTS, as_of_ms=at + 3_600_000, follow=False)
+    assert full.followed == 0 and full.entered == full.exited == 0
+    assert state() == followed
+    assert {(1, c, "cookie") for c in cookies} <= followed[0]  # the whole chain is one profile, a member
 
 
 def test_a_build_the_same_day_recomputes_only_the_profiles_it_finds_touched(warehouse: Client) -> None:

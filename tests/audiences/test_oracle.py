@@ -547,4 +547,4 @@ def test_a_long_chain_of_links_is_one_profile(warehouse: Client) -> None:
     assert outcome.named(outcome.expected) == {(S1, f"{k}{i}") for k in "cf" for i in range(CHAIN)}
     assert_agrees(outcome)
     # Logarithmic, not linear, in the chain's 120 IDs: min-label propagation took up to ~60 here.
-    assert outcome.link_rounds <= 16
+    assert 1 <= outcome.link_rounds <= 16
