@@ -88,10 +88,13 @@ from crumb.progress import SILENT, Progress
 OPEN_INTERVAL = "2106-01-01 00:00:00.000"
 # The scratch tables of a build (or a preview), by their field in `Tables`.
 # A Join table is written to disk too unless told not to: twice the time for a scratch table.
+JOIN_BY_ID = "ENGINE = Join(ANY, LEFT, id) SETTINGS persistent = 0"
+PARENT_COLUMNS = "(id String, profile String)"  # an ID's parent, or once settled its profile
+ENTERED_COLUMNS = "(id String, segments Array(UInt32), entered Array(DateTime64(3, 'UTC')))"
 SCRATCH_TABLES = {
     "values": "(chunk UInt16, value String, bits UInt64) ENGINE = Join(ANY, LEFT, chunk, value) "
               "SETTINGS persistent = 0",
-    "profile_of": "(id String, profile String) ENGINE = Join(ANY, LEFT, id) SETTINGS persistent = 0",
+    "profile_of": f"{PARENT_COLUMNS} {JOIN_BY_ID}",
     "profile_ids": "(profile String, ids Array(String)) ENGINE = Join(ANY, LEFT, profile) SETTINGS persistent = 0",
 }
 # The scratch tables of a build that follows the last one.
@@ -276,14 +279,11 @@ def _compared(only: str | None, lookalike_ids: list[int] | None) -> str:
 def _entry_times(client: Client, only: str | None, lookalike_ids: list[int]) -> None:
     """Per typed ID to compute: the segments of its rows in the last build, and when it entered
     each → `ENTERED`, which the members, lookalike and deltas steps read (the deltas step reads it
-    whole, from its Memory twin `ENTERED_ROWS`). Rows written before entry
-    times were kept (migration audiences_0009) take theirs from the open history intervals, once:
-    every row this build writes has them. A following build (`only`) follows a build of its own
+    whole, from its rows `ENTERED_ROWS`). Rows written before entry times were kept (migration
+    audiences_0009) take theirs from the open history intervals, once: every row this build writes
+    has them. A following build (`only`) follows a build of its own
     membership statement (`incremental.plan_key`), so its rows have entry times, and an ID has
     several rows only where the plan has lookalikes: only a full build looks."""
-    columns = "(id String, segments Array(UInt32), entered Array(DateTime64(3, 'UTC')))"
-    client.command(f"CREATE TABLE {ENTERED} {columns} ENGINE = Join(ANY, LEFT, id) SETTINGS persistent = 0")
-    client.command(f"CREATE TABLE {ENTERED_ROWS} {columns} ENGINE = Memory")
     params = {"lookalikes": lookalike_ids}
     compared = f"FROM crumb.id_segments WHERE {_compared(only, lookalike_ids)}"
     entered = ROW_ENTERED
@@ -309,8 +309,7 @@ def _entry_times(client: Client, only: str | None, lookalike_ids: list[int]) -> 
                 f"{compared} GROUP BY typed)")
     else:  # a row per ID: 1 s for a million, against 3 s grouped
         rows = f"SELECT {TYPED_ID}, segments, {entered} {compared}"
-    client.command(f"INSERT INTO {ENTERED_ROWS} {rows}", parameters=params)
-    client.command(f"INSERT INTO {ENTERED} SELECT * FROM {ENTERED_ROWS}")
+    _rows_and_join(client, ENTERED_ROWS, ENTERED, ENTERED_COLUMNS, rows, params)
 
 
 def _several_rows_per_id(client: Client) -> bool:
@@ -380,9 +379,7 @@ def drop_scratch(client: Client, tables: Tables = BUILD) -> None:
         client.command(f"DROP TABLE IF EXISTS {getattr(tables, name)}")
 
 
-# Each table of parents twice: a Join by ID for joinGet, and its rows in a Memory table for reading
-# whole (a Join table reads at ~4M rows/s, on one thread: 0.15-0.3 s for the benchmark's 770k IDs,
-# read twice by a full build; the Memory table in 2 ms).
+# Each table of parents is kept twice, a Join and its rows (`_rows_and_join`).
 LINK_TABLES = ("crumb._build_edges", "crumb._build_parent", "crumb._build_parent_next", "crumb._build_parent_rows",
                "crumb._build_parent_next_rows", PROFILE_ROWS)
 
@@ -413,7 +410,8 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupR
         f" SELECT DISTINCT a, b FROM ({_links_sql(params, rollup, recomputing)})) ARRAY JOIN [(a, b), (b, a)] AS pair",
         parameters=params)
     # The parents, as the profile_of table itself is: (id, profile) by id.
-    _parents(client, "crumb._build_parent", "SELECT u, min(least(u, v)) FROM crumb._build_edges GROUP BY u")
+    _rows_and_join(client, "crumb._build_parent_rows", "crumb._build_parent", PARENT_COLUMNS,
+                   "SELECT u, min(least(u, v)) FROM crumb._build_edges GROUP BY u")
     parent = "joinGet('crumb._build_parent', 'profile', {})"
     # Settled already when both ends of every link have one parent that is its own parent: then
     # each component's parent is its smallest ID. One pass over the links, not a round.
@@ -427,13 +425,13 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupR
             raise BuildError(f"profile links did not settle in {MAX_LINK_ROUNDS} rounds")
         # Candidates for a new parent: the link's grandparent, offered to u (aggressive hooking)
         # and to u's parent (stochastic hooking); and u's own grandparent (shortcutting).
-        _parents(client, "crumb._build_parent_next",
-                 "SELECT offer.1 AS node, min(offer.2) FROM ("
-                 f" SELECT u, {parent.format('u')} AS pu, {parent.format(parent.format('v'))} AS gv,"
-                 f" {parent.format('pu')} AS gu"
-                 " FROM crumb._build_edges)"
-                 " ARRAY JOIN [(u, gv), (pu, gv), (u, gu), (u, pu)] AS offer"
-                 " GROUP BY node")
+        _rows_and_join(client, "crumb._build_parent_next_rows", "crumb._build_parent_next", PARENT_COLUMNS,
+                       "SELECT offer.1 AS node, min(offer.2) FROM ("
+                       f" SELECT u, {parent.format('u')} AS pu, {parent.format(parent.format('v'))} AS gv,"
+                       f" {parent.format('pu')} AS gu"
+                       " FROM crumb._build_edges)"
+                       " ARRAY JOIN [(u, gv), (pu, gv), (u, gu), (u, pu)] AS offer"
+                       " GROUP BY node")
         unsettled = client.query(
             f"SELECT count() FROM crumb._build_parent_next_rows WHERE {parent.format('id')} != profile"
         ).result_rows[0][0]
@@ -448,13 +446,16 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupR
     return rounds
 
 
-def _parents(client: Client, table: str, rows: str) -> None:
-    """Parents (`rows`: a SELECT of ID and parent) into `table`, a Join by ID as `PROFILE_OF` is,
-    and into `<table>_rows`, the same rows in a Memory table (`LINK_TABLES`)."""
-    client.command(f"CREATE TABLE {table}_rows (id String, profile String) ENGINE = Memory")
-    client.command(f"INSERT INTO {table}_rows {rows}")
-    client.command(f"CREATE TABLE {table} {SCRATCH_TABLES['profile_of']}")
-    client.command(f"INSERT INTO {table} SELECT id, profile FROM {table}_rows")
+def _rows_and_join(client: Client, rows_table: str, join_table: str, columns: str, select: str,
+                   parameters: dict[str, Any] | None = None) -> None:
+    """`select`'s rows twice: into `rows_table`, a Memory table, to read whole, and into
+    `join_table`, a Join by ID, for joinGet. A Join table reads whole on one thread at ~4M rows/s
+    (0.15-0.3 s for the benchmark's 770k profiles, where the Memory table takes 2 ms), and a full
+    build reads its profiles and the last build's entries whole."""
+    client.command(f"CREATE TABLE {rows_table} {columns} ENGINE = Memory")
+    client.command(f"INSERT INTO {rows_table} {select}", parameters=parameters)
+    client.command(f"CREATE TABLE {join_table} {columns} {JOIN_BY_ID}")
+    client.command(f"INSERT INTO {join_table} SELECT * FROM {rows_table}")
 
 
 def _links_sql(params: dict[str, Any], rollup: RollupRead | None, recomputing: bool = False) -> str:
