@@ -185,8 +185,7 @@ def build(
             result.followed = following.build_id
             for table, definition in FOLLOW_TABLES.items():
                 client.command(f"CREATE TABLE {table} {definition}")
-            steps.run("touched", lambda: _run(client, touched_statements(
-                found, plan, rollup, following.as_of_ms, as_of_ms)))
+            steps.run("touched", lambda: _run(client, touched_statements(found, following.as_of_ms, as_of_ms)))
             result.recomputed = steps.run("recompute", lambda: _recompute_set(client))
         only = RECOMPUTED if following else None
         settings = FOLLOWING_SETTINGS if following else MEMBERSHIP_SETTINGS

@@ -233,11 +233,14 @@ def snapshot_optouts(tables: Tables) -> str:
 
 
 def window_start(as_of_ms: int, days: int) -> int:
-    """Where a window of `days` ending at `as_of_ms` starts (inclusive): at the start of the hour,
-    `days` before. Windows count whole hours at their far end (a 7-day window of a build at 14:37
-    reaches back to 14:00), so every past hour is wholly in or out of every window, and a build
-    can read it rolled up (`audiences.rollup`) rather than as events."""
-    return as_of_ms - as_of_ms % HOUR_MS - days * DAY_MS
+    """Where a window of `days` ending at `as_of_ms` starts (inclusive): at the start of the UTC
+    day, `days` before as_of's day. A window counts as_of's day so far and the `days` whole days
+    before it, as DMPs count "the last N days" (a 7-day window of a build on the 9th at 14:37
+    reaches back to the 2nd, 00:00). So every past day is wholly in or out of every window, and a
+    build reads it rolled up (`audiences.rollup`) rather than as events; and within a day no event
+    leaves any window, so an hourly build recomputes only the IDs with new events
+    (`audiences.incremental`)."""
+    return as_of_ms - as_of_ms % DAY_MS - days * DAY_MS
 
 
 def window_filter(optouts: str = OPTOUTS) -> str:
@@ -397,18 +400,6 @@ class _Layout:
         return "bitTest({}_any, {})".format(*self.bit_of[plan.matchers[matcher - 1].predicates[0]])
 
 
-def counts_toward_window(plan: Plan, days: int) -> str:
-    """Whether a rolled-up hour row counts toward some matcher of a window of `days`, as SQL over
-    the row's columns: every aggregate of a matcher takes a row only where the matcher's
-    predicates held on it, so when an hour leaves that window, only such rows change their IDs'
-    aggregates. An hour leaving the scan's whole window takes every row out, and its links."""
-    if days >= plan.max_window_days:
-        return "1"
-    layout = _Layout.of(plan)
-    tests = sorted({layout.set_test(m.predicates) for m in plan.matchers if m.window_days == days})
-    return "1" if "1" in tests else " OR ".join(tests) or "0"
-
-
 def _mask_sql(plan: Plan, chunk: _Chunk, params: dict[str, Any], value: str = "") -> str:
     """A chunk's predicates as bits of a UInt64 (from its offset): over the events row, or over `value`."""
     parts = []
@@ -471,7 +462,7 @@ class RollupRead:
     """A build that reads rolled-up hours (`audiences.rollup`): from `table`, every hour of the
     window before `raw_from_ms` (the start of as_of's day); the events from then on, rolled up
     the same way into the build's scratch table `HOURS` first (`today_statement`). Windows start
-    on the hour, so no rolled-up hour is cut by one."""
+    at the start of a day, so no rolled-up hour is cut by one."""
 
     table: str
     raw_from_ms: int
@@ -639,7 +630,7 @@ def _window_columns(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str
     """Per row (an event, or a rolled-up hour: `t` is its time, or its hour's start): each window
     narrower than the scan's (`in<days>`), each compound matcher (`m<n>`) and their words, and the
     row's day as a bit (`day_bit`) and a date (`day`). A rolled-up hour is never cut by a window:
-    windows start on the hour (`window_start`)."""
+    windows start at the start of a day (`window_start`)."""
     columns = []
     for days in sorted({m.window_days for m in plan.matchers if m.window_days < plan.max_window_days}):
         params[f"since{days}"] = window_start(as_of_ms, days)

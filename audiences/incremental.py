@@ -2,15 +2,12 @@
 
 A build an hour after the last one finds most profiles exactly as they were: their rows in each
 window are the same rows, so their segments are the same. A profile's segments can change only
-when one of its IDs gained or lost a row in some window that counts toward a matcher of that
-window, or its links changed. Between the last successful build (as of `as_of_p`) and this one
-(as of `as_of`), an ID's rows change when:
+when one of its IDs gained or lost a row in some window, or its links changed. Windows start at
+the start of a UTC day (`compiler.window_start`), and a build follows only one of the same day:
+between the two, no row left any window. Between the last successful build (as of `as_of_p`) and
+this one (as of `as_of`), an ID's rows change when:
 
   new events     it has events in (as_of_p, as_of]: rows entered every window
-  window edges   it has a row in an hour that left a window, [start_p(W), start(W)) for each
-                 window W of the plan (windows start on the hour: `compiler.window_start`), that
-                 counted toward a matcher of W (any row, for the scan's whole window: it leaves
-                 every aggregate, and its links leave too: `compiler.counts_toward_window`)
   late events    it has events in an hour whose events changed since the last build saw it
                  (count and XOR digest of event IDs per hour, up to as_of_p)
   opt-outs       it opted out since: it is in this build's snapshot of the opt-outs and not in
@@ -46,11 +43,8 @@ from audiences.compiler import (
     BUILD,
     DAY_MS,
     EVENTS,
-    HOUR_MS,
     ROW_ID,
     Plan,
-    RollupRead,
-    counts_toward_window,
     membership_statement,
     window_start,
 )
@@ -61,6 +55,9 @@ TOUCHED = "crumb._build_touched"  # the touched typed IDs
 RECOMPUTE = "crumb._build_recompute"  # every typed ID of a profile holding a touched ID
 RECOMPUTED = f"(SELECT id FROM {RECOMPUTE})"  # the right side of an IN
 TIME_PARAMS = ("since", "as_of_ms", "build_id", "raw_")  # prefixes of the parameters that move with as_of
+# What members mean beyond their statement: raised when that changes, so that the first build of
+# a release that changes it recomputes everything. 2: windows start at midnight (`window_start`).
+SEMANTICS = 2
 
 # Per hour (epoch seconds): (events, digest) now up to as_of, and (events, digest) up to as_of_p.
 HourDigests = dict[int, tuple[int, int, int, int]]
@@ -96,11 +93,11 @@ class BuildState:
 
 def plan_key(plan: Plan, lookalike_ids: list[int]) -> str:
     """What the members mean: the rolled rows' fingerprint, the membership statement with its
-    parameters but for those of time (and with the entry times its rows keep), and the lookalike
-    segments (a removed one's rows must go)."""
+    parameters but for those of time (and with the entry times its rows keep), the lookalike
+    segments (a removed one's rows must go), and `SEMANTICS`."""
     sql, params = membership_statement(plan, 0, 0, keep_entered=True)
     content = [fingerprint(plan), sql, {k: v for k, v in params.items() if not k.startswith(TIME_PARAMS)},
-               sorted(lookalike_ids)]
+               sorted(lookalike_ids), SEMANTICS]
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -191,7 +188,6 @@ def optout_digest(client: Client, snapshot: str, after_ms: int = 0) -> tuple[Opt
 class Changes:
     """What changed since the previous build, in hours (epoch seconds)."""
 
-    edge_hours: dict[int, list[int]]  # window (days) → the hours that left it
     late_hours: list[int]  # hours (up to as_of_p) whose events changed
     optouts: bool
     # When the opt-outs that changed are exactly those recorded after this time (epoch ms), only
@@ -203,8 +199,7 @@ class Changes:
 
     def summary(self) -> dict[str, Any]:
         optouts = False if not self.optouts else "new" if self.optouts_after_ms is not None else "all"
-        edges = len({hour for hours in self.edge_hours.values() for hour in hours})
-        return {"edge_hours": edges, "late_hours": len(self.late_hours), "optouts": optouts,
+        return {"late_hours": len(self.late_hours), "optouts": optouts,
                 "events_removed": self.events_removed}
 
 
@@ -214,44 +209,26 @@ def changes(plan: Plan, previous: BuildState, as_of_ms: int, hours: HourDigests,
     `through_ms`, read with `optouts`). When the last build's and those make up the opt-outs now,
     count and digest, they are the only new ones: an opt-out recorded late with an earlier time,
     one recorded again, or one removed breaks the sum, and every opted-out ID is touched."""
-    windows = {m.window_days for m in plan.matchers} | {plan.max_window_days}
-    edges: dict[int, list[int]] = {}
-    for days in sorted(windows):
-        start_p, start = window_start(previous.as_of_ms, days), window_start(as_of_ms, days)
-        if start > start_p:
-            edges[days] = list(range(start_p // 1000, start // 1000, HOUR_MS // 1000))
     since_hour = window_start(as_of_ms, plan.max_window_days) // 1000
     late = [hour for hour in sorted(set(hours) | set(previous.hours))
             if since_hour <= hour <= previous.as_of_ms // 1000
             and hours.get(hour, (0, 0, 0, 0))[2:] != previous.hours.get(hour, (0, 0))]
     fewer = any(hours.get(hour, (0, 0, 0, 0))[2] < previous.hours[hour][0] for hour in late if hour in previous.hours)
     only_added = added is not None and previous.optouts.plus(added).same(optouts)
-    return Changes(edges, late, not optouts.same(previous.optouts),
+    return Changes(late, not optouts.same(previous.optouts),
                    previous.optouts.through_ms if only_added else None, events_removed=fewer)
 
 
-def touched_statements(changes: Changes, plan: Plan, rollup: RollupRead, previous_as_of_ms: int,
-                       as_of_ms: int) -> list[tuple[str, dict[str, Any]]]:
+def touched_statements(changes: Changes, previous_as_of_ms: int, as_of_ms: int) -> list[tuple[str, dict[str, Any]]]:
     """INSERTs of the touched typed IDs into `TOUCHED`: each row's own, and the first-party IDs
     it links to."""
     event_ids = f"arrayJoin(if(cookie_id != '' AND fp_id != '', [{ROW_ID}, concat('f:', fp_id)], [{ROW_ID}]))"
-    rolled_ids = "arrayJoin(arrayConcat([row_id], arrayMap(f -> concat('f:', f), links)))"
     has_id = "(cookie_id != '' OR fp_id != '')"
     statements = [(
         f"INSERT INTO {TOUCHED} SELECT {event_ids} FROM {EVENTS} WHERE toDate(ts) >= {{day:Date}} "
         "AND ts > fromUnixTimestamp64Milli({previous:Int64}, 'UTC') "
         f"AND ts <= fromUnixTimestamp64Milli({{as_of:Int64}}, 'UTC') AND {has_id}",
         {"day": _date(previous_as_of_ms), "previous": previous_as_of_ms, "as_of": as_of_ms})]
-    if changes.edge_hours:  # hours before as_of's day: rolled up
-        # Of the rows of an hour that left a window, those that counted toward its matchers: on the
-        # 100-segment benchmark, 41k IDs of the 63k with a row in an edge hour.
-        edges, params = [], {}
-        for n, (days, hours) in enumerate(changes.edge_hours.items()):
-            params[f"edge{n}"] = hours
-            counted = counts_toward_window(plan, days)
-            edges.append(f"(toUnixTimestamp(hour) IN {{edge{n}:Array(UInt32)}} AND ({counted}))")
-        statements.append((f"INSERT INTO {TOUCHED} SELECT {rolled_ids} FROM {rollup.table} WHERE {' OR '.join(edges)}",
-                           params))
     if changes.late_hours:  # the events as they are now (an hour rolled up again is too)
         statements.append((
             f"INSERT INTO {TOUCHED} SELECT {event_ids} FROM {EVENTS} WHERE toDate(ts) IN {{days:Array(Date)}} "
@@ -261,9 +238,9 @@ def touched_statements(changes: Changes, plan: Plan, rollup: RollupRead, previou
     # read it as opted in (it was not in that build's snapshot: `compiler.BUILD_OPTOUTS`), so the
     # recompute step takes them in; an ID linked to it since is touched by the event that links them.
     # That profile is gone only if the ID was erased, and an erasure deletes the events that linked
-    # it too: the next build is then a full one (fewer events in an hour it compares), or those
-    # events' hour has left the window and its rolled-up rows are touched as such. No erasure runs
-    # during a build, between its hour digests and its recompute step (`crumb.privacy.erase`).
+    # it too: the next build is then a full one (fewer events in an hour of the window, which it
+    # compares whole). No erasure runs during a build, between its hour digests and its recompute
+    # step (`crumb.privacy.erase`).
     if changes.optouts:  # the new opted-out IDs (or all)
         opted = f"SELECT id FROM {BUILD.optouts}"
         if changes.optouts_after_ms is not None:

@@ -12,13 +12,13 @@ one run on one warehouse with one `as_of`:
 Before each measured build the audience output tables are emptied, so every run is the same
 "first build" (every member enters: the heaviest delta step). Those are built as of an hour before
 the floor's as_of (the last event); then one more 100-segment build in full on top (the nightly
-rebuild), and the hourly build as of the floor's as_of: an hour of new events, windows moved, 100
-new opt-outs (10,000 are recorded before the first builds), and it follows the last build
-(recomputing only the profiles it finds touched). The hourly build runs 5 times from the same
-state (each run but the last undone), each just after a run of the floor query, and its median is
-reported, with the median of each run's ratio to its floor: one run moves by tens of percent, and
-so does the floor. A full build at the same as_of checks that it agrees (no member enters or
-exits) and shows what it saves.
+rebuild), and the hourly build as of the floor's as_of (at least an hour into its UTC day): an
+hour of new events (windows move at midnight only), 100 new opt-outs (10,000 are recorded before
+the first builds), and it follows the last build (recomputing only the profiles it finds touched).
+The hourly build runs 5 times from the same state (each run but the last undone), each just after
+a run of the floor query, and its median is reported, with the median of each run's ratio to its
+floor: one run moves by tens of percent, and so does the floor. A full build at the same as_of
+checks that it agrees (no member enters or exits) and shows what it saves.
 
 Memory: chdb runs ClickHouse inside this process, so the process's RSS is Python and ClickHouse
 together. Per phase: peak RSS (VmHWM, reset through /proc/self/clear_refs), sampled peak anonymous
@@ -73,6 +73,7 @@ from audiences.compiler import (  # noqa: E402
     row_predicate_sql,
     window_filter,
     window_params,
+    window_start,
 )
 from audiences.definitions import Segment, SegmentSet, parse_segment  # noqa: E402
 from audiences.rollup import ROLLED_DAYS, ROLLUP  # noqa: E402
@@ -408,8 +409,8 @@ def direct_statement(plan: Plan, as_of_ms: int) -> tuple[str, dict[str, Any], in
     for c in plan.conditions:
         test = [predicates[n] for n in c.predicates]
         if c.window_days < plan.max_window_days:
-            params[f"since{c.number}"] = as_of_ms - c.window_days * 86_400_000
-            test.append(f"ts > fromUnixTimestamp64Milli({{since{c.number}:Int64}}, 'UTC')")
+            params[f"since{c.number}"] = window_start(as_of_ms, c.window_days)
+            test.append(f"ts >= fromUnixTimestamp64Milli({{since{c.number}:Int64}}, 'UTC')")
         where = " AND ".join(test) or "1"
         aggregates.append(f"countIf({where})")
         if c.min_days:
@@ -505,7 +506,9 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: dict[str, Any]) -> dict[str, Any]:
-    as_of_ms = int(client.query("SELECT toUnixTimestamp64Milli(max(ts)) FROM crumb.events").result_rows[0][0])
+    last_ms = int(client.query("SELECT toUnixTimestamp64Milli(max(ts)) FROM crumb.events").result_rows[0][0])
+    # At least an hour into its UTC day: the hourly build follows a build of the same day.
+    as_of_ms = max(last_ms, last_ms - last_ms % 86_400_000 + 3_600_000)
     counts = client.query("SELECT count(), uniqExact(cookie_id) FROM crumb.events").result_rows[0]
     forget_new_optouts(client, as_of_ms)  # a run cut short may have left them
     probe = compile_segments(SegmentSet([parse_segment(

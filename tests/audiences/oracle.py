@@ -9,7 +9,8 @@ Semantics (see tests/audiences/test_oracle.py for the property that ties it to t
 - An event is eligible when is_bot = 0, can_profile = 1, it has a cookie_id or an fp_id, neither
   of its IDs is an opted-out ID, and start(max_window) <= ts <= as_of, where max_window is the
   largest window of any condition the build evaluates (each segment's universe included), and
-  start(w) is the start of as_of's hour, w days earlier: windows count whole hours at their far end.
+  start(w) is the start of as_of's UTC day, w days earlier: a window counts as_of's day so far and
+  the w whole days before it.
 - An event's typed ID is 'c:<cookie_id>' when it has a cookie ID, else 'f:<fp_id>'.
 - Eligible events carrying both IDs link them; a profile is a connected component, named by its
   smallest typed ID.
@@ -30,7 +31,6 @@ from audiences.definitions import All, Any_, Condition, Not, Predicate, Segment,
 from collector.categories import ContentTaxonomy
 
 DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
 
 Event = Mapping[str, Any]
 Member = tuple[int, str, str]  # (segment_id, id, id_type)
@@ -143,7 +143,7 @@ def members(
         return set()
     max_window = max(w for s in active for w in _windows(s, by_id))
     def start(window_days: int) -> int:
-        return as_of_ms - as_of_ms % HOUR_MS - window_days * DAY_MS
+        return as_of_ms - as_of_ms % DAY_MS - window_days * DAY_MS
 
     since = start(max_window)
     opted_out = set(optouts)

@@ -14,10 +14,12 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 import audiences.builder as builder
+import audiences.incremental as incremental
 from audiences.builder import build
+from audiences.compiler import compile_segments
 from audiences.definitions import SegmentSet, parse_segment
 from audiences.errors import BuildError
-from audiences.incremental import WHOLE_HOURS, hour_digests
+from audiences.incremental import WHOLE_HOURS, hour_digests, plan_key
 from crumb.privacy import BUILD_LOCK_KEY, ErasureDeferred, erase
 from crumb.progress import Progress
 from tests.audiences.events import cookie, insert_events
@@ -336,7 +338,7 @@ def test_a_build_the_same_day_recomputes_only_the_profiles_it_finds_touched(ware
 
     insert(warehouse, [{"ts": at + hour // 2, "cookie_id": c, "path": "/sports/3"}])
     second = build(warehouse, SPORTS, as_of_ms=at + hour)
-    # Only c has a row that changed (no row of this test's left a window in the hour): c alone is
+    # Only c has a row that changed (windows do not move within a day): c alone is
     # recomputed; a's and b's rows are the first build's, carried into this build.
     assert second.followed == first.build_id and second.recomputed == 1
     assert (second.profiles, second.members) == (3, 3)  # counted over carried-over rows and c's alike
@@ -379,8 +381,8 @@ def entry_times(client: Client, ids: list[str]) -> dict[str, list[int]]:
 def test_members_keep_when_they_entered_and_an_exit_closes_that_interval(warehouse: Client) -> None:
     a, b = cookie(), cookie()
     hour = 3_600_000
-    at = T0 // hour * hour + 200 * DAY + 6 * hour  # on the hour: 3 days later, a's visit is out of the window
-    insert(warehouse, [{"ts": at - 1000, "cookie_id": a, "path": "/sports/1"}])
+    at = T0 // DAY * DAY + 200 * DAY + 6 * hour  # 06:00; a's visit is the evening before
+    insert(warehouse, [{"ts": at - 7 * hour, "cookie_id": a, "path": "/sports/1"}])
     build(warehouse, SPORTS, as_of_ms=at)
     assert entry_times(warehouse, [a]) == {a: [at]}
     # b enters an hour later in a build that follows; a's row is carried over with its entry time.
@@ -390,7 +392,8 @@ def test_members_keep_when_they_entered_and_an_exit_closes_that_interval(warehou
     # The next day's build recomputes everything; both stay, and keep when they entered.
     assert not build(warehouse, SPORTS, as_of_ms=at + DAY).followed
     assert entry_times(warehouse, [a, b]) == {a: [at], b: [at + hour]}
-    # a leaves (its visit is 3 days and more old), comes back and leaves again: two intervals.
+    # a leaves (its visit's day is before the 3 days before the build's), comes back and leaves
+    # again: two intervals. b's visit leaves the window a day after a's.
     build(warehouse, SPORTS, as_of_ms=at + 3 * DAY)
     insert(warehouse, [{"ts": at + 4 * DAY - 1000, "cookie_id": a, "path": "/sports/3"}])
     build(warehouse, SPORTS, as_of_ms=at + 4 * DAY)
@@ -484,31 +487,28 @@ def test_an_opt_out_recorded_while_a_build_runs_is_the_next_builds_to_take_in(wa
     assert (full.entered, full.exited) == (0, 0)  # a full build agrees
 
 
-def test_an_hour_leaving_a_window_touches_only_the_ids_whose_rows_counted_there(warehouse: Client) -> None:
-    sports, reader, both = cookie(), cookie(), cookie()
+def test_a_following_build_recomputes_only_new_events_ids_and_events_age_out_at_midnight(warehouse: Client) -> None:
+    sports, reader, late = cookie(), cookie(), cookie()
     hour = 3_600_000
-    at = T0 // hour * hour + 300 * DAY + 6 * hour
-    # All three in the hour that leaves the 2-day window of a condition at the next build; the
-    # segments' 10-day lookback keeps it.
-    insert(warehouse, [{"ts": at - 2 * DAY + 1000, "cookie_id": sports, "path": "/sports/1"},
-                       {"ts": at - 2 * DAY + 1000, "cookie_id": reader, "path": "/news/1"},
-                       {"ts": at - 2 * DAY + 1000, "cookie_id": both, "path": "/sports/2"},
-                       {"ts": at - 5 * DAY, "cookie_id": both, "path": "/sports/3"}])
+    at = T0 // DAY * DAY + 300 * DAY + 6 * hour  # 06:00
+    # Both at the far end of a 2-day window (the day before the day before) and of the segments' lookback.
+    insert(warehouse, [{"ts": at - 2 * DAY - 5 * hour, "cookie_id": sports, "path": "/sports/1"},
+                       {"ts": at - 2 * DAY - 5 * hour, "cookie_id": reader, "path": "/news/1"},
+                       {"ts": at - 5 * DAY, "cookie_id": sports, "path": "/sports/3"}])
     on_sports = [{"field": "path", "op": "prefix", "value": "/sports"}]
     segments = SegmentSet([parse_segment(s) for s in (
         {"id": 4, "name": "recent sports", "lookback_days": 10, "rule": {"where": on_sports, "within_days": 2}},
         {"id": 5, "name": "any visit", "lookback_days": 10, "rule": {"where": []}},
         {"id": 6, "name": "sports twice", "lookback_days": 10, "rule": {"where": on_sports, "min_count": 2}})])
-    ours = {sports, reader, both}
+    ours = {sports, reader, late}
     build(warehouse, segments, as_of_ms=at)
     assert {m for m in members(warehouse) if m[1] in ours} == {
-        (4, sports, "cookie"), (4, both, "cookie"), (5, sports, "cookie"), (5, reader, "cookie"),
-        (5, both, "cookie"), (6, both, "cookie")}
-    later = build(warehouse, segments, as_of_ms=at + hour)
-    # The news reader's row counted toward no 2-day matcher: it is not recomputed, and need not be.
-    assert later.followed and later.recomputed == 2
-    # Its sizes and counts are the last build's, less the rows it compared, plus its own: as if
-    # every row were counted again.
+        (4, sports, "cookie"), (5, sports, "cookie"), (5, reader, "cookie"), (6, sports, "cookie")}
+    # Hours later the same day, windows have not moved: only the ID with a new event is recomputed.
+    insert(warehouse, [{"ts": at + hour, "cookie_id": late, "path": "/sports/9"}])
+    later = build(warehouse, segments, as_of_ms=at + 17 * hour)
+    assert later.followed and later.recomputed == 1
+    # Its sizes and counts are as if every row were counted again.
     assert warehouse.query(
         "SELECT segment_id, profiles, ids FROM crumb.segment_sizes WHERE build_id = {b:UInt64} ORDER BY segment_id",
         parameters={"b": later.build_id}).result_rows == warehouse.query(
@@ -517,9 +517,15 @@ def test_an_hour_leaving_a_window_touches_only_the_ids_whose_rows_counted_there(
     assert (later.members, later.profiles) == warehouse.query(
         "SELECT count(), uniqExact(profile_id) FROM crumb.segment_members").result_rows[0]
     assert {m for m in members(warehouse) if m[1] in ours} == {
-        (5, sports, "cookie"), (5, reader, "cookie"), (5, both, "cookie"), (6, both, "cookie")}
-    full = build(warehouse, segments, as_of_ms=at + hour, follow=False)
+        (4, sports, "cookie"), (5, sports, "cookie"), (5, reader, "cookie"), (6, sports, "cookie"),
+        (4, late, "cookie"), (5, late, "cookie")}
+    full = build(warehouse, segments, as_of_ms=at + 17 * hour, follow=False)
     assert (full.entered, full.exited) == (0, 0)  # a full build agrees
+    # The next day's first build is a full one: the sports visit has left the 2-day window.
+    next_day = build(warehouse, segments, as_of_ms=at + DAY)
+    assert not next_day.followed
+    assert {m for m in members(warehouse) if m[1] in ours} == {
+        (5, sports, "cookie"), (5, reader, "cookie"), (6, sports, "cookie"), (4, late, "cookie"), (5, late, "cookie")}
 
 
 def test_hour_digests_read_whole_hours_from_the_events_projection_and_follow_an_erasure(warehouse: Client) -> None:
@@ -551,21 +557,30 @@ def test_hour_digests_read_whole_hours_from_the_events_projection_and_follow_an_
     assert [after[h][0] for h in sorted(after)][-5:] == [before[h][0] - 1 for h in sorted(before)][-5:]
 
 
-def test_sizes_count_every_row_again_after_an_erasure_between_two_builds(
+def test_an_erasure_between_two_builds_makes_the_next_a_full_one_with_every_row_counted(
         warehouse: Client, live_server: LiveServer) -> None:
     gone, kept = cookie(), cookie()
     hour = 3_600_000
     at = T0 // hour * hour + 400 * DAY + 6 * hour
-    # `gone`'s only event is in the hour that leaves the window next: its erasure removes no event
-    # the next build compares, so that build follows this one.
-    insert(warehouse, [{"ts": at - 3 * DAY + 1000, "cookie_id": gone, "path": "/sports/1"},
+    insert(warehouse, [{"ts": at - 2 * DAY, "cookie_id": gone, "path": "/sports/1"},
                        {"ts": at - DAY, "cookie_id": kept, "path": "/sports/2"}])
     build(warehouse, SPORTS, as_of_ms=at)
+    # The erasure deletes `gone`'s rows of the last build, and its event: an hour of the window
+    # has fewer events than that build counted, so the next build cannot tell which IDs lost rows.
     erase(warehouse, live_server.crumb.runtime.redis, [gone], "test")
     later = build(warehouse, SPORTS, as_of_ms=at + hour)
-    assert later.followed
+    assert not later.followed and later.changes["events_removed"]
     assert {m for m in members(warehouse) if m[1] in (gone, kept)} == {(1, kept, "cookie")}
     assert warehouse.query(
         "SELECT segment_id, profiles, ids FROM crumb.segment_sizes WHERE build_id = {b:UInt64}",
         parameters={"b": later.build_id}).result_rows == warehouse.query(
         "SELECT segment_id, uniqExact(profile_id), count() FROM crumb.segment_members GROUP BY segment_id").result_rows
+
+
+def test_the_plan_key_changes_with_what_members_mean(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A release whose members mean something else (windows that start elsewhere) follows no build
+    # of an earlier one: its first build recomputes everything.
+    plan = compile_segments(SPORTS.rule_segments())
+    key = plan_key(plan, [])
+    monkeypatch.setattr(incremental, "SEMANTICS", incremental.SEMANTICS + 1)
+    assert plan_key(plan, []) != key

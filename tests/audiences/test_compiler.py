@@ -61,8 +61,8 @@ def test_golden_plan_numbers_shared_predicates_once() -> None:
     assert "transform(host, {k2_values:Array(String)}" in sql and sql.count(" AS f0,") == 1 and " AS f1" not in sql
     # A one-predicate matcher over the whole window is a bit of the mask word; a narrower window
     # makes a compound matcher of its own, packed into a word of matchers.
-    # Windows start on the hour: as_of's hour, 7 days before (inclusive).
-    assert "bitTest(f0, 1) AND in7 AS m4" in sql and params["since7"] == AS_OF - AS_OF % 3_600_000 - 7 * 86_400_000
+    # Windows start at the start of a UTC day: as_of's day, 7 days before (inclusive).
+    assert "bitTest(f0, 1) AND in7 AS m4" in sql and params["since7"] == AS_OF - AS_OF % 86_400_000 - 7 * 86_400_000
     assert "t >= fromUnixTimestamp64Milli({since7:Int64}, 'UTC') AS in7" in sql
     # A count: per row (or per rolled-up hour) a column of the matched rows; per ID, its sum.
     assert "toUInt32(bitTest(f0, 0)) AS c0" in sql and "sum(toUInt64(c0)) AS n0" in sql and params["min_n2"] == 3
@@ -142,7 +142,7 @@ def test_a_build_reads_rolled_up_hours_and_the_events_of_as_of_s_day() -> None:
     plan = compile_segments(SegmentSet([segment(1, where("path", "prefix", "/a", min_count=2, within_days=2)),
                                         segment(2, where("host", "eq", "b", min_engaged_ms=1000))]))
     rollup = read_plan(plan, AS_OF)
-    # Windows start on the hour, so every hour before as_of's day is read rolled up.
+    # Windows start at the start of a day, so every hour before as_of's day is read rolled up.
     assert rollup.raw_from_ms == AS_OF - AS_OF % 86_400_000
     roll_sql, _params = roll_statement(plan, ROLLUP)
     # Rolled per ID and hour: masks OR-ed, the count's and the engaged time's columns summed.

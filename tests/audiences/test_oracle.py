@@ -79,10 +79,9 @@ FRAGMENTS = ["", "a", "b", "/a", "x", "y", ".", "com", "https://a", "https://sho
 # Valid (and meaning the same) for RE2 and Python's re.
 REGEXES = ["^/a", "b$", "x.y", "^$", "a|y", "[ab]", "^s", "com$", "^https://shop", r"\.co$", "a.*b", "^x$", "y"]
 AS_OF_OFFSETS = [0, 1, HOUR, 12 * HOUR, DAY - 1]  # where the UTC midnights fall relative to the windows
-# Around each window's start, which is on the hour: w days before as_of (as_of on the hour), or
-# before as_of's hour (as_of 1 ms or 59:59.999 past it).
-# And rows a few hours into each window, which leave it before a second build hours later.
-EDGE_OFFSETS = sorted({-w * DAY - past + o for w in range(1, 11) for past in (0, 1, HOUR - 1) for o in (-1, 0, 1)}
+# Around each window's start, the start of a UTC day: w days before as_of's day, for each of the
+# as-of offsets. And rows a few hours into each window's first day.
+EDGE_OFFSETS = sorted({-w * DAY - a + o for w in range(1, 11) for a in AS_OF_OFFSETS for o in (-1, 0, 1)}
                       | {-w * DAY + hours * HOUR for w in range(1, 11) for hours in (1, 3)} | {-1, 0, 1, DAY})
 LATER = [0, HOUR, 3 * HOUR + 17 * 60_000, DAY + 7 * HOUR]  # a second build: none, hours later, a day on
 EVENT_COLUMNS = [
@@ -379,19 +378,35 @@ S1, S2 = SEGMENT_BASE + 1, SEGMENT_BASE + 2
 
 
 def _edges_of_windows() -> list[Any]:
-    w, past = 3, 20 * 60_000  # as_of 20 minutes past the hour: windows start at the hour, W days before
+    w, past = 3, 20 * 60_000  # as_of 00:20: windows start at midnight, W days before as_of's day
+    host = {"where": [{"field": "host", "op": "eq", "value": "a.com"}]}
+    next_day = {"later": DAY, "as_of_offset": 12 * HOUR}  # a second build, a full one
     return [
         pytest.param(Case([event_row(cookie=0, dt=-w * DAY - past)], [seg({**ANY_EVENT, "within_days": w})],
                           as_of_offset=past),
-                     {(S1, "c0")}, id="condition window: the start of as_of's hour, W days before, is in"),
+                     {(S1, "c0")}, id="condition window: the start of as_of's day, W days before, is in"),
         pytest.param(Case([event_row(cookie=0, dt=-w * DAY - past - 1)], [seg({**ANY_EVENT, "within_days": w})],
                           as_of_offset=past),
                      set(), id="condition window: 1 ms before its start is out"),
+        pytest.param(Case([event_row(cookie=0, dt=-w * DAY - 11 * HOUR)], [seg({**ANY_EVENT, "within_days": w})],
+                          as_of_offset=12 * HOUR),
+                     {(S1, "c0")}, id="condition window: the whole day W days before as_of's is in"),
         pytest.param(Case([event_row(cookie=0, dt=-w * DAY - 1), event_row(cookie=0, dt=-DAY)],
                           [seg({"where": [{"field": "type", "op": "eq", "value": "click"}], "within_days": w})]),
                      set(), id="condition window: a match just before the start does not count"),
         pytest.param(Case([event_row(cookie=0, dt=-w * DAY)], [seg({**ANY_EVENT, "within_days": w})]),
-                     {(S1, "c0")}, id="condition window: as_of on the hour, as_of - W days is in"),
+                     {(S1, "c0")}, id="condition window: as_of at midnight, as_of - W days is in"),
+        pytest.param(Case([event_row(cookie=0, dt=-3 * DAY), event_row(cookie=1, dt=-2 * DAY - 11 * HOUR)],
+                          [seg({**ANY_EVENT, "within_days": 3})], **next_day),
+                     {(S1, "c1")}, id="next day: a row that left a window"),
+        pytest.param(Case([event_row(cookie=0, fp=0, dt=-3 * DAY), event_row(fp=0, dt=-HOUR, host="a.com"),
+                           event_row(cookie=0, dt=-DAY)],
+                          [seg(host, lookback_days=3)], **next_day),
+                     {(S1, "f0")}, id="next day: a link that left the window splits a profile"),
+        pytest.param(Case([event_row(cookie=0, fp=0, dt=-3 * DAY), event_row(cookie=0, dt=-HOUR, host="a.com"),
+                           event_row(cookie=1, fp=0, dt=-DAY)],
+                          [seg(host, lookback_days=3)], **next_day),
+                     {(S1, "c0")}, id="next day: a link that left the window takes the other IDs out"),
         pytest.param(Case([event_row(cookie=0, dt=0)], [seg({**ANY_EVENT, "within_days": w})]),
                      {(S1, "c0")}, id="as_of itself is in"),
         pytest.param(Case([event_row(cookie=0, dt=1)], [seg(ANY_EVENT)]),
@@ -479,9 +494,9 @@ def _edges_of_following() -> list[Any]:
     host = {"where": [{"field": "host", "op": "eq", "value": "a.com"}]}
     later = {"later": HOUR, "as_of_offset": 12 * HOUR}
     return [
-        pytest.param(Case([event_row(cookie=0, dt=-3 * DAY), event_row(cookie=1, dt=-3 * DAY + 2 * HOUR)],
-                          [seg({**ANY_EVENT, "within_days": 3})], **later),
-                     {(S1, "c1")}, id="following: a row that left a window"),
+        pytest.param(Case([event_row(cookie=0, dt=-3 * DAY - 10 * HOUR)], [seg({**ANY_EVENT, "within_days": 3})],
+                          **later),
+                     {(S1, "c0")}, id="following: windows do not move within a day"),
         pytest.param(Case([event_row(cookie=0, dt=HOUR // 2, host="a.com"), event_row(cookie=1, dt=-DAY)],
                           [seg(host)], **later),
                      {(S1, "c0")}, id="following: an event since the last build"),
@@ -495,14 +510,6 @@ def _edges_of_following() -> list[Any]:
                            event_row(cookie=1, fp=1, dt=-DAY), event_row(fp=1, dt=-HOUR, host="a.com")],
                           [seg(host)], **later, late_optout_fps=[0]),
                      {(S1, "c1"), (S1, "f1")}, id="following: a first-party ID opted out"),
-        pytest.param(Case([event_row(cookie=0, fp=0, dt=-3 * DAY), event_row(fp=0, dt=-HOUR, host="a.com"),
-                           event_row(cookie=0, dt=-DAY)],
-                          [seg(host, lookback_days=3)], **later),
-                     {(S1, "f0")}, id="following: a link that left the window splits a profile"),
-        pytest.param(Case([event_row(cookie=0, fp=0, dt=-3 * DAY), event_row(cookie=0, dt=-HOUR, host="a.com"),
-                           event_row(cookie=1, fp=0, dt=-DAY)],
-                          [seg(host, lookback_days=3)], **later),
-                     {(S1, "c0")}, id="following: a link that left the window takes the other IDs out"),
         pytest.param(Case([event_row(fp=0, dt=-HOUR, host="a.com"), event_row(cookie=1, dt=-DAY)],
                           [seg(host)], **later, late_events=[event_row(cookie=1, fp=0, dt=-2 * HOUR)]),
                      {(S1, "c1"), (S1, "f0")}, id="following: a link that arrived late joins a profile"),

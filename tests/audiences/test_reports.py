@@ -116,7 +116,8 @@ TREND = SegmentSet([parse_segment({"id": 45010, "name": "trend", "lookback_days"
 def test_trend_and_history_follow_the_builds(warehouse: Client) -> None:
     x1, x2, x3 = cookie(), cookie(), cookie()
     day0 = T - 40 * DAY  # the 29th of January: outside the windows of the other tests' builds
-    insert(warehouse, [{"ts": day0 + HOUR, "cookie_id": x1, "path": "/t45"},
+    # A 1-day window counts its build's day and the day before.
+    insert(warehouse, [{"ts": day0 - DAY + HOUR, "cookie_id": x1, "path": "/t45"},
                        {"ts": day0 + DAY + HOUR, "cookie_id": x2, "path": "/t45/a"},
                        {"ts": day0 + DAY + 3 * HOUR, "cookie_id": x3, "path": "/t45/b"}])
     for at in (day0 + 12 * HOUR, day0 + DAY + 2 * HOUR, day0 + DAY + 12 * HOUR, day0 + 3 * DAY + HOUR):
@@ -126,6 +127,6 @@ def test_trend_and_history_follow_the_builds(warehouse: Client) -> None:
         ("2045-01-29", 1, 1, 0),  # x1
         ("2045-01-30", 2, 2, 1),  # x1 leaves at 02:00 as x2 enters; x3 joins at 12:00
         ("2045-01-31", None, 0, 0),  # no build
-        ("2045-02-01", 0, 0, 2),  # everyone's visit is over a day old
+        ("2045-02-01", 0, 0, 2),  # everyone's visit is before the day before
     ]
     assert [reports.history_at(warehouse, 45010, day0 + h * HOUR) for h in (11, 13, 27, 37, 73)] == [0, 1, 1, 2, 0]
