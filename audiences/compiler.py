@@ -208,9 +208,10 @@ PLANNING_SETTINGS = {"optimize_and_compare_chain": 0}
 # faster in each of five paired runs on the 100-segment benchmark (median 10.5 s against 12.2 s).
 MEMBERSHIP_SETTINGS = {**PLANNING_SETTINGS, "min_count_to_compile_expression": 0,
                        "min_count_to_compile_aggregate_expression": 0, "query_plan_filter_push_down": 0}
-# A build following the last one (a few percent of the rows) does not compile at once: that cost
-# more CPU than it saved there (4.99 against 3.10 CPU-s, 46k of 921k IDs).
-FOLLOWING_SETTINGS = PLANNING_SETTINGS
+# A build following the last one (about 1% of the IDs) does not compile at all: compiling its
+# expressions cost more than it saved there, and compiled them again in each new process (the
+# benchmark's hourly members statement: 0.16-0.30 s without, 0.16-0.61 s with, 10 interleaved runs).
+FOLLOWING_SETTINGS = {**PLANNING_SETTINGS, "compile_expressions": 0}
 # The lookup's `WHERE bits != 0` would be pushed below its DISTINCT, testing every row, not every
 # distinct value: measured 2.1 s against 0.56 s for the path of the 100-segment benchmark.
 VALUES_SETTINGS = {"query_plan_filter_push_down": 0}

@@ -779,8 +779,12 @@ def report(r: dict[str, Any]) -> None:
           f"{ok(ratios['growth_10_to_100'] <= TARGET_GROWTH)}")
     print(f"members({big}) / floor   {ratios['members_over_floor']:6.2f}×   "
           f"(members(10) / floor {ratios['members10_over_floor']:.2f}×; the step that aggregates the window's rows)")
-    print(f"hourly rebuild / floor {ratios['hour_later_over_floor']:6.2f}×   (hourly {big} / hourly 10: "
-          f"{ratios['hourly_growth_10_to_100']:.2f}×; it recomputes only the profiles it finds touched)")
+    # The targets are judged on the first builds above; the scheduler's build, against the same ones:
+    print(f"hourly rebuild / floor {ratios['hour_later_over_floor']:6.2f}×   same target, hourly: "
+          f"{ok(ratios['hour_later_over_floor'] <= TARGET_FLOOR_RATIO)}  (it recomputes only the profiles it "
+          "finds touched)")
+    print(f"hourly {big} / hourly 10  {ratios['hourly_growth_10_to_100']:6.2f}×   same target, hourly: "
+          f"{ok(ratios['hourly_growth_10_to_100'] <= TARGET_GROWTH)}")
     print(f"  each against the floor run just before it: median {ratios['hour_later_over_paired_floor']:.2f}×  "
           f"(hourly runs {', '.join(f'{w:.2f}' for w in h['runs_s'])}; floor runs "
           f"{', '.join(f'{f:.2f}' for f in h['floor_runs_s'])})")
