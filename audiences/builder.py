@@ -84,6 +84,7 @@ from audiences.incremental import (
 from audiences.rollup import DayDigests, days_to_roll, first_day, read_plan, roll
 from collector.categories import ContentTaxonomy
 from crumb.progress import SILENT, Progress
+from crumb.warehouse import release_memory
 
 OPEN_INTERVAL = "2106-01-01 00:00:00.000"
 # The scratch tables of a build (or a preview), by their field in `Tables`.
@@ -222,6 +223,7 @@ def build(
     finally:
         drop_scratch(client)
         _drop_build_tables(client)
+        release_memory(client)
     _record(client, result, started_ms)
     return result
 

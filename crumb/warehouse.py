@@ -35,6 +35,15 @@ def connect(settings: Settings) -> Client:
         return client
 
 
+def release_memory(client: Client) -> None:
+    """Hand the memory ClickHouse has freed back to the system. Embedded, the engine's allocator
+    keeps what a statement freed for the next one, in our process: after a first build of the
+    100-segment benchmark a fresh process stayed at 1.7 GB resident, and 0.8 GB after this (4 ms).
+    `crumb serve` runs a build an hour and holds that memory in between. A server keeps its own."""
+    if str(getattr(client, "uri", "")).startswith("chdb:"):
+        client.command("SYSTEM JEMALLOC PURGE")
+
+
 def _hold(directory: Path) -> None:
     directory = directory.resolve()
     if directory in _held_locks:
