@@ -6,15 +6,18 @@ Steps (each timed, and recorded in `crumb.builds`):
   values    the window's events per hour (count, digest); the days to roll up; the lookups of the
             values of pattern-tested fields
   rollup    whole past days whose events changed (or are new) → per ID and hour, `segment_rollup`
+  totals    (the day's first build, or one that rolled a day up again) per ID, the aggregates of its
+            rolled-up hours for as_of's day (`compiler.totals_statement`), which later builds that
+            day read for the IDs they recompute
   touched   (a build following the last one the same day) the IDs whose rows changed since
             (`audiences.incremental`)
   recompute (when following) every ID of each profile holding a touched ID: the IDs to recompute
   hours     the events of as_of's day, up to as_of, rolled up per ID and hour like past days
-            (`HOURS`); when following, only the IDs to recompute, and their rolled-up hours too
+            (`HOURS`); when following, only the IDs to recompute
   profiles  link IDs seen together on an event into profiles (connected components); when
-            following, the links of the IDs to recompute (`HOURS` holds them all)
+            following, the links of the IDs to recompute
   entered   when each ID to compute entered each segment it was in at the last build (`ENTERED`)
-  members   one pass over the window's hour rows (rolled up, and today's): per ID and per
+  members   one pass over the totals and today's hour rows: per ID and per
             profile, the matchers met and their bounded aggregates; each segment's boolean →
             `id_segments_next`, a row per ID. When following, only the IDs to recompute
   copy      this build's profiles → `segment_profiles_next`; when following, every other ID's
@@ -55,7 +58,7 @@ from audiences.compiler import (
     Tables,
     compile_segments,
     membership_statement,
-    recomputed_hours_statement,
+    opted_out_typed,
     rollup_columns,
     snapshot_optouts,
     today_statement,
@@ -81,7 +84,7 @@ from audiences.incremental import (
     touched_statements,
     write_state,
 )
-from audiences.rollup import DayDigests, days_to_roll, first_day, read_plan, roll
+from audiences.rollup import DayDigests, days_to_roll, first_day, read_plan, roll, totals_written, write_totals
 from collector.categories import ContentTaxonomy
 from crumb.progress import SILENT, Progress
 from crumb.warehouse import release_memory
@@ -178,6 +181,8 @@ def build(
             result.rolled_days = len(roll_days)
             steps.run("rollup", lambda: roll(client, plan, roll_days, note=progress.note,
                                              settings=MEMBERSHIP_SETTINGS))
+            if not totals_written(client, plan, as_of_ms):  # the day's first build, or a day rolled again
+                steps.run("totals", lambda: write_totals(client, plan, as_of_ms, settings=MEMBERSHIP_SETTINGS))
         if rollup and following:
             found = changes(plan, following, as_of_ms, hours, optouts, added)
             result.changes = found.summary()
@@ -241,13 +246,10 @@ def _values(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead,
 
 def _hours(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead, only: str | None,
            settings: dict[str, Any] | None) -> None:
-    """`HOURS`: as_of's day rolled up; with `only`, of those IDs, and their rolled-up hours too."""
+    """`HOURS`: as_of's day rolled up; with `only`, of those IDs."""
     columns = ", ".join(f"{name} {kind}" for name, kind in rollup_columns(plan))
     client.command(f"CREATE TABLE {HOURS} ({columns}) ENGINE = Memory")
-    statements = [today_statement(plan, as_of_ms, rollup, only=only)]
-    if only:
-        statements.append(recomputed_hours_statement(plan, as_of_ms, rollup, only))
-    _run(client, statements, settings)
+    _run(client, [today_statement(plan, as_of_ms, rollup, only=only)], settings)
 
 
 def _recompute_set(client: Client) -> int:
@@ -401,7 +403,7 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupR
     smallest typed ID ('c:<cookie>' sorts before 'f:<fp>'). Returns the rounds it took: 0 when
     every ID's smallest neighbour already is its component's label (stars and pairs, the usual case).
     `recomputing` (a build following the last one, with `rollup`): only the links of the IDs it
-    recomputes, all in `HOURS`. Their set is closed under the links: an ID linked to one of them
+    recomputes. Their set is closed under the links: an ID linked to one of them
     now was linked to it at the last build (so in its profile), or is touched itself (on an event
     since: `incremental.touched_statements`)."""
     params = window_params(plan, as_of_ms)
@@ -461,8 +463,9 @@ def _rows_and_join(client: Client, rows_table: str, join_table: str, columns: st
 
 def _links_sql(params: dict[str, Any], rollup: RollupRead | None, recomputing: bool = False) -> str:
     """(cookie, first-party ID) pairs seen on one event in the window, typed: from the events, or
-    from the rolled-up hours (`HOURS` holds as_of's day's, and when `recomputing`, every one of
-    the IDs recomputed). A first-party ID may have opted out since its hour was rolled up."""
+    from the rolled-up days' totals and as_of's day's hours (`HOURS`); when `recomputing`, of the
+    IDs recomputed (all that `HOURS` holds). A first-party ID may have opted out since its hour
+    was rolled up, and so may an ID with totals."""
     if rollup is None:
         return (f"SELECT concat('c:', cookie_id) AS a, concat('f:', fp_id) AS b FROM {EVENTS} "
                 f"WHERE {window_filter(BUILD.optouts)} AND cookie_id != '' AND fp_id != ''")
@@ -471,10 +474,9 @@ def _links_sql(params: dict[str, Any], rollup: RollupRead | None, recomputing: b
         return (f"SELECT row_id AS a, concat('f:', fp) AS b FROM {table} ARRAY JOIN links AS fp "
                 f"WHERE {rows} AND fp NOT IN (SELECT id FROM {BUILD.optouts})")
 
-    if recomputing:
-        return links(HOURS)
-    params.update(rollup.params())
-    return f"{links(rollup.table, rollup.rolled_rows(BUILD.optouts))} UNION ALL {links(HOURS)}"
+    totals = f"row_id NOT IN ({opted_out_typed(BUILD.optouts)})"
+    totals += f" AND row_id IN {RECOMPUTED}" if recomputing else ""
+    return f"{links(rollup.totals, totals)} UNION ALL {links(HOURS)}"
 
 
 def _write_deltas(client: Client, build_id: int, as_of_ms: int) -> None:

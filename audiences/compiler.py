@@ -40,10 +40,9 @@ OPTOUTS = "crumb.optouts"  # the ledger of opted-out IDs (the collector's)
 # counted) and not others. (The lookalike step reads the ledger: it scores every profile anew in
 # every build, so a later opt-out leaves nothing behind there.)
 BUILD_OPTOUTS = "crumb._build_optouts"
-# The hour rows a build reads besides the rollup table: as_of's day of events, rolled up per ID and
-# hour by the build (`today_statement`); and in a build that recomputes some IDs only, every
-# rolled-up hour of theirs too (`recomputed_hours_statement`), so that the profiles and members
-# steps read this small table instead of the whole rollup, each.
+# The hour rows a build reads besides the rolled-up days' totals (`RollupRead.totals`): as_of's day
+# of events, rolled up per ID and hour by the build (`today_statement`); in a build that recomputes
+# some IDs only, those IDs' hours.
 HOURS = "crumb._build_hours"
 # Per typed ID, the segments it was in at the last build and when it entered each (0: not known,
 # a row written before entry times were kept). A build's members keep their entry time, so an exit
@@ -463,10 +462,16 @@ class RollupRead:
     """A build that reads rolled-up hours (`audiences.rollup`): from `table`, every hour of the
     window before `raw_from_ms` (the start of as_of's day); the events from then on, rolled up
     the same way into the build's scratch table `HOURS` first (`today_statement`). Windows start
-    at the start of a day, so no rolled-up hour is cut by one."""
+    at the start of a day, so no rolled-up hour is cut by one.
+
+    The membership statement reads the rolled-up hours as `totals`: per ID, their aggregates
+    (`totals_statement`). Within a day those do not change (its windows and day bits are the
+    day's), so the first build of a day writes them, and the builds that follow it read the rows
+    of the IDs they recompute, instead of every rolled-up hour to find theirs."""
 
     table: str
     raw_from_ms: int
+    totals: str
 
     def params(self) -> dict[str, Any]:
         return {"raw_from_ms": self.raw_from_ms,
@@ -476,12 +481,6 @@ class RollupRead:
         """The events read as events. Their day is named too: the events key starts with
         `toDate(ts)`, and its index is used for dates, not for ranges of `ts`."""
         return "(toDate(ts) >= {raw_day:Date} AND ts >= fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC'))"
-
-    def rolled_rows(self, optouts: str) -> str:
-        """The rolled-up hours of the window read as such, of IDs opted in (by `optouts`)."""
-        return ("hour >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
-                "AND hour < fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC') "
-                f"AND row_id NOT IN ({opted_out_typed(optouts)})")
 
 
 ROLL_DAYS = "toDate(ts) IN {roll_days:Array(Date)}"
@@ -577,17 +576,21 @@ def today_statement(plan: Plan, as_of_ms: int, rollup: RollupRead, tables: Table
     return _roll(plan, HOURS, tables, rows, params)
 
 
-def recomputed_hours_statement(plan: Plan, as_of_ms: int, rollup: RollupRead, only: str) -> Statement:
-    """The rolled-up hours of the window of the IDs in `only` (a subquery of typed IDs) → `HOURS`.
-    A build recomputing a few percent of the IDs still finds some in every granule of the rollup:
-    reading them once here, not once for the profiles' links and again for the members, saved
-    0.8 s of 2.6 s on the 100-segment benchmark."""
-    columns = ", ".join(name for name, _kind in rollup_columns(plan))
-    # Filtered on the IDs first: the other columns are then copied for their rows only, not
-    # tested against the window and the opt-outs for every row (0.64 s against 0.82 s).
-    return (f"INSERT INTO {HOURS} ({columns}) SELECT {columns} FROM {rollup.table} "
-            f"PREWHERE row_id IN {only} WHERE {rollup.rolled_rows(BUILD.optouts)}",
-            {**window_params(plan, as_of_ms), **rollup.params()})
+def totals_statement(plan: Plan, as_of_ms: int, rollup: RollupRead) -> Statement:
+    """Per ID, the aggregates of its rolled-up hours of the window, as the membership statement
+    takes them per ID (`_aggregates`), with the first-party IDs it was seen with: the SELECT of
+    `rollup.totals` (of every ID: opted-out IDs are left out where it is read). It holds for
+    as_of's day: its windows and day bits are that day's."""
+    params: dict[str, Any] = {**window_params(plan, as_of_ms), **rollup.params()}
+    layout = _Layout.of(plan)
+    rows = ", ".join(layout.hour_names() + _window_columns(plan, layout, as_of_ms, params))
+    per_id = [id_side for id_side, _profile_side in _aggregates(plan, layout, _Bounded.of(plan))]
+    hours = ", ".join(["row_id", "toDateTime64(hour, 3, 'UTC') AS t", "links", *layout.hour_names()])
+    window = ("hour >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
+              "AND hour < fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC')")
+    return (f"SELECT row_id, groupUniqArrayArray(links) AS links, {', '.join(per_id)} "
+            f"FROM (SELECT row_id, t, links, {rows} FROM (SELECT {hours} FROM {rollup.table} WHERE {window})) "
+            "GROUP BY row_id"), params
 
 
 def _roll(plan: Plan, table: str, tables: Tables, where: str, params: dict[str, Any]) -> Statement:
@@ -614,17 +617,15 @@ def _roll(plan: Plan, table: str, tables: Tables, where: str, params: dict[str, 
 def _source_sql(plan: Plan, layout: _Layout, params: dict[str, Any], tables: Tables,
                 rollup: RollupRead | None, only: str | None = None) -> str:
     """The rows a build aggregates, in the hour row's columns with their time `t`: the events,
-    or with `rollup`, the rolled-up hours and those of as_of's day (`HOURS`). With `only` (a
-    subquery of typed IDs), the rows of those IDs: with `rollup`, `HOURS` holds all of them."""
+    or with `rollup`, the hours of as_of's day (`HOURS`: the rolled-up days are read as their
+    totals). With `only` (a subquery of typed IDs), the rows of those IDs (all that `HOURS` holds)."""
     if rollup is None:
         columns = ", ".join([f"{ROW_ID} AS row_id", "ts AS t", *event_columns(plan, layout, params, tables)])
         return (f"SELECT {columns} FROM {tables.events} WHERE {window_filter(tables.optouts)}"
                 + (f" AND {ROW_ID} IN {only}" if only else ""))
     params.update(rollup.params())
     rolled = ", ".join(["row_id", "toDateTime64(hour, 3, 'UTC') AS t", *layout.hour_names()])
-    hours = f"SELECT {rolled} FROM {HOURS}"
-    return hours if only else (f"SELECT {rolled} FROM {rollup.table} WHERE {rollup.rolled_rows(tables.optouts)} "
-                               f"UNION ALL {hours}")
+    return f"SELECT {rolled} FROM {HOURS}"
 
 
 def _window_columns(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str, Any]) -> list[str]:
@@ -777,8 +778,8 @@ def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Table
     holding every ID of each profile it touches), just those IDs' rows and profiles. With
     `keep_entered`, each row keeps when its ID entered each segment (`member_rows`).
 
-    Opted-out IDs need no test here: the rows read are of IDs opted in, and so are the links the
-    profiles are made of (`window_filter`, `RollupRead.rolled_rows`), so no profile holds one.
+    Opted-out IDs need no other test here: the rows read are of IDs opted in (`window_filter`, and
+    the totals' filter below), and so are the links the profiles are made of, so no profile holds one.
     Every statement of a build's rule segments reads the same opt-outs, its snapshot
     (`tables.optouts`): one recorded while it runs is the next build's to take in."""
     params: dict[str, Any] = {**window_params(plan, as_of_ms), "build_id": build_id}
@@ -787,6 +788,11 @@ def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Table
     rows = ", ".join(layout.hour_names() + _window_columns(plan, layout, as_of_ms, params))
     bounded = _Bounded.of(plan)
     per_id, per_profile = zip(*_aggregates(plan, layout, bounded), strict=True)
+    names = [aggregate.rsplit(" AS ", 1)[1] for aggregate in per_id]
+    per_id_rows = f"SELECT row_id, {', '.join(per_id)} FROM (SELECT row_id, t, {rows} FROM ({source})) GROUP BY row_id"
+    if rollup:  # an ID's hours of as_of's day, and its rolled-up days' totals: merged with its profile's
+        totals = f"row_id NOT IN ({opted_out_typed(tables.optouts)})" + (f" AND row_id IN {only}" if only else "")
+        per_id_rows += f" UNION ALL SELECT row_id, {', '.join(names)} FROM {rollup.totals} WHERE {totals}"
     held = ", ".join(_held_columns(plan, layout, bounded, params))
     segments = _segment_arrays(plan, params)
     # The conditions (`held`) are columns of their own query, not aliases the segments' expressions
@@ -802,9 +808,8 @@ FROM (
             FROM (
                 SELECT if(linked = '', row_id, linked) AS profile, {', '.join(per_profile)}
                 FROM (
-                    SELECT row_id, joinGet('{tables.profile_of}', 'profile', row_id) AS linked, {', '.join(per_id)}
-                    FROM (SELECT row_id, t, {rows} FROM ({source}))
-                    GROUP BY row_id
+                    SELECT row_id, joinGet('{tables.profile_of}', 'profile', row_id) AS linked, {', '.join(names)}
+                    FROM ({per_id_rows})
                 )
                 GROUP BY profile
             )

@@ -80,10 +80,12 @@ def _erase_memberships(client: Client, _redis: redis.Redis, ids: list[str]) -> N
 
 
 def _erase_rollup(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
-    # The build's rolled-up hours (audiences.rollup): by typed ID. The table exists once a build ran.
-    exists = client.query("SELECT count() FROM system.tables WHERE database = 'crumb' AND name = 'segment_rollup'")
-    if exists.result_rows[0][0]:
-        client.command("DELETE FROM crumb.segment_rollup WHERE row_id IN {typed:Array(String)}",
+    # The build's rolled-up hours and their per-ID totals (audiences.rollup): by typed ID. The
+    # tables exist once a build ran.
+    for (table,) in client.query(
+            "SELECT name FROM system.tables WHERE database = 'crumb' "
+            "AND name IN ('segment_rollup', 'segment_rollup_totals')").result_rows:
+        client.command(f"DELETE FROM crumb.{table} WHERE row_id IN {{typed:Array(String)}}",
                        parameters={"typed": [f"{kind}:{i}" for i in ids for kind in ("c", "f")]})
 
 
@@ -105,7 +107,7 @@ ERASERS: list[Eraser] = [
     Eraser("redis segment store", _erase_from_store),
     Eraser("crumb.lookalike_scores", _erase_scores),
     Eraser("crumb.id_segments, segment_profiles, segment_deltas, segment_history", _erase_memberships),
-    Eraser("crumb.segment_rollup", _erase_rollup),
+    Eraser("crumb.segment_rollup, segment_rollup_totals", _erase_rollup),
     # What destinations received moves to the removals the next `crumb activate sync` sends.
     Eraser("crumb.delivered (removals queued for destinations)", _queue_removals),
 ]

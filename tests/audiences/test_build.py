@@ -146,6 +146,7 @@ def test_erasure_removes_the_id_from_members_deltas_and_history(warehouse: Clien
     profiles = f"SELECT count() FROM crumb.segment_profiles WHERE id = 'c:{erased}'"
     assert warehouse.query(profiles).result_rows[0][0] == 1
     assert rolled_ids(warehouse, [kept, erased]) == {f"c:{kept}", f"c:{erased}"}
+    assert rolled_ids(warehouse, [kept, erased], "segment_rollup_totals") == {f"c:{kept}", f"c:{erased}"}
     assert {(1, kept, "cookie"), (1, erased, "cookie")} <= members(warehouse)
 
     # Not while a build runs: it holds the builds' lock, and an erasure waits for it, or gives up.
@@ -168,11 +169,12 @@ def test_erasure_removes_the_id_from_members_deltas_and_history(warehouse: Clien
             parameters={"ids": [kept, erased]}).result_rows}
         assert held == {kept}, table
     assert rolled_ids(warehouse, [kept, erased]) == {f"c:{kept}"}
+    assert rolled_ids(warehouse, [kept, erased], "segment_rollup_totals") == {f"c:{kept}"}
 
 
-def rolled_ids(client: Client, ids: list[str]) -> set[str]:
+def rolled_ids(client: Client, ids: list[str], table: str = "segment_rollup") -> set[str]:
     return {r[0] for r in client.query(
-        "SELECT DISTINCT row_id FROM crumb.segment_rollup WHERE row_id IN {typed:Array(String)}",
+        f"SELECT DISTINCT row_id FROM crumb.{table} WHERE row_id IN {{typed:Array(String)}}",
         parameters={"typed": [f"c:{i}" for i in ids]}).result_rows}
 
 
@@ -228,6 +230,10 @@ def test_the_rollup_stores_its_counts_plain_and_a_table_of_an_older_layout_is_ro
                                   "WHERE database = 'crumb' AND table = 'segment_rollup'").result_rows)
     assert codecs.pop("row_id") == codecs.pop("links") == ""  # the default: compressed
     assert codecs and set(codecs.values()) == {"CODEC(NONE)"}
+    totals = dict(warehouse.query("SELECT name, compression_codec FROM system.columns "
+                                  "WHERE database = 'crumb' AND table = 'segment_rollup_totals'").result_rows)
+    assert totals.pop("row_id") == totals.pop("links") == ""  # and so are the totals per ID
+    assert totals and set(totals.values()) == {"CODEC(NONE)"}
     # A table rolled up by an older release has another fingerprint: the next build starts anew.
     warehouse.command("ALTER TABLE crumb.segment_rollup MODIFY COMMENT 'an older layout'")
     again = build(warehouse, SPORTS, as_of_ms=at)
@@ -501,13 +507,14 @@ def test_a_following_build_recomputes_only_new_events_ids_and_events_age_out_at_
         {"id": 5, "name": "any visit", "lookback_days": 10, "rule": {"where": []}},
         {"id": 6, "name": "sports twice", "lookback_days": 10, "rule": {"where": on_sports, "min_count": 2}})])
     ours = {sports, reader, late}
-    build(warehouse, segments, as_of_ms=at)
+    first = build(warehouse, segments, as_of_ms=at)
+    assert "totals" in first.timings  # the day's first build totals every ID's rolled-up days
     assert {m for m in members(warehouse) if m[1] in ours} == {
         (4, sports, "cookie"), (5, sports, "cookie"), (5, reader, "cookie"), (6, sports, "cookie")}
     # Hours later the same day, windows have not moved: only the ID with a new event is recomputed.
     insert(warehouse, [{"ts": at + hour, "cookie_id": late, "path": "/sports/9"}])
     later = build(warehouse, segments, as_of_ms=at + 17 * hour)
-    assert later.followed and later.recomputed == 1
+    assert later.followed and later.recomputed == 1 and "totals" not in later.timings  # it reads them
     # Its sizes and counts are as if every row were counted again.
     assert warehouse.query(
         "SELECT segment_id, profiles, ids FROM crumb.segment_sizes WHERE build_id = {b:UInt64} ORDER BY segment_id",
@@ -523,7 +530,7 @@ def test_a_following_build_recomputes_only_new_events_ids_and_events_age_out_at_
     assert (full.entered, full.exited) == (0, 0)  # a full build agrees
     # The next day's first build is a full one: the sports visit has left the 2-day window.
     next_day = build(warehouse, segments, as_of_ms=at + DAY)
-    assert not next_day.followed
+    assert not next_day.followed and "totals" in next_day.timings
     assert {m for m in members(warehouse) if m[1] in ours} == {
         (5, sports, "cookie"), (5, reader, "cookie"), (6, sports, "cookie"), (4, late, "cookie"), (5, late, "cookie")}
 

@@ -14,13 +14,13 @@ from audiences.compiler import (
     _balanced,
     compile_segments,
     membership_statement,
-    recomputed_hours_statement,
     roll_statement,
     today_statement,
+    totals_statement,
     values_statements,
 )
 from audiences.definitions import SegmentSet, parse_segment
-from audiences.rollup import ROLLUP, read_plan
+from audiences.rollup import ROLLUP, TOTALS, read_plan
 from collector.categories import ContentTaxonomy
 
 AS_OF = 2_000_000_000_000
@@ -134,8 +134,8 @@ def every_statement(segments: SegmentSet) -> list[tuple[str, dict[str, Any]]]:
     return [*values_statements(plan, AS_OF), membership_statement(plan, AS_OF, 7),
             *values_statements(plan, AS_OF, rollup=rollup, roll_days=[date(2024, 1, 1)]),
             roll_statement(plan, ROLLUP), today_statement(plan, AS_OF, rollup),
-            recomputed_hours_statement(plan, AS_OF, rollup, "(SELECT id FROM crumb._build_recompute)"),
-            membership_statement(plan, AS_OF, 7, rollup=rollup)]
+            totals_statement(plan, AS_OF, rollup),
+            membership_statement(plan, AS_OF, 7, rollup=rollup, only="(SELECT id FROM crumb._build_recompute)")]
 
 
 def test_a_build_reads_rolled_up_hours_and_the_events_of_as_of_s_day() -> None:
@@ -155,21 +155,22 @@ def test_a_build_reads_rolled_up_hours_and_the_events_of_as_of_s_day() -> None:
     assert today_params["raw_from_ms"] == rollup.raw_from_ms and today_params["as_of_ms"] == AS_OF
     assert "ts >= fromUnixTimestamp64Milli({raw_from_ms:Int64}" in today_sql
     assert "ts <= fromUnixTimestamp64Milli({as_of_ms:Int64}" in today_sql
-    # The membership statement reads hour rows only: no event, no per-event expression.
+    # The rolled-up days are read as their totals per ID: the same per-ID aggregates, over the
+    # window's rolled-up hours, for as_of's day.
+    totals_sql, totals_params = totals_statement(plan, AS_OF, rollup)
+    assert f"FROM {ROLLUP} WHERE hour >= fromUnixTimestamp64Milli({{since_ms:Int64}}, 'UTC') AND hour < " in totals_sql
+    assert totals_sql.endswith("GROUP BY row_id") and "groupUniqArrayArray(links) AS links" in totals_sql
+    assert "sum(toUInt64(if(in2, c0, 0))) AS n0" in totals_sql and totals_params["raw_from_ms"] == rollup.raw_from_ms
+    # The membership statement reads hour rows and totals only: no event, no per-event expression.
     sql, params = membership_statement(plan, AS_OF, 7, rollup=rollup)
-    assert f"SELECT row_id, toDateTime64(hour, 3, 'UTC') AS t, f0, c0, g0 FROM {ROLLUP}" in sql
-    assert f"UNION ALL SELECT row_id, toDateTime64(hour, 3, 'UTC') AS t, f0, c0, g0 FROM {HOURS}" in sql
-    assert "hour >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') AND hour < fromUnixTimestamp64Milli(" in sql
+    assert f"SELECT row_id, toDateTime64(hour, 3, 'UTC') AS t, f0, c0, g0 FROM {HOURS})" in sql
+    assert ROLLUP + " " not in sql
+    assert f"UNION ALL SELECT row_id, f0_any, w0_any, n0, e3 FROM {TOTALS} WHERE row_id NOT IN (" in sql
     assert params["raw_from_ms"] == rollup.raw_from_ms and "crumb.events" not in sql and "transform(" not in sql
-    # Recomputing some IDs only, their rolled-up hours are copied into the scratch table too,
-    # which is then all the statement reads.
+    # Recomputing some IDs only: the hours of as_of's day hold theirs, and their totals are read.
     ids = "(SELECT id FROM crumb._build_recompute)"
-    copy_sql, copy_params = recomputed_hours_statement(plan, AS_OF, rollup, ids)
-    assert copy_sql.startswith(f"INSERT INTO {HOURS} ") and f"FROM {ROLLUP} PREWHERE" in copy_sql
-    assert f"PREWHERE row_id IN {ids} WHERE hour >= " in copy_sql and copy_params["raw_from_ms"] == rollup.raw_from_ms
     only_sql, _params = membership_statement(plan, AS_OF, 7, rollup=rollup, only=ids)
-    assert ROLLUP not in only_sql
-    assert f"SELECT row_id, toDateTime64(hour, 3, 'UTC') AS t, f0, c0, g0 FROM {HOURS})" in only_sql
+    assert f"FROM {TOTALS} WHERE row_id NOT IN (SELECT arrayJoin(" in only_sql and f"AND row_id IN {ids}" in only_sql
     assert "sum(toUInt64(if(in2, c0, 0))) AS n0" in sql  # the narrower window, on events and hours alike
 
 
