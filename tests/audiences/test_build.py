@@ -515,6 +515,14 @@ def test_a_following_build_recomputes_only_new_events_ids_and_events_age_out_at_
     insert(warehouse, [{"ts": at + hour, "cookie_id": late, "path": "/sports/9"}])
     later = build(warehouse, segments, as_of_ms=at + 17 * hour)
     assert later.followed and later.recomputed == 1 and "totals" not in later.timings  # it reads them
+    # The one ID it recomputed had no row at the last build: each of its memberships enters.
+    assert set(warehouse.query(
+        "SELECT segment_id, id, change FROM crumb.segment_deltas WHERE build_id = {b:UInt64}",
+        parameters={"b": later.build_id}).result_rows) == {(4, late, "enter"), (5, late, "enter")}
+    assert set(warehouse.query(
+        "SELECT segment_id, id, toUnixTimestamp64Milli(entered_at) FROM crumb.segment_history FINAL "
+        "WHERE version = {b:UInt64}", parameters={"b": later.build_id}).result_rows) == {
+        (4, late, at + 17 * hour), (5, late, at + 17 * hour)}
     # Its sizes and counts are as if every row were counted again.
     assert warehouse.query(
         "SELECT segment_id, profiles, ids FROM crumb.segment_sizes WHERE build_id = {b:UInt64} ORDER BY segment_id",
