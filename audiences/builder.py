@@ -389,7 +389,7 @@ LINK_TABLES = ("crumb._build_edges", "crumb._build_parent", "crumb._build_parent
 
 def _drop_build_tables(client: Client) -> None:
     """The scratch tables only a build has: its links, what a following build recomputes, the hour
-    rows it reads besides the rollup, and the last build's entry times."""
+    rows it reads besides the totals, and the last build's entry times."""
     for table in (*LINK_TABLES, *FOLLOW_TABLES, HOURS, ENTERED, ENTERED_ROWS, OPENED):
         client.command(f"DROP TABLE IF EXISTS {table}")
 

@@ -207,8 +207,8 @@ PLANNING_SETTINGS = {"optimize_and_compare_chain": 0}
 # faster in each of five paired runs on the 100-segment benchmark (median 10.5 s against 12.2 s).
 MEMBERSHIP_SETTINGS = {**PLANNING_SETTINGS, "min_count_to_compile_expression": 0,
                        "min_count_to_compile_aggregate_expression": 0, "query_plan_filter_push_down": 0}
-# A build following the last one (about 1% of the IDs) does not compile at all: compiling its
-# expressions cost more than it saved there, and compiled them again in each new process (the
+# A build following the last one (about 1% of the IDs) compiles no expressions: compiling them
+# cost more than it saved there, and compiled them again in each new process (the
 # benchmark's hourly members statement: 0.16-0.30 s without, 0.16-0.61 s with, 10 interleaved runs).
 FOLLOWING_SETTINGS = {**PLANNING_SETTINGS, "compile_expressions": 0}
 # The lookup's `WHERE bits != 0` would be pushed below its DISTINCT, testing every row, not every
@@ -772,11 +772,11 @@ def _segment_arrays(plan: Plan, params: dict[str, Any]) -> str:
 def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Tables = BUILD,
                          rollup: RollupRead | None = None, only: str | None = None,
                          keep_entered: bool = False) -> Statement:
-    """The build in one statement: the scan (of events, or with `rollup`, of rolled-up hours and
-    those of as_of's day, `HOURS`), per-ID and per-profile aggregates, each segment's boolean, and a
-    row per ID with its segments into `tables.members`. With `only` (a subquery of typed IDs
-    holding every ID of each profile it touches), just those IDs' rows and profiles. With
-    `keep_entered`, each row keeps when its ID entered each segment (`member_rows`).
+    """The build in one statement: the scan (of events, or with `rollup`, of as_of's day's hours,
+    `HOURS`, and the rolled-up days' totals per ID), per-ID and per-profile aggregates, each
+    segment's boolean, and a row per ID with its segments into `tables.members`. With `only` (a
+    subquery of typed IDs holding every ID of each profile it touches), just those IDs' rows and
+    profiles. With `keep_entered`, each row keeps when its ID entered each segment (`member_rows`).
 
     Opted-out IDs need no other test here: the rows read are of IDs opted in (`window_filter`, and
     the totals' filter below), and so are the links the profiles are made of, so no profile holds one.

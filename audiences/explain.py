@@ -274,7 +274,8 @@ def _exclusions(client: Client, profile: list[str], activity: dict, lookback_day
     if opted_out:
         reasons.append({"code": "opted_out", "message": f"opted out: {', '.join(r[0] for r in opted_out)}"})
     if activity["events"] == 0:
-        reasons.append({"code": "no_events", "message": f"no events in the last {lookback_days} days"})
+        reasons.append({"code": "no_events",
+                        "message": f"no events in its window (as-of's day and the {lookback_days} days before)"})
     elif activity["bot_events"] == activity["events"]:
         reasons.append({"code": "bot_only", "message": "only bot traffic"})
     elif activity["no_consent_events"] == activity["events"] - activity["bot_events"]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from audiences.compiler import DAY_MS, EVENTS, window_filter
+from audiences.compiler import EVENTS, window_filter, window_start
 from audiences.definitions import SegmentSet
 
 MEMBERS = "crumb.segment_members"
@@ -110,7 +110,7 @@ def composition(
     consent, not opted out): per dimension the top values by the members' events, each with its
     share of the members' events, its share of all events and the index 100 × the first / the second."""
     as_of_ms = as_of_ms if as_of_ms is not None else int(time.time() * 1000)
-    params = {"segment_id": segment_id, "since_ms": as_of_ms - lookback_days * DAY_MS, "as_of_ms": as_of_ms,
+    params = {"segment_id": segment_id, "since_ms": window_start(as_of_ms, lookback_days), "as_of_ms": as_of_ms,
               "top": top}
     in_segment = (
         f"(cookie_id IN (SELECT id FROM {MEMBERS} WHERE segment_id = {{segment_id:UInt32}} AND id_type = 'cookie') "

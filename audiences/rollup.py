@@ -6,11 +6,12 @@ hour, into the columns the membership statement aggregates (`compiler.event_colu
 bits OR-ed, counts and engaged time summed), and later builds read those rows instead:
 
   window:   since ──────────────────────────────────────────────────── as_of
-  read as:  [rolled-up hours, from the hour each window starts on ...] [events of as_of's day]
+  read as:  [rolled-up hours of whole days, totalled per ID ...]     [events of as_of's day]
 
 Rolled-up rows are about a third of the events, and need no predicate work. The events of as_of's
 day are rolled up by each build too, into a scratch table (`compiler.today_statement`), so that
-the membership statement reads rows of one shape.
+the membership statement reads hour rows and the rolled-up days' totals per ID (`write_totals`),
+no event.
 
 The rolled rows depend on the plan's predicates: the table carries a fingerprint of the roll
 statement (text and parameters), and a plan with another one starts a new table. A day is rolled
@@ -43,16 +44,16 @@ from audiences.compiler import (
 
 ROLLUP = "crumb.segment_rollup"
 ROLLED_DAYS = "crumb.segment_rollup_days"  # migration audiences_0006
-# Per ID, its rolled-up hours' aggregates as of a day (`compiler.totals_statement`): written by a
-# full build, read by it and by the builds that follow it that day. Its comment says for which
-# rollup, plan and day; rolling a day up again drops it.
+# Per ID, its rolled-up hours' aggregates as of a day (`compiler.totals_statement`): written by
+# the first build of the day that finds them missing (or keyed otherwise), read by every build
+# that day. Its comment says for which rollup, plan and day; rolling a day up again drops it.
 TOTALS = "crumb.segment_rollup_totals"
-# Every build reads the rollup whole: a following build wants the rows of the IDs it recomputes,
-# and they are in every part. Its counts and bit words compress 3-10x, but decompressing them was
-# much of that read: stored plain (its hours too), the hourly build of bench/segments took a tenth
-# less CPU (3.10 s against 3.50 s, median of 5 interleaved pairs), for twice the disk (496 MB
-# against 234 MB for 3M rows, about the size of the events they came from). The IDs and links
-# stay compressed: they compress little, and reading them plain saved nothing.
+# The day's first build reads the rollup whole, to total it per ID. Its counts and bit words
+# compress 3-10x, but decompressing them was much of that read: stored plain (its hours too), the
+# hourly build of bench/segments, which read the rollup whole then, took a tenth less CPU (3.10 s
+# against 3.50 s, median of 5 interleaved pairs), for twice the disk (496 MB against 234 MB for 3M
+# rows, about the size of the events they came from). The IDs and links stay compressed: they
+# compress little, and reading them plain saved nothing.
 COMPRESSED_KINDS = ("String", "Array(String)")  # the rest is stored plain
 LAYOUT = 2  # of the table; in the fingerprint, so that a table of an older layout is rolled up anew
 
@@ -141,9 +142,11 @@ def write_totals(client: Client, plan: Plan, as_of_ms: int, settings: dict[str, 
     client.command(f"DROP TABLE IF EXISTS {TOTALS}")
     # Stored as the rollup is (`COMPRESSED_KINDS`): a following build reads the table whole to
     # find its IDs' rows, in 0.07-0.09 s instead of 0.13 s for the benchmark's 900k IDs.
-    client.command(f"CREATE TABLE {TOTALS} ({_definitions(columns)}) ENGINE = MergeTree ORDER BY row_id "
-                   f"COMMENT '{_totals_key(plan, as_of_ms)}'")
+    client.command(f"CREATE TABLE {TOTALS} ({_definitions(columns)}) ENGINE = MergeTree ORDER BY row_id")
     client.command(f"INSERT INTO {TOTALS} {select}", parameters=params, settings=settings)
+    # Keyed once whole: an insert cut short leaves some parts behind, and an unkeyed table is
+    # written again by the next build.
+    client.command(f"ALTER TABLE {TOTALS} MODIFY COMMENT '{_totals_key(plan, as_of_ms)}'")
 
 
 def totals_written(client: Client, plan: Plan, as_of_ms: int) -> bool:

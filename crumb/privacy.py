@@ -80,13 +80,14 @@ def _erase_memberships(client: Client, _redis: redis.Redis, ids: list[str]) -> N
 
 
 def _erase_rollup(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
-    # The build's rolled-up hours and their per-ID totals (audiences.rollup): by typed ID. The
-    # tables exist once a build ran.
-    for (table,) in client.query(
-            "SELECT name FROM system.tables WHERE database = 'crumb' "
-            "AND name IN ('segment_rollup', 'segment_rollup_totals')").result_rows:
-        client.command(f"DELETE FROM crumb.{table} WHERE row_id IN {{typed:Array(String)}}",
+    # The build's rolled-up hours (audiences.rollup): by typed ID. The table exists once a build ran.
+    exists = client.query("SELECT count() FROM system.tables WHERE database = 'crumb' AND name = 'segment_rollup'")
+    if exists.result_rows[0][0]:
+        client.command("DELETE FROM crumb.segment_rollup WHERE row_id IN {typed:Array(String)}",
                        parameters={"typed": [f"{kind}:{i}" for i in ids for kind in ("c", "f")]})
+    # Their totals per ID hold the erased IDs in other IDs' links too: dropped whole, they are
+    # derived, and the next build writes them again (it is a full one: the erased events are gone).
+    client.command("DROP TABLE IF EXISTS crumb.segment_rollup_totals")
 
 
 def _erase_matches(client: Client, redis_client: redis.Redis, ids: list[str]) -> None:

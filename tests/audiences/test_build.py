@@ -169,7 +169,8 @@ def test_erasure_removes_the_id_from_members_deltas_and_history(warehouse: Clien
             parameters={"ids": [kept, erased]}).result_rows}
         assert held == {kept}, table
     assert rolled_ids(warehouse, [kept, erased]) == {f"c:{kept}"}
-    assert rolled_ids(warehouse, [kept, erased], "segment_rollup_totals") == {f"c:{kept}"}
+    # The totals per ID are derived, and hold IDs in other IDs' links too: dropped whole.
+    assert not warehouse.query("EXISTS TABLE crumb.segment_rollup_totals").result_rows[0][0]
 
 
 def rolled_ids(client: Client, ids: list[str], table: str = "segment_rollup") -> set[str]:
@@ -255,6 +256,19 @@ class FailingOn:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
+
+
+def test_totals_cut_short_are_written_again_by_the_next_build(warehouse: Client) -> None:
+    a = cookie()
+    at = T0 + 540 * DAY + 6 * 3_600_000
+    insert(warehouse, [{"ts": at - DAY, "cookie_id": a, "path": "/sports/1"}])  # a rolled-up day
+    failing = FailingOn(warehouse, "INSERT INTO crumb.segment_rollup_totals")
+    with pytest.raises(BuildError):
+        build(failing, SPORTS, as_of_ms=at)  # type: ignore[arg-type]
+    assert failing.failed
+    # The table was made, but never keyed: the next build does not take it for the day's totals.
+    again = build(warehouse, SPORTS, as_of_ms=at)
+    assert "totals" in again.timings and (1, a, "cookie") in members(warehouse)
 
 
 def test_a_rollup_replaced_halfway_is_rolled_up_again(warehouse: Client) -> None:
