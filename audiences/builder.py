@@ -58,7 +58,6 @@ from audiences.compiler import (
     Tables,
     compile_segments,
     membership_statement,
-    opted_out_typed,
     rollup_columns,
     snapshot_optouts,
     today_statement,
@@ -474,8 +473,7 @@ def _links_sql(params: dict[str, Any], rollup: RollupRead | None, recomputing: b
         return (f"SELECT row_id AS a, concat('f:', fp) AS b FROM {table} ARRAY JOIN links AS fp "
                 f"WHERE {rows} AND fp NOT IN (SELECT id FROM {BUILD.optouts})")
 
-    totals = f"row_id NOT IN ({opted_out_typed(BUILD.optouts)})"
-    totals += f" AND row_id IN {RECOMPUTED}" if recomputing else ""
+    totals = rollup.totals_rows(BUILD.optouts, RECOMPUTED if recomputing else None)
     return f"{links(rollup.totals, totals)} UNION ALL {links(HOURS)}"
 
 

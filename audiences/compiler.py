@@ -482,6 +482,10 @@ class RollupRead:
         `toDate(ts)`, and its index is used for dates, not for ranges of `ts`."""
         return "(toDate(ts) >= {raw_day:Date} AND ts >= fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC'))"
 
+    def totals_rows(self, optouts: str, only: str | None = None) -> str:
+        """The totals of IDs opted in (by `optouts`), and with `only` (a subquery of typed IDs), of those."""
+        return f"row_id NOT IN ({opted_out_typed(optouts)})" + (f" AND row_id IN {only}" if only else "")
+
 
 ROLL_DAYS = "toDate(ts) IN {roll_days:Array(Date)}"
 
@@ -583,14 +587,26 @@ def totals_statement(plan: Plan, as_of_ms: int, rollup: RollupRead) -> Statement
     as_of's day: its windows and day bits are that day's."""
     params: dict[str, Any] = {**window_params(plan, as_of_ms), **rollup.params()}
     layout = _Layout.of(plan)
-    rows = ", ".join(layout.hour_names() + _window_columns(plan, layout, as_of_ms, params))
-    per_id = [id_side for id_side, _profile_side in _aggregates(plan, layout, _Bounded.of(plan))]
     hours = ", ".join(["row_id", "toDateTime64(hour, 3, 'UTC') AS t", "links", *layout.hour_names()])
     window = ("hour >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
               "AND hour < fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC')")
-    return (f"SELECT row_id, groupUniqArrayArray(links) AS links, {', '.join(per_id)} "
-            f"FROM (SELECT row_id, t, links, {rows} FROM (SELECT {hours} FROM {rollup.table} WHERE {window})) "
-            "GROUP BY row_id"), params
+    per_id, _names = _per_id(plan, layout, as_of_ms, params, f"SELECT {hours} FROM {rollup.table} WHERE {window}",
+                             links=True)
+    return per_id, params
+
+
+def _per_id(plan: Plan, layout: _Layout, as_of_ms: int, params: dict[str, Any], source: str,
+            links: bool = False) -> tuple[str, list[str]]:
+    """Per ID, the aggregates of `source`'s hour rows (`_aggregates`, each window's test and day
+    bits as of as_of), and with `links`, the first-party IDs it was seen with; and the aggregates'
+    names. The one query a build's totals and its membership statement both total IDs with."""
+    rows = ", ".join(layout.hour_names() + _window_columns(plan, layout, as_of_ms, params))
+    per_id = [id_side for id_side, _profile_side in _aggregates(plan, layout, _Bounded.of(plan))]
+    names = [aggregate.rsplit(" AS ", 1)[1] for aggregate in per_id]
+    if links:
+        per_id.insert(0, "groupUniqArrayArray(links) AS links")
+    return (f"SELECT row_id, {', '.join(per_id)} FROM (SELECT row_id, t, {'links, ' if links else ''}{rows} "
+            f"FROM ({source})) GROUP BY row_id"), names
 
 
 def _roll(plan: Plan, table: str, tables: Tables, where: str, params: dict[str, Any]) -> Statement:
@@ -785,14 +801,12 @@ def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Table
     params: dict[str, Any] = {**window_params(plan, as_of_ms), "build_id": build_id}
     layout = _Layout.of(plan)
     source = _source_sql(plan, layout, params, tables, rollup, only)
-    rows = ", ".join(layout.hour_names() + _window_columns(plan, layout, as_of_ms, params))
     bounded = _Bounded.of(plan)
-    per_id, per_profile = zip(*_aggregates(plan, layout, bounded), strict=True)
-    names = [aggregate.rsplit(" AS ", 1)[1] for aggregate in per_id]
-    per_id_rows = f"SELECT row_id, {', '.join(per_id)} FROM (SELECT row_id, t, {rows} FROM ({source})) GROUP BY row_id"
+    per_profile = [profile_side for _id_side, profile_side in _aggregates(plan, layout, bounded)]
+    per_id_rows, names = _per_id(plan, layout, as_of_ms, params, source)
     if rollup:  # an ID's hours of as_of's day, and its rolled-up days' totals: merged with its profile's
-        totals = f"row_id NOT IN ({opted_out_typed(tables.optouts)})" + (f" AND row_id IN {only}" if only else "")
-        per_id_rows += f" UNION ALL SELECT row_id, {', '.join(names)} FROM {rollup.totals} WHERE {totals}"
+        per_id_rows += (f" UNION ALL SELECT row_id, {', '.join(names)} FROM {rollup.totals} "
+                        f"WHERE {rollup.totals_rows(tables.optouts, only)}")
     held = ", ".join(_held_columns(plan, layout, bounded, params))
     segments = _segment_arrays(plan, params)
     # The conditions (`held`) are columns of their own query, not aliases the segments' expressions

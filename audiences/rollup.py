@@ -80,7 +80,7 @@ def days_to_roll(client: Client, plan: Plan, as_of_ms: int, now: DayDigests) -> 
     events (`now`: what they are now) are not rolled up as they are, with their digests. Days
     that left the window are dropped."""
     key = fingerprint(plan)
-    if _table_key(client) != key:
+    if _comment(client, ROLLUP) != key:
         # The record of rolled days goes before the new table comes: a table with the plan's key
         # and days recorded from the old one would read as rolled up, and be empty.
         client.command(f"DROP TABLE IF EXISTS {TOTALS}")
@@ -151,9 +151,7 @@ def write_totals(client: Client, plan: Plan, as_of_ms: int, settings: dict[str, 
 
 def totals_written(client: Client, plan: Plan, as_of_ms: int) -> bool:
     """Whether the totals are this plan's, for as_of's day, of the rollup as it is."""
-    rows = client.query("SELECT comment FROM system.tables WHERE database = 'crumb' AND name = {name:String}",
-                        parameters={"name": TOTALS.split(".")[1]}).result_rows
-    return bool(rows) and rows[0][0] == _totals_key(plan, as_of_ms)
+    return _comment(client, TOTALS) == _totals_key(plan, as_of_ms)
 
 
 def _totals_key(plan: Plan, as_of_ms: int) -> str:
@@ -168,9 +166,11 @@ def _definitions(columns: list[tuple[str, str]]) -> str:
     return ", ".join(f"{name} {kind}" + ("" if kind in COMPRESSED_KINDS else " CODEC(NONE)") for name, kind in columns)
 
 
-def _table_key(client: Client) -> str | None:
-    rows = client.query("SELECT comment FROM system.tables WHERE database = 'crumb' AND name = 'segment_rollup'"
-                        ).result_rows
+def _comment(client: Client, table: str) -> str | None:
+    """The table's comment (its key), or None without the table."""
+    database, name = table.split(".")
+    rows = client.query("SELECT comment FROM system.tables WHERE database = {database:String} AND name = {name:String}",
+                        parameters={"database": database, "name": name}).result_rows
     return rows[0][0] if rows else None
 
 

@@ -68,6 +68,8 @@ from clickhouse_connect.driver.client import Client  # noqa: E402
 
 from audiences.builder import BuildResult, build, discard_build  # noqa: E402
 from audiences.compiler import (  # noqa: E402
+    DAY_MS,
+    HOUR_MS,
     Plan,
     compile_segments,
     row_predicate_sql,
@@ -508,7 +510,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
 def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: dict[str, Any]) -> dict[str, Any]:
     last_ms = int(client.query("SELECT toUnixTimestamp64Milli(max(ts)) FROM crumb.events").result_rows[0][0])
     # At least an hour into its UTC day: the hourly build follows a build of the same day.
-    as_of_ms = max(last_ms, last_ms - last_ms % 86_400_000 + 3_600_000)
+    as_of_ms = max(last_ms, last_ms - last_ms % DAY_MS + HOUR_MS)
     counts = client.query("SELECT count(), uniqExact(cookie_id) FROM crumb.events").result_rows[0]
     forget_new_optouts(client, as_of_ms)  # a run cut short may have left them
     probe = compile_segments(SegmentSet([parse_segment(
