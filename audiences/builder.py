@@ -23,8 +23,9 @@ Steps (each timed, and recorded in `crumb.builds`):
   copy      this build's profiles → `segment_profiles_next`; when following, every other ID's
             row (and profile) of the last build, as it was
   lookalikes  each lookalike segment's model over this build's seed members → `id_segments_next`
-  deltas    entered / exited against the previous build, per ID → `segment_deltas`, `segment_history`:
-            an entry opens an interval; an exit closes the one opened at the entry time its row kept
+  deltas    entered / exited against the previous build, per ID → `segment_deltas`; each exit
+            closes the history interval opened at the entry time its row kept →
+            `segment_history_closed` (`segment_history` is a view: those, and the members' open ones)
   stamp     (when following) the rows carried over take this build's ID
   swap      exchange `id_segments_next` and `id_segments` atomically (`segment_members` is a view)
 
@@ -106,7 +107,6 @@ FOLLOW_TABLES = {TOUCHED: "(id String) ENGINE = Memory", RECOMPUTE: "(id String)
 # the copy step drops it.
 PROFILE_ROWS = "crumb._build_profile_rows"
 ENTERED_ROWS = "crumb._build_entered_rows"  # the rows of `ENTERED`, to read whole (as `PROFILE_ROWS`)
-OPENED = "crumb._build_opened"  # (segment, ID) → its open history interval's entry, for rows without entry times
 MAX_LINK_ROUNDS = 64  # FastSV settles in O(log n) rounds: this is room to spare, not a limit
 
 
@@ -262,8 +262,6 @@ def _recompute_set(client: Client) -> int:
 
 
 TYPED_ID = "concat(if(id_type = 'cookie', 'c:', 'f:'), id)"  # of an id_segments row
-# A row's entry times, one per segment; a row written before they were kept has none: 0, unknown.
-ROW_ENTERED = "arrayResize(entered, length(segments))"
 
 
 def _compared(only: str | None, lookalike_ids: list[int] | None) -> str:
@@ -281,36 +279,18 @@ def _compared(only: str | None, lookalike_ids: list[int] | None) -> str:
 def _entry_times(client: Client, only: str | None, lookalike_ids: list[int]) -> None:
     """Per typed ID to compute: the segments of its rows in the last build, and when it entered
     each → `ENTERED`, which the members, lookalike and deltas steps read (the deltas step reads it
-    whole, from its rows `ENTERED_ROWS`). Rows written before entry times were kept (migration
-    audiences_0009) take theirs from the open history intervals, once: every row this build writes
-    has them. A following build (`only`) follows a build of its own
-    membership statement (`incremental.plan_key`), so its rows have entry times, and an ID has
-    several rows only where the plan has lookalikes: only a full build looks."""
+    whole, from its rows `ENTERED_ROWS`). A following build (`only`) follows a build of its own
+    membership statement (`incremental.plan_key`), so an ID has several rows only where the plan
+    has lookalikes: only a full build looks."""
     params = {"lookalikes": lookalike_ids}
     compared = f"FROM crumb.id_segments WHERE {_compared(only, lookalike_ids)}"
-    entered = ROW_ENTERED
-    legacy = f"{compared} AND length(entered) != length(segments)"
-    if only is None and client.query(f"SELECT count() {legacy}", parameters=params).result_rows[0][0]:
-        # Each open interval (its latest version), found through the key index.
-        client.command(f"CREATE TABLE {OPENED} (segment_id UInt32, id String, id_type String, "
-                       "entered_at DateTime64(3, 'UTC')) ENGINE = Join(ANY, LEFT, segment_id, id, id_type) "
-                       "SETTINGS persistent = 0")
-        client.command(
-            f"INSERT INTO {OPENED} SELECT segment_id, id, id_type, max(entered_at) FROM ("
-            " SELECT segment_id, id, id_type, entered_at, argMax(exited_at, version) AS exit FROM crumb.segment_history"
-            f" WHERE (segment_id, id) IN (SELECT arrayJoin(segments), id {legacy})"
-            f" GROUP BY segment_id, id, id_type, entered_at) WHERE exit = '{OPEN_INTERVAL}'"
-            " GROUP BY segment_id, id, id_type",
-            parameters=params)
-        entered = (f"arrayMap((s, e) -> if(e = 0, joinGet('{OPENED}', 'entered_at', s, id, toString(id_type)), e), "
-                   f"segments, {entered})")
     several_rows = bool(lookalike_ids) if only else _several_rows_per_id(client)
     if several_rows:  # they become one
         rows = (f"SELECT typed, arrayMap(p -> p.1, held), arrayMap(p -> p.2, held) FROM ("
-                f"SELECT {TYPED_ID} AS typed, groupArrayArray(arrayZip(segments, {entered})) AS held "
+                f"SELECT {TYPED_ID} AS typed, groupArrayArray(arrayZip(segments, entered)) AS held "
                 f"{compared} GROUP BY typed)")
     else:  # a row per ID: 1 s for a million, against 3 s grouped
-        rows = f"SELECT {TYPED_ID}, segments, {entered} {compared}"
+        rows = f"SELECT {TYPED_ID}, segments, entered {compared}"
     _rows_and_join(client, ENTERED_ROWS, ENTERED, ENTERED_COLUMNS, rows, params)
 
 
@@ -389,7 +369,7 @@ LINK_TABLES = ("crumb._build_edges", "crumb._build_parent", "crumb._build_parent
 def _drop_build_tables(client: Client) -> None:
     """The scratch tables only a build has: its links, what a following build recomputes, the hour
     rows it reads besides the totals, and the last build's entry times."""
-    for table in (*LINK_TABLES, *FOLLOW_TABLES, HOURS, ENTERED, ENTERED_ROWS, OPENED):
+    for table in (*LINK_TABLES, *FOLLOW_TABLES, HOURS, ENTERED, ENTERED_ROWS):
         client.command(f"DROP TABLE IF EXISTS {table}")
 
 
@@ -525,21 +505,14 @@ def _write_changes(client: Client, params: dict[str, Any], at: str, scope: str) 
 
 
 def _write_history(client: Client, params: dict[str, Any], at: str) -> None:
-    """The deltas of the build (parameter `build_id`) as membership intervals."""
-    # An entry opens an interval. Read back from the deltas, whose key orders them as the history's
-    # does: ten million rows need no sort on insert (from the unordered changes, the insert took 4x).
+    """The exits of the build (parameter `build_id`) as closed membership intervals. An entry
+    writes nothing: an open interval is the member's row, which keeps when it entered."""
+    # The entry time is the last build's (`ENTERED`: the rows compared here, looked up by ID).
     client.command(
-        f"INSERT INTO crumb.segment_history SELECT segment_id, id, id_type, {at}, '{OPEN_INTERVAL}', "
-        "{build_id:UInt64} FROM crumb.segment_deltas WHERE build_id = {build_id:UInt64} AND change = 'enter'",
-        parameters=params)
-    # An exit writes the interval opened at its entry again, closed, as a later version. The entry
-    # time is the last build's (`ENTERED`: the rows compared here, looked up by ID). It is 0 only where the history
-    # had no open interval for it (`_entry_times`): there is none to close.
-    client.command(
-        f"INSERT INTO crumb.segment_history SELECT segment_id, id, id_type, entered_at, {at}, {{build_id:UInt64}} "
-        f"FROM (SELECT segment_id, id, id_type, arrayElement(joinGet('{ENTERED}', 'entered', {TYPED_ID}),"
-        f" indexOf(joinGet('{ENTERED}', 'segments', {TYPED_ID}), segment_id)) AS entered_at "
-        "FROM crumb.segment_deltas WHERE build_id = {build_id:UInt64} AND change = 'exit') WHERE entered_at != 0",
+        f"INSERT INTO crumb.segment_history_closed SELECT segment_id, id, id_type, "
+        f"arrayElement(joinGet('{ENTERED}', 'entered', {TYPED_ID}), "
+        f"indexOf(joinGet('{ENTERED}', 'segments', {TYPED_ID}), segment_id)), {at}, {{build_id:UInt64}} "
+        "FROM crumb.segment_deltas WHERE build_id = {build_id:UInt64} AND change = 'exit'",
         parameters=params)
 
 
@@ -575,7 +548,7 @@ def discard_build(client: Client, build_id: int) -> None:
     """Remove what a build wrote to the tables builds append to: a failed build's, so activation
     never sees its deltas (and the segments bench's, to run the same build again)."""
     params = {"build_id": build_id}
-    for table, column in (("segment_deltas", "build_id"), ("segment_history", "version"),
+    for table, column in (("segment_deltas", "build_id"), ("segment_history_closed", "build_id"),
                           ("segment_sizes", "build_id")):
         try:
             client.command(f"DELETE FROM crumb.{table} WHERE {column} = {{build_id:UInt64}}", parameters=params)

@@ -142,7 +142,7 @@ def _share(value: str, seg: int, pop: int, seg_total: int, pop_total: int) -> di
 def history_at(client: Client, segment_id: int, at_ms: int) -> int:
     """How many IDs were in the segment at `at_ms`: entered_at <= T < exited_at."""
     return int(client.query(
-        "SELECT count() FROM crumb.segment_history FINAL WHERE segment_id = {segment_id:UInt32} "
+        "SELECT count() FROM crumb.segment_history WHERE segment_id = {segment_id:UInt32} "
         "AND entered_at <= fromUnixTimestamp64Milli({at_ms:Int64}, 'UTC') "
         "AND exited_at > fromUnixTimestamp64Milli({at_ms:Int64}, 'UTC')",
         parameters={"segment_id": segment_id, "at_ms": at_ms}).result_rows[0][0])

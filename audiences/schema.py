@@ -177,6 +177,64 @@ ALTER TABLE {db}.segment_build_state {on_cluster}
 ADD COLUMN IF NOT EXISTS optouts_through DateTime64(3, 'UTC') AFTER optouts_digest
 """
 
+# The history as intervals, one per stay from entry to exit: the closed ones are written when
+# they close; the open ones are the current members, with when each entered (`id_segments`). So
+# a build writes history for its exits only: a first build's ten million entries cost it nothing.
+_HISTORY_CLOSED = """
+CREATE TABLE IF NOT EXISTS {db}.segment_history_closed {on_cluster} (
+    segment_id UInt32,
+    id String,
+    id_type LowCardinality(String),
+    entered_at DateTime64(3, 'UTC'),
+    exited_at DateTime64(3, 'UTC'),
+    build_id UInt64                     -- the build that closed it
+) ENGINE = {MergeTree} ORDER BY (segment_id, id, entered_at)
+"""
+# The closed intervals of the table the history was, not there already (a migration cut short
+# runs again): the latest version of each interval, closed.
+_CLOSED_FROM_TABLE = """
+INSERT INTO {db}.segment_history_closed
+SELECT segment_id, id, id_type, entered_at, exit, closed_by FROM (
+    SELECT segment_id, id, id_type, entered_at, argMax(exited_at, version) AS exit, max(version) AS closed_by
+    FROM {db}.segment_history GROUP BY segment_id, id, id_type, entered_at)
+WHERE exit != '2106-01-01 00:00:00.000'
+  AND (segment_id, id, id_type, entered_at) NOT IN (
+      SELECT segment_id, id, id_type, entered_at FROM {db}.segment_history_closed)
+"""
+# Rows written before entry times were kept (audiences_0009) take them from their open intervals
+# (or, with none, their build's as_of): the view's open intervals are read from the rows. Written
+# to the `_next` table, which is a build's scratch between builds, and exchanged.
+_ENTERED_FROM_TABLE = [
+    "TRUNCATE TABLE {db}.id_segments_next {on_cluster}",
+    """
+INSERT INTO {db}.id_segments_next (id, id_type, profile_id, segments, entered, build_id)
+SELECT r.id, r.id_type, r.profile_id, r.segments,
+       if(length(r.entered) = length(r.segments), r.entered,
+          arrayMap(s -> if(has(o.opened.1, s), o.opened.2[indexOf(o.opened.1, s)], b.as_of), r.segments)),
+       r.build_id
+FROM {db}.id_segments AS r
+LEFT JOIN (
+    SELECT id, id_type, groupArray((segment_id, entered_at)) AS opened FROM (
+        SELECT segment_id, id, id_type, max(entered_at) AS entered_at FROM (
+            SELECT segment_id, id, id_type, entered_at, argMax(exited_at, version) AS exit
+            FROM {db}.segment_history GROUP BY segment_id, id, id_type, entered_at)
+        WHERE exit = '2106-01-01 00:00:00.000' GROUP BY segment_id, id, id_type)
+    GROUP BY id, id_type) AS o ON o.id = r.id AND o.id_type = r.id_type
+LEFT JOIN (SELECT build_id, argMax(as_of, version) AS as_of FROM {db}.builds GROUP BY build_id) AS b
+    ON b.build_id = r.build_id
+""",
+    "EXCHANGE TABLES {db}.id_segments AND {db}.id_segments_next {on_cluster}",
+    "TRUNCATE TABLE {db}.id_segments_next {on_cluster}",
+]
+# `segment_history` (segment_id, id, id_type, entered_at, exited_at) stays what readers query.
+_HISTORY_VIEW = """
+CREATE VIEW IF NOT EXISTS {db}.segment_history {on_cluster} AS
+SELECT segment_id, id, id_type, entered_at, exited_at FROM {db}.segment_history_closed
+UNION ALL
+SELECT segment_id, id, id_type, entered_at, toDateTime64('2106-01-01 00:00:00.000', 3, 'UTC') AS exited_at
+FROM {db}.id_segments ARRAY JOIN segments AS segment_id, arrayResize(entered, length(segments)) AS entered_at
+"""
+
 MIGRATIONS = [
     Migration("audiences_0001_members", [_MEMBERS, _MEMBERS_NEXT]),
     Migration("audiences_0002_deltas_history", [_DELTAS, _HISTORY]),
@@ -196,4 +254,8 @@ MIGRATIONS = [
     Migration("audiences_0008_profiles", [_PROFILES % "segment_profiles", _PROFILES % "segment_profiles_next"]),
     Migration("audiences_0009_entered", [_ENTERED % "id_segments", _ENTERED % "id_segments_next"]),
     Migration("audiences_0010_optouts_through", [_OPTOUTS_THROUGH]),
+    Migration("audiences_0011_history_of_members", [
+        _HISTORY_CLOSED, _CLOSED_FROM_TABLE, *_ENTERED_FROM_TABLE,
+        "DROP TABLE {db}.segment_history {on_cluster} SYNC", _HISTORY_VIEW,
+    ]),
 ]

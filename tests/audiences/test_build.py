@@ -20,6 +20,8 @@ from audiences.compiler import compile_segments
 from audiences.definitions import SegmentSet, parse_segment
 from audiences.errors import BuildError
 from audiences.incremental import WHOLE_HOURS, hour_digests, plan_key
+from audiences.schema import MIGRATIONS
+from crumb.migrations import Dialect
 from crumb.privacy import BUILD_LOCK_KEY, ErasureDeferred, erase
 from crumb.progress import Progress
 from tests.audiences.events import cookie, insert_events
@@ -59,7 +61,7 @@ def test_deltas_and_history_follow_the_window(warehouse: Client) -> None:
 
     def was_member(at_ms: int) -> set[str]:
         return {r[0] for r in warehouse.query(
-            "SELECT id FROM crumb.segment_history FINAL WHERE segment_id = 1 AND id IN {ids:Array(String)} "
+            "SELECT id FROM crumb.segment_history WHERE segment_id = 1 AND id IN {ids:Array(String)} "
             "AND entered_at <= fromUnixTimestamp64Milli({t:Int64}, 'UTC') "
             "AND exited_at > fromUnixTimestamp64Milli({t:Int64}, 'UTC')",
             parameters={"ids": [a, b], "t": at_ms}).result_rows}
@@ -104,16 +106,16 @@ def test_a_failed_build_leaves_the_previous_one_in_place(warehouse: Client) -> N
     insert(warehouse, [{"ts": at - 1000, "cookie_id": a, "path": "/sports"}])
     build(warehouse, SPORTS, as_of_ms=at)
     before = members(warehouse)
-    warehouse.command("RENAME TABLE crumb.segment_history TO crumb.segment_history_away")
+    warehouse.command("RENAME TABLE crumb.segment_history_closed TO crumb.segment_history_away")
     try:
         with pytest.raises(BuildError, match="previous build stays in place"):
             build(warehouse, SegmentSet([]), as_of_ms=at)  # would empty every segment
     finally:
-        warehouse.command("RENAME TABLE crumb.segment_history_away TO crumb.segment_history")
+        warehouse.command("RENAME TABLE crumb.segment_history_away TO crumb.segment_history_closed")
     assert members(warehouse) == before
     status, error = warehouse.query(
         "SELECT status, error FROM crumb.builds FINAL ORDER BY build_id DESC LIMIT 1").result_rows[0]
-    assert status == "failed" and "segment_history" in error
+    assert status == "failed" and "segment_history_closed" in error
     latest = warehouse.query("SELECT max(build_id) FROM crumb.builds").result_rows[0][0]
     assert warehouse.query("SELECT count() FROM crumb.segment_deltas WHERE build_id = {b:UInt64}",
                            parameters={"b": latest}).result_rows == [(0,)]
@@ -161,7 +163,7 @@ def test_erasure_removes_the_id_from_members_deltas_and_history(warehouse: Clien
         running_build.release()
     names = erase(warehouse, redis_client, [erased], "test")
 
-    assert "crumb.id_segments, segment_profiles, segment_deltas, segment_history" in names
+    assert "crumb.id_segments, segment_profiles, segment_deltas, segment_history_closed" in names
     assert warehouse.query(profiles).result_rows[0][0] == 0
     for table in ("segment_members", "segment_deltas", "segment_history"):
         held = {r[0] for r in warehouse.query(
@@ -387,7 +389,7 @@ def test_a_build_the_same_day_recomputes_only_the_profiles_it_finds_touched(ware
 def history(client: Client, segment_id: int, ids: list[str]) -> list[tuple[str, int, int]]:
     """(ID, entered, exited) of every interval of these IDs in the segment, as epoch ms."""
     return [(r[0], int(r[1].timestamp() * 1000), int(r[2].timestamp() * 1000)) for r in client.query(
-        "SELECT id, entered_at, exited_at FROM crumb.segment_history FINAL "
+        "SELECT id, entered_at, exited_at FROM crumb.segment_history "
         "WHERE segment_id = {s:UInt32} AND id IN {ids:Array(String)} ORDER BY id, entered_at",
         parameters={"s": segment_id, "ids": ids}).result_rows]
 
@@ -423,23 +425,69 @@ def test_members_keep_when_they_entered_and_an_exit_closes_that_interval(warehou
         (a, at, at + 3 * DAY), (a, at + 4 * DAY, at + 8 * DAY), (b, at + hour, at + 4 * DAY)])
 
 
-def test_rows_written_before_entry_times_were_kept_take_them_from_the_history(warehouse: Client) -> None:
-    a, b = cookie(), cookie()
+# The history table before migration audiences_0011: every interval a row, an exit writing it again.
+OLD_HISTORY = """
+CREATE TABLE crumb.segment_history (
+    segment_id UInt32, id String, id_type LowCardinality(String), entered_at DateTime64(3, 'UTC'),
+    exited_at DateTime64(3, 'UTC'), version UInt64
+) ENGINE = ReplacingMergeTree ORDER BY (segment_id, id, entered_at)
+"""
+
+
+def test_the_history_table_becomes_closed_intervals_and_rows_get_the_open_ones_entry_times(
+        warehouse: Client) -> None:
+    a, b, c = cookie(), cookie(), cookie()
     at = T0 + 230 * DAY
     insert(warehouse, [{"ts": at - 1000, "cookie_id": a, "path": "/sports/1"},
-                       {"ts": at + DAY - 1000, "cookie_id": b, "path": "/sports/2"}])
+                       {"ts": at + DAY - 1000, "cookie_id": b, "path": "/sports/2"},
+                       {"ts": at + DAY - 1000, "cookie_id": c, "path": "/sports/3"}])
     build(warehouse, SPORTS, as_of_ms=at)
-    build(warehouse, SPORTS, as_of_ms=at + DAY)
-    # As the rows of a build before migration audiences_0009 were: no entry times.
+    last = build(warehouse, SPORTS, as_of_ms=at + DAY)
+    # As a build before migration audiences_0009 left them: rows without entry times, and the
+    # history a table: a's open interval; b's, and one closed before (written open, then closed);
+    # c has none.
     warehouse.command("ALTER TABLE crumb.id_segments UPDATE entered = [] WHERE id IN {ids:Array(String)}",
-                      parameters={"ids": [a, b]}, settings={"mutations_sync": 2})
-    assert entry_times(warehouse, [a, b]) == {a: [], b: []}
-    build(warehouse, SPORTS, as_of_ms=at + 2 * DAY)  # both stay, and get their entry back
-    assert entry_times(warehouse, [a, b]) == {a: [at], b: [at + DAY]}
-    warehouse.command("ALTER TABLE crumb.id_segments UPDATE entered = [] WHERE id = {a:String}",
-                      parameters={"a": a}, settings={"mutations_sync": 2})
-    build(warehouse, SPORTS, as_of_ms=at + 5 * DAY)  # both leave: a from a row without entry times
-    assert history(warehouse, 1, [a, b]) == sorted([(a, at, at + 5 * DAY), (b, at + DAY, at + 5 * DAY)])
+                      parameters={"ids": [a, b, c]}, settings={"mutations_sync": 2})
+    warehouse.command("DROP VIEW crumb.segment_history")
+    warehouse.command(OLD_HISTORY)
+    open_at = datetime.fromisoformat(builder.OPEN_INTERVAL).replace(tzinfo=UTC)
+
+    def ms(t: int) -> datetime:
+        return datetime.fromtimestamp(t / 1000, UTC)
+
+    warehouse.insert("crumb.segment_history", [
+        [1, a, "cookie", ms(at), open_at, 1],
+        [1, b, "cookie", ms(at - 9 * DAY), open_at, 1], [1, b, "cookie", ms(at - 9 * DAY), ms(at - 5 * DAY), 2],
+        [1, b, "cookie", ms(at + DAY), open_at, 3],
+    ], column_names=["segment_id", "id", "id_type", "entered_at", "exited_at", "version"])
+    others = warehouse.query("SELECT count() FROM crumb.id_segments").result_rows
+    migration = next(m for m in MIGRATIONS if m.id == "audiences_0011_history_of_members")
+    statements = [Dialect().render(statement) for statement in migration.statements]
+    exchange = next(i for i, statement in enumerate(statements) if statement.startswith("EXCHANGE"))
+    # Cut short after the rows' exchange, it runs again from the start.
+    for statement in [*statements[:exchange + 1], *statements]:
+        warehouse.command(statement)
+    assert warehouse.query("SELECT count() FROM crumb.id_segments").result_rows == others
+    assert entry_times(warehouse, [a, b, c]) == {a: [at], b: [at + DAY], c: [last.as_of_ms]}
+    assert history(warehouse, 1, [a, b, c]) == sorted([
+        (a, at, int(open_at.timestamp() * 1000)), (b, at - 9 * DAY, at - 5 * DAY),
+        (b, at + DAY, int(open_at.timestamp() * 1000)), (c, last.as_of_ms, int(open_at.timestamp() * 1000))])
+    build(warehouse, SPORTS, as_of_ms=at + 5 * DAY)  # all leave: their intervals close
+    assert history(warehouse, 1, [a, b, c]) == sorted([
+        (a, at, at + 5 * DAY), (b, at - 9 * DAY, at - 5 * DAY), (b, at + DAY, at + 5 * DAY),
+        (c, last.as_of_ms, at + 5 * DAY)])
+
+
+def test_a_first_build_writes_no_history_and_an_exit_one_closed_interval(warehouse: Client) -> None:
+    a, b = cookie(), cookie()
+    at = T0 + 240 * DAY
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": a, "path": "/sports/1"},
+                       {"ts": at + 2 * DAY - 1000, "cookie_id": b, "path": "/sports/2"}])
+    first = build(warehouse, SPORTS, as_of_ms=at)
+    later = build(warehouse, SPORTS, as_of_ms=at + 4 * DAY)  # a exits
+    closed = warehouse.query("SELECT build_id, id FROM crumb.segment_history_closed WHERE id IN {ids:Array(String)}",
+                             parameters={"ids": [a, b]}).result_rows
+    assert closed == [(later.build_id, a)] and first.build_id != later.build_id
 
 
 def test_a_following_build_touches_only_the_opt_outs_recorded_since_the_last_build(warehouse: Client) -> None:
@@ -534,9 +582,9 @@ def test_a_following_build_recomputes_only_new_events_ids_and_events_age_out_at_
         "SELECT segment_id, id, change FROM crumb.segment_deltas WHERE build_id = {b:UInt64}",
         parameters={"b": later.build_id}).result_rows) == {(4, late, "enter"), (5, late, "enter")}
     assert set(warehouse.query(
-        "SELECT segment_id, id, toUnixTimestamp64Milli(entered_at) FROM crumb.segment_history FINAL "
-        "WHERE version = {b:UInt64}", parameters={"b": later.build_id}).result_rows) == {
-        (4, late, at + 17 * hour), (5, late, at + 17 * hour)}
+        "SELECT segment_id, id, toUnixTimestamp64Milli(entered_at), exited_at > now() FROM crumb.segment_history "
+        "WHERE id = {id:String}", parameters={"id": late}).result_rows) == {
+        (4, late, at + 17 * hour, True), (5, late, at + 17 * hour, True)}
     # Its sizes and counts are as if every row were counted again.
     assert warehouse.query(
         "SELECT segment_id, profiles, ids FROM crumb.segment_sizes WHERE build_id = {b:UInt64} ORDER BY segment_id",

@@ -173,7 +173,7 @@ def test_build_rebuilds_a_lookalike_of_a_rule_segment(
         "SELECT count(), countIf(e = 0), countIf(e != h) FROM ("
         " SELECT segment_id, id, e FROM crumb.id_segments ARRAY JOIN segments AS segment_id, entered AS e"
         " WHERE segment_id IN (901, 902, 903)) AS m LEFT JOIN ("
-        " SELECT segment_id, id, entered_at AS h FROM crumb.segment_history FINAL"
+        " SELECT segment_id, id, entered_at AS h FROM crumb.segment_history"
         " WHERE segment_id IN (901, 902, 903) AND exited_at = '2106-01-01 00:00:00') AS o USING (segment_id, id)"
     ).result_rows[0]
     assert memberships > len(seed) and unknown == differ == 0
