@@ -225,10 +225,13 @@ def build(
         _record(client, result, started_ms)
         raise BuildError(f"build {result.build_id} failed, the previous build stays in place: {result.error}") from exc
     finally:
+        if result.status == "succeeded":
+            # First: `segment_history` shows the intervals a build closed once it has succeeded
+            # (until then they are open in the rows it swapped out).
+            _record(client, result, started_ms)
         drop_scratch(client)
         _drop_build_tables(client)
         release_memory(client)
-    _record(client, result, started_ms)
     return result
 
 

@@ -44,9 +44,9 @@ BUILD_OPTOUTS = "crumb._build_optouts"
 # of events, rolled up per ID and hour by the build (`today_statement`); in a build that recomputes
 # some IDs only, those IDs' hours.
 HOURS = "crumb._build_hours"
-# Per typed ID, the segments it was in at the last build and when it entered each (0: not known,
-# a row written before entry times were kept). A build's members keep their entry time, so an exit
-# closes its history interval without searching the history for it.
+# Per typed ID, the segments it was in at the last build and when it entered each. A build's
+# members keep their entry time, so an exit closes its history interval without searching the
+# history for it.
 ENTERED = "crumb._build_entered"
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000

@@ -294,7 +294,7 @@ def _membership(client: Client, segment_id: int, cookie_id: str) -> dict:
         "SELECT toUnixTimestamp64Milli(entered_at), toUnixTimestamp64Milli(exited_at), "
         "exited_at = toDateTime64({open:String}, 3, 'UTC') FROM crumb.segment_history "
         "WHERE segment_id = {segment_id:UInt32} AND id = {id:String} AND id_type = 'cookie' "
-        "ORDER BY entered_at DESC LIMIT 1", parameters=params).result_rows
+        "ORDER BY entered_at DESC, exited_at DESC LIMIT 1", parameters=params).result_rows
     entered, exited, is_open = last[0] if last else (None, None, False)
     return {
         "is_member": bool(members), "build_id": int(members[0][0]) if members else None,

@@ -1,5 +1,5 @@
 """The audiences package's tables. `segment_members`, `segment_deltas`, `segment_history` and
-`builds` are public, like `events`."""
+`builds` are public, like `events` (`segment_members` and `segment_history` are views)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS {db}.segment_deltas {on_cluster} (
 """
 
 # Membership intervals: who was in segment S at time T (entered_at <= T < exited_at). An open
-# interval has exited_at = 2106-01-01; an exit rewrites the row with a later version.
+# interval has exited_at = 2106-01-01; an exit rewrites the row with a later version. (Until
+# audiences_0012, which makes it a view: `_HISTORY_VIEW`.)
 _HISTORY = """
 CREATE TABLE IF NOT EXISTS {db}.segment_history {on_cluster} (
     segment_id UInt32,
@@ -165,7 +166,8 @@ CREATE TABLE IF NOT EXISTS {db}.%s {on_cluster} (
 """
 
 # When each ID entered each of its segments, parallel to `segments`: an exit closes the history
-# interval opened then, without searching the history for it. Rows written before have none.
+# interval opened then, without searching the history for it. Rows written before had none, until
+# audiences_0011 gave them theirs.
 _ENTERED = """
 ALTER TABLE {db}.%s {on_cluster} ADD COLUMN IF NOT EXISTS entered Array(DateTime64(3, 'UTC')) AFTER segments
 """
@@ -191,7 +193,7 @@ CREATE TABLE IF NOT EXISTS {db}.segment_history_closed {on_cluster} (
 ) ENGINE = {MergeTree} ORDER BY (segment_id, id, entered_at)
 """
 # The closed intervals of the table the history was, not there already (a migration cut short
-# runs again): the latest version of each interval, closed.
+# runs again): the latest version of each interval (its version was the build that wrote it).
 _CLOSED_FROM_TABLE = """
 INSERT INTO {db}.segment_history_closed
 SELECT segment_id, id, id_type, entered_at, exit, closed_by FROM (
@@ -202,34 +204,40 @@ WHERE exit != '2106-01-01 00:00:00.000'
       SELECT segment_id, id, id_type, entered_at FROM {db}.segment_history_closed)
 """
 # Rows written before entry times were kept (audiences_0009) take them from their open intervals
-# (or, with none, their build's as_of): the view's open intervals are read from the rows. Written
-# to the `_next` table, which is a build's scratch between builds, and exchanged.
-_ENTERED_FROM_TABLE = [
-    "TRUNCATE TABLE {db}.id_segments_next {on_cluster}",
-    """
-INSERT INTO {db}.id_segments_next (id, id_type, profile_id, segments, entered, build_id)
+# (or, with none, their build's as_of, or now): the view reads the open intervals from the rows.
+# In place, as data: a copy of each with its times (unless one is there already: a migration cut
+# short runs again), then the row without them goes. No table is renamed: a build swaps its tables
+# on the node it talks to only.
+LEGACY_ROW = "length(entered) != length(segments)"
+_ENTERED_FROM_TABLE = [f"""
+INSERT INTO {{db}}.id_segments (id, id_type, profile_id, segments, entered, build_id)
 SELECT r.id, r.id_type, r.profile_id, r.segments,
-       if(length(r.entered) = length(r.segments), r.entered,
-          arrayMap(s -> if(has(o.opened.1, s), o.opened.2[indexOf(o.opened.1, s)], b.as_of), r.segments)),
+       arrayMap(s -> if(has(o.opened.1, s), o.opened.2[indexOf(o.opened.1, s)],
+                        if(b.as_of > 0, b.as_of, now64(3, 'UTC'))), r.segments),
        r.build_id
-FROM {db}.id_segments AS r
+FROM {{db}}.id_segments AS r
 LEFT JOIN (
     SELECT id, id_type, groupArray((segment_id, entered_at)) AS opened FROM (
         SELECT segment_id, id, id_type, max(entered_at) AS entered_at FROM (
             SELECT segment_id, id, id_type, entered_at, argMax(exited_at, version) AS exit
-            FROM {db}.segment_history GROUP BY segment_id, id, id_type, entered_at)
+            FROM {{db}}.segment_history
+            WHERE (id, id_type) IN (SELECT id, id_type FROM {{db}}.id_segments WHERE {LEGACY_ROW})
+            GROUP BY segment_id, id, id_type, entered_at)
         WHERE exit = '2106-01-01 00:00:00.000' GROUP BY segment_id, id, id_type)
     GROUP BY id, id_type) AS o ON o.id = r.id AND o.id_type = r.id_type
-LEFT JOIN (SELECT build_id, argMax(as_of, version) AS as_of FROM {db}.builds GROUP BY build_id) AS b
+LEFT JOIN (SELECT build_id, argMax(as_of, version) AS as_of FROM {{db}}.builds GROUP BY build_id) AS b
     ON b.build_id = r.build_id
-""",
-    "EXCHANGE TABLES {db}.id_segments AND {db}.id_segments_next {on_cluster}",
-    "TRUNCATE TABLE {db}.id_segments_next {on_cluster}",
-]
-# `segment_history` (segment_id, id, id_type, entered_at, exited_at) stays what readers query.
+WHERE {LEGACY_ROW.replace("entered", "r.entered").replace("segments", "r.segments")}
+  AND (r.id, r.id_type, r.segments) NOT IN (
+      SELECT id, id_type, segments FROM {{db}}.id_segments WHERE NOT ({LEGACY_ROW}))
+""", f"DELETE FROM {{db}}.id_segments {{on_cluster}} WHERE {LEGACY_ROW}"]
+# `segment_history` (segment_id, id, id_type, entered_at, exited_at) stays what readers query. An
+# interval a build closes shows once the build has succeeded: until its swap, the ID's row still
+# holds it open (and a failed build's leftovers never show).
 _HISTORY_VIEW = """
 CREATE VIEW IF NOT EXISTS {db}.segment_history {on_cluster} AS
 SELECT segment_id, id, id_type, entered_at, exited_at FROM {db}.segment_history_closed
+WHERE build_id IN (SELECT build_id FROM {db}.builds FINAL WHERE status = 'succeeded')
 UNION ALL
 SELECT segment_id, id, id_type, entered_at, toDateTime64('2106-01-01 00:00:00.000', 3, 'UTC') AS exited_at
 FROM {db}.id_segments ARRAY JOIN segments AS segment_id, arrayResize(entered, length(segments)) AS entered_at
@@ -254,8 +262,9 @@ MIGRATIONS = [
     Migration("audiences_0008_profiles", [_PROFILES % "segment_profiles", _PROFILES % "segment_profiles_next"]),
     Migration("audiences_0009_entered", [_ENTERED % "id_segments", _ENTERED % "id_segments_next"]),
     Migration("audiences_0010_optouts_through", [_OPTOUTS_THROUGH]),
-    Migration("audiences_0011_history_of_members", [
-        _HISTORY_CLOSED, _CLOSED_FROM_TABLE, *_ENTERED_FROM_TABLE,
-        "DROP TABLE {db}.segment_history {on_cluster} SYNC", _HISTORY_VIEW,
+    # Two steps, each safe to run again when cut short: the old table is read until 0012 drops it.
+    Migration("audiences_0011_history_closed", [_HISTORY_CLOSED, _CLOSED_FROM_TABLE, *_ENTERED_FROM_TABLE]),
+    Migration("audiences_0012_history_view", [
+        "DROP TABLE IF EXISTS {db}.segment_history {on_cluster} SYNC", _HISTORY_VIEW,
     ]),
 ]

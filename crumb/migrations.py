@@ -9,7 +9,9 @@ written once with `{on_cluster}` and engine placeholders; a cluster deployment g
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
@@ -69,25 +71,33 @@ def apply(
     migrations: Sequence[Migration] | None = None,
     progress: Progress | None = None,
     after: Sequence[Callable[[Client, Dialect], None]] = (),
+    exclusive: Callable[[], AbstractContextManager[Any]] = nullcontext,
 ) -> list[str]:
-    """Apply pending migrations; returns the IDs applied now."""
+    """Apply pending migrations; returns the IDs applied now. When some are pending, they run
+    inside `exclusive()`: some move data that builds write (the runtime passes the build lock)."""
     migrations = all_migrations() if migrations is None else migrations
     client.command(f"CREATE DATABASE IF NOT EXISTS {DATABASE} {dialect.on_cluster}")
     client.command(dialect.render(
         "CREATE TABLE IF NOT EXISTS {db}.schema_migrations {on_cluster} "
         "(id String, applied_at DateTime DEFAULT now()) ENGINE = {ReplacingMergeTree} ORDER BY id"
     ))
-    done = {row[0] for row in client.query(f"SELECT id FROM {DATABASE}.schema_migrations FINAL").result_rows}
     applied = []
-    for migration in migrations:
-        if migration.id in done:
-            continue
-        if progress:
-            progress.note(f"migration {migration.id}")
-        for statement in migration.statements:
-            client.command(dialect.render(statement))
-        client.insert(f"{DATABASE}.schema_migrations", [[migration.id]], column_names=["id"])
-        applied.append(migration.id)
+    if any(migration.id not in _done(client) for migration in migrations):
+        with exclusive():
+            done = _done(client)  # again: another process may have applied them while this one waited
+            for migration in migrations:
+                if migration.id in done:
+                    continue
+                if progress:
+                    progress.note(f"migration {migration.id}")
+                for statement in migration.statements:
+                    client.command(dialect.render(statement))
+                client.insert(f"{DATABASE}.schema_migrations", [[migration.id]], column_names=["id"])
+                applied.append(migration.id)
     for hook in after:
         hook(client, dialect)
     return applied
+
+
+def _done(client: Client) -> set[str]:
+    return {row[0] for row in client.query(f"SELECT id FROM {DATABASE}.schema_migrations FINAL").result_rows}

@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
 from clickhouse_connect.driver.client import Client
 
 from crumb import migrations, warehouse
+from crumb.errors import CrumbError
+from crumb.privacy import BUILD_LOCK_KEY
 from crumb.redis_server import EmbeddedRedis, connect_redis, existing_embedded
 from crumb.settings import Settings
+
+MIGRATION_WAIT_S = 900  # for a build to end: a first build of a large warehouse takes minutes
+
+
+@contextmanager
+def no_build(redis_client: redis.Redis, wait_s: float = MIGRATION_WAIT_S,
+             progress: migrations.Progress | None = None) -> Iterator[None]:
+    """While no segment build (nor erasure) runs, anywhere: pending migrations hold the build lock,
+    as they may move data a build writes (audiences_0011). Raises MigrationDeferred after `wait_s`."""
+    lock = redis_client.lock(BUILD_LOCK_KEY, timeout=3600, blocking=True, blocking_timeout=wait_s)
+    if lock.locked() and progress:
+        progress.note("migrations wait for the running segment build to end")
+    if not lock.acquire():
+        raise MigrationDeferred(f"a segment build held the build lock for {wait_s:.0f}s; migrations did not run: "
+                                "start again once it has ended")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class MigrationDeferred(CrumbError):
+    code = "migration_deferred"
 
 
 class Runtime:
@@ -48,7 +75,8 @@ class Runtime:
 
         dialect = migrations.Dialect(self.settings.clickhouse_cluster)
         retention = lambda client, d: apply_retention(client, d, self.settings.events_ttl_days)  # noqa: E731
-        return migrations.apply(self.client, dialect, progress=progress, after=[retention])
+        return migrations.apply(self.client, dialect, progress=progress, after=[retention],
+                                exclusive=lambda: no_build(self.redis, progress=progress))
 
     def secret(self, name: str, configured: str) -> str:
         """A configured secret, or one generated once and kept in the data dir (mode 600)."""

@@ -441,7 +441,7 @@ def test_the_history_table_becomes_closed_intervals_and_rows_get_the_open_ones_e
     insert(warehouse, [{"ts": at - 1000, "cookie_id": a, "path": "/sports/1"},
                        {"ts": at + DAY - 1000, "cookie_id": b, "path": "/sports/2"},
                        {"ts": at + DAY - 1000, "cookie_id": c, "path": "/sports/3"}])
-    build(warehouse, SPORTS, as_of_ms=at)
+    first = build(warehouse, SPORTS, as_of_ms=at)
     last = build(warehouse, SPORTS, as_of_ms=at + DAY)
     # As a build before migration audiences_0009 left them: rows without entry times, and the
     # history a table: a's open interval; b's, and one closed before (written open, then closed);
@@ -451,43 +451,67 @@ def test_the_history_table_becomes_closed_intervals_and_rows_get_the_open_ones_e
     warehouse.command("DROP VIEW crumb.segment_history")
     warehouse.command(OLD_HISTORY)
     open_at = datetime.fromisoformat(builder.OPEN_INTERVAL).replace(tzinfo=UTC)
+    never = int(open_at.timestamp() * 1000)
 
     def ms(t: int) -> datetime:
         return datetime.fromtimestamp(t / 1000, UTC)
 
     warehouse.insert("crumb.segment_history", [
-        [1, a, "cookie", ms(at), open_at, 1],
-        [1, b, "cookie", ms(at - 9 * DAY), open_at, 1], [1, b, "cookie", ms(at - 9 * DAY), ms(at - 5 * DAY), 2],
-        [1, b, "cookie", ms(at + DAY), open_at, 3],
+        [1, a, "cookie", ms(at), open_at, first.build_id],
+        [1, b, "cookie", ms(at - 9 * DAY), open_at, first.build_id - 2],
+        [1, b, "cookie", ms(at - 9 * DAY), ms(at - 5 * DAY), first.build_id - 1],  # its build succeeded
+        [1, b, "cookie", ms(at + DAY), open_at, last.build_id],
     ], column_names=["segment_id", "id", "id_type", "entered_at", "exited_at", "version"])
-    others = warehouse.query("SELECT count() FROM crumb.id_segments").result_rows
-    migration = next(m for m in MIGRATIONS if m.id == "audiences_0011_history_of_members")
-    statements = [Dialect().render(statement) for statement in migration.statements]
-    exchange = next(i for i, statement in enumerate(statements) if statement.startswith("EXCHANGE"))
-    # Cut short after the rows' exchange, it runs again from the start.
-    for statement in [*statements[:exchange + 1], *statements]:
+    warehouse.insert("crumb.builds", [[first.build_id - 1, "succeeded", 1]],
+                     column_names=["build_id", "status", "version"])
+    rows = warehouse.query("SELECT count() FROM crumb.id_segments").result_rows
+    statements = {m.id: [Dialect().render(s) for s in m.statements] for m in MIGRATIONS
+                  if m.id in ("audiences_0011_history_closed", "audiences_0012_history_view")}
+    closed, view = statements["audiences_0011_history_closed"], statements["audiences_0012_history_view"]
+    # Each cut short after any statement runs again from its start: here, after its last but one
+    # (the rows with their times are in, those without still there), and after the view is made.
+    for statement in [*closed[:-1], *closed, *view, *view]:
         warehouse.command(statement)
-    assert warehouse.query("SELECT count() FROM crumb.id_segments").result_rows == others
+    assert warehouse.query("SELECT count() FROM crumb.id_segments").result_rows == rows
     assert entry_times(warehouse, [a, b, c]) == {a: [at], b: [at + DAY], c: [last.as_of_ms]}
     assert history(warehouse, 1, [a, b, c]) == sorted([
-        (a, at, int(open_at.timestamp() * 1000)), (b, at - 9 * DAY, at - 5 * DAY),
-        (b, at + DAY, int(open_at.timestamp() * 1000)), (c, last.as_of_ms, int(open_at.timestamp() * 1000))])
+        (a, at, never), (b, at - 9 * DAY, at - 5 * DAY), (b, at + DAY, never), (c, last.as_of_ms, never)])
     build(warehouse, SPORTS, as_of_ms=at + 5 * DAY)  # all leave: their intervals close
     assert history(warehouse, 1, [a, b, c]) == sorted([
         (a, at, at + 5 * DAY), (b, at - 9 * DAY, at - 5 * DAY), (b, at + DAY, at + 5 * DAY),
         (c, last.as_of_ms, at + 5 * DAY)])
 
 
-def test_a_first_build_writes_no_history_and_an_exit_one_closed_interval(warehouse: Client) -> None:
+def test_a_build_writes_history_for_its_exits_only_and_shows_them_once_it_succeeded(
+        warehouse: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = cookie(), cookie()
     at = T0 + 240 * DAY
     insert(warehouse, [{"ts": at - 1000, "cookie_id": a, "path": "/sports/1"},
                        {"ts": at + 2 * DAY - 1000, "cookie_id": b, "path": "/sports/2"}])
     first = build(warehouse, SPORTS, as_of_ms=at)
-    later = build(warehouse, SPORTS, as_of_ms=at + 4 * DAY)  # a exits
+    never = int(datetime.fromisoformat(builder.OPEN_INTERVAL).replace(tzinfo=UTC).timestamp() * 1000)
+    seen_before_swap: list[list[tuple[str, int, int]]] = []
+    swap = builder._swap
+
+    def looking_first(client: Client) -> None:
+        seen_before_swap.append(history(client, 1, [a, b]))
+        swap(client)
+
+    monkeypatch.setattr(builder, "_swap", looking_first)
+    later = build(warehouse, SPORTS, as_of_ms=at + 4 * DAY)  # a exits, b enters
     closed = warehouse.query("SELECT build_id, id FROM crumb.segment_history_closed WHERE id IN {ids:Array(String)}",
                              parameters={"ids": [a, b]}).result_rows
-    assert closed == [(later.build_id, a)] and first.build_id != later.build_id
+    assert closed == [(later.build_id, a)] and first.build_id != later.build_id  # b's entry wrote none
+    # Until the swap, a's interval is open in the members, and shows once: the closed one shows
+    # once its build has succeeded.
+    assert seen_before_swap == [[(a, at, never)]]
+    assert history(warehouse, 1, [a, b]) == sorted([(a, at, at + 4 * DAY), (b, at + 4 * DAY, never)])
+    # A failed build's closed intervals never show, if its cleanup failed too.
+    entered_at, exited_at = (datetime.fromtimestamp(t / 1000, UTC) for t in (at + 4 * DAY, at + 5 * DAY))
+    warehouse.insert("crumb.segment_history_closed", [[1, b, "cookie", entered_at, exited_at, 7]],
+                     column_names=["segment_id", "id", "id_type", "entered_at", "exited_at", "build_id"])
+    warehouse.insert("crumb.builds", [[7, "failed", 1]], column_names=["build_id", "status", "version"])
+    assert history(warehouse, 1, [a, b]) == sorted([(a, at, at + 4 * DAY), (b, at + 4 * DAY, never)])
 
 
 def test_a_following_build_touches_only_the_opt_outs_recorded_since_the_last_build(warehouse: Client) -> None:

@@ -168,13 +168,13 @@ def test_build_rebuilds_a_lookalike_of_a_rule_segment(
     full = build(warehouse, segments, as_of_ms=END_MS + 3_600_000, follow=False)
     assert full.followed == 0 and full.entered == full.exited == 0
     assert set(warehouse.query("SELECT segment_id, id, profile_id FROM crumb.segment_members").result_rows) == followed
-    # Every membership, the lookalike's too, kept when it entered: its open history interval's start.
+    # Every membership, the lookalike's too, kept when it entered: the build of its latest entry.
     memberships, unknown, differ = warehouse.query(
         "SELECT count(), countIf(e = 0), countIf(e != h) FROM ("
         " SELECT segment_id, id, e FROM crumb.id_segments ARRAY JOIN segments AS segment_id, entered AS e"
         " WHERE segment_id IN (901, 902, 903)) AS m LEFT JOIN ("
-        " SELECT segment_id, id, entered_at AS h FROM crumb.segment_history"
-        " WHERE segment_id IN (901, 902, 903) AND exited_at = '2106-01-01 00:00:00') AS o USING (segment_id, id)"
+        " SELECT segment_id, id, max(built_at) AS h FROM crumb.segment_deltas"
+        " WHERE segment_id IN (901, 902, 903) AND change = 'enter' GROUP BY segment_id, id) AS o USING (segment_id, id)"
     ).result_rows[0]
     assert memberships > len(seed) and unknown == differ == 0
     # The lookalike removed the same day: the next build does not follow (its rows must all go).

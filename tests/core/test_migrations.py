@@ -1,6 +1,14 @@
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
 from clickhouse_connect.driver.client import Client
 
-from crumb.migrations import Dialect, all_migrations, apply
+from crumb.migrations import Dialect, Migration, all_migrations, apply
+from crumb.privacy import BUILD_LOCK_KEY
+from crumb.runtime import MigrationDeferred, no_build
+from tests.conftest import LiveServer
 
 
 def schema(client: Client) -> dict[str, str]:
@@ -31,5 +39,33 @@ def test_cluster_dialect_replicates_and_runs_on_the_cluster() -> None:
                 continue
             assert "ON CLUSTER `crumb`" in rendered
             ddl_without_engine = rendered.lstrip().startswith(
-                ("ALTER TABLE", "DROP TABLE", "CREATE VIEW", "TRUNCATE TABLE", "EXCHANGE TABLES"))
+                ("ALTER TABLE", "DROP TABLE", "CREATE VIEW", "DELETE FROM"))
             assert "ENGINE = Replicated" in rendered or ddl_without_engine
+
+
+def test_pending_migrations_run_inside_the_exclusive_section_and_none_enters_it(warehouse: Client) -> None:
+    entered: list[str] = []
+
+    @contextmanager
+    def exclusive() -> Iterator[None]:
+        entered.append("in")
+        yield
+
+    made = Migration(f"test_{uuid.uuid4().hex[:8]}", ["SELECT 1"])
+    assert apply(warehouse, Dialect(), [made], exclusive=exclusive) == [made.id] and entered == ["in"]
+    assert apply(warehouse, Dialect(), [made], exclusive=exclusive) == [] and entered == ["in"]
+    warehouse.command("DELETE FROM crumb.schema_migrations WHERE id = {id:String}", parameters={"id": made.id})
+
+
+def test_migrations_wait_for_a_running_build_and_say_so_when_it_does_not_end(live_server: LiveServer) -> None:
+    redis_client = live_server.crumb.runtime.redis
+    build_lock = redis_client.lock(BUILD_LOCK_KEY, timeout=60)
+    assert build_lock.acquire(blocking=False)
+    try:
+        with pytest.raises(MigrationDeferred, match="build lock"), no_build(redis_client, wait_s=0.2):
+            pass
+    finally:
+        build_lock.release()
+    with no_build(redis_client, wait_s=0.2):  # free: taken, and given back
+        assert redis_client.lock(BUILD_LOCK_KEY).locked()
+    assert not redis_client.lock(BUILD_LOCK_KEY).locked()
