@@ -326,7 +326,8 @@ def pending_builds(client: Client, after: int) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-# Keyset-paged on the table's own order (build_id, segment_id, id): each chunk is one range read.
+# Keyset-paged on the table's own order (build_id, id): each chunk reads the build's IDs from the
+# last one sent on, as rows of the destination's segments an ID entered or exited.
 _DELTAS = """
 SELECT d.segment_id, d.id, toString(d.change) AS change, {uid} AS partner_uid,
        d.id IN (SELECT cookie_id FROM crumb.events
@@ -334,19 +335,26 @@ SELECT d.segment_id, d.id, toString(d.change) AS change, {uid} AS partner_uid,
                 UNION ALL
                 SELECT fp_id FROM crumb.events
                 WHERE can_share = 0 AND ts >= now() - INTERVAL {{lookback:UInt32}} DAY AND fp_id != '') AS opted_out
-FROM crumb.segment_deltas AS d
+FROM (
+    SELECT built_at, id, moved.1 AS segment_id, moved.2 AS change_order,
+           CAST(moved.2 AS Enum8('enter' = 1, 'exit' = 2)) AS change
+    FROM crumb.id_deltas
+    ARRAY JOIN arrayConcat(
+        arrayMap(s -> (s, 1), arrayFilter(s -> has({{segments:Array(UInt32)}}, s), entered)),
+        arrayMap(s -> (s, 2), arrayFilter(s -> has({{segments:Array(UInt32)}}, s), exited))) AS moved
+    WHERE build_id = {{build:UInt64}} AND id >= {{after_id:String}}
+) AS d
 {join}
 LEFT JOIN (SELECT id, max(completed_at) AS erased_at FROM crumb.erasures GROUP BY id) AS e ON e.id = d.id
 LEFT JOIN (SELECT DISTINCT id, segment_id, 1 AS held FROM crumb.delivered  -- no FINAL: a stale row costs
            -- only a redundant removal, and the key (destination, id) keeps this an index lookup
            WHERE destination = {{destination:String}} AND present = 1 AND id IN (SELECT id FROM crumb.erasures)
           ) AS h ON h.id = d.id AND h.segment_id = d.segment_id
-WHERE d.build_id = {{build:UInt64}} AND d.segment_id IN {{segments:Array(UInt32)}}
   -- An erased ID (erased_at is the epoch for the others): nothing built before its erasure, and
   -- after it only additions, and removals of what the destination holds again since.
-  AND (e.erased_at = 0 OR (d.built_at > e.erased_at AND (d.change = 'enter' OR h.held = 1)))
-  AND (d.segment_id, d.id, toInt8(d.change)) > ({{after_segment:UInt32}}, {{after_id:String}}, {{after_change:Int8}})
-ORDER BY d.segment_id, d.id, toInt8(d.change)
+WHERE (e.erased_at = 0 OR (d.built_at > e.erased_at AND (d.change = 'enter' OR h.held = 1)))
+  AND (d.id, d.segment_id, d.change_order) > ({{after_id:String}}, {{after_segment:UInt32}}, {{after_change:Int8}})
+ORDER BY d.id, d.segment_id, d.change_order
 LIMIT {{limit:UInt32}}
 """
 _MATCH_JOIN = """LEFT JOIN (SELECT id, partner_uid FROM crumb.id_matches FINAL WHERE partner = {partner:String}) AS m

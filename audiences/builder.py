@@ -23,9 +23,10 @@ Steps (each timed, and recorded in `crumb.builds`):
   copy      this build's profiles → `segment_profiles_next`; when following, every other ID's
             row (and profile) of the last build, as it was
   lookalikes  each lookalike segment's model over this build's seed members → `id_segments_next`
-  deltas    entered / exited against the previous build, per ID → `segment_deltas`; each exit
-            closes the history interval opened at the entry time its row kept →
-            `segment_history_closed` (`segment_history` is a view: those, and the members' open ones)
+  deltas    entered / exited against the previous build, per ID → `id_deltas` (`segment_deltas`
+            is their view, a row per segment and ID); each exit closes the history interval opened
+            at the entry time its row kept → `segment_history_closed` (`segment_history` is a view:
+            those, and the members' open ones)
   stamp     (when following) the rows carried over take this build's ID
   swap      exchange `id_segments_next` and `id_segments` atomically (`segment_members` is a view)
 
@@ -462,21 +463,20 @@ def _links_sql(params: dict[str, Any], rollup: RollupRead | None, recomputing: b
 
 def _write_deltas(client: Client, build_id: int, as_of_ms: int) -> None:
     """The rows this build wrote, which have its ID (`build_id`), against the last build's rows of
-    their IDs (`ENTERED`, read whole from `ENTERED_ROWS`). In a full build, that is every row. In a
-    following build, the others are the last build's, carried over as they were: they keep that
-    build's ID until `_stamp`."""
+    their IDs (`ENTERED`, read whole from `ENTERED_ROWS`) → `id_deltas`, a row per ID that entered
+    or exited a segment. In a full build, that is every row. In a following build, the others are
+    the last build's, carried over as they were: they keep that build's ID until `_stamp`."""
     params = {"build_id": build_id, "at": as_of_ms}
     at = "fromUnixTimestamp64Milli({at:Int64}, 'UTC')"
     # Not `_compared`: a UInt64 compared, not a typed ID built and looked up per row (0.007 s
     # against 0.067 s over the benchmark's 1.2M rows).
     scope = "build_id = {build_id:UInt64}"
     if not client.query(f"SELECT count() FROM {ENTERED_ROWS}").result_rows[0][0]:
-        # None of these IDs had a row at the last build (the first build, or IDs all new): every
-        # membership enters. Written as they are, not grouped against nothing: the benchmark's first
-        # build wrote its 11.4M entries in 2.3-2.5 s instead of 2.8-4.0 s.
+        # None of these IDs had a row at the last build (the first build, or IDs all new): each
+        # enters every segment of its rows, which are written as they are, not grouped against nothing.
         client.command(
-            f"INSERT INTO crumb.segment_deltas SELECT {{build_id:UInt64}}, {at}, segment_id, id, id_type, 'enter' "
-            f"FROM crumb.id_segments_next ARRAY JOIN segments AS segment_id WHERE {scope}", parameters=params)
+            f"INSERT INTO crumb.id_deltas SELECT {{build_id:UInt64}}, {at}, id, id_type, segments, [] "
+            f"FROM crumb.id_segments_next WHERE {scope}", parameters=params)
     else:
         _write_changes(client, params, at, scope)
     _write_history(client, params, at)
@@ -497,13 +497,12 @@ def _write_changes(client: Client, params: dict[str, Any], at: str, scope: str) 
     # The last build's side is `ENTERED_ROWS`, which holds those rows already, one per ID
     # (`_entry_times` groups an ID's rows where it may have several).
     client.command(
-        f"INSERT INTO crumb.segment_deltas SELECT {{build_id:UInt64}}, {at}, change.1, id, id_type, change.2 FROM ("
+        f"INSERT INTO crumb.id_deltas SELECT {{build_id:UInt64}}, {at}, id, id_type, "
+        " arrayFilter(s -> NOT has(old, s), new) AS entered, arrayFilter(s -> NOT has(new, s), old) AS exited FROM ("
         " SELECT id, id_type, groupArrayArrayIf(segments, fresh) AS new, groupArrayArrayIf(segments, NOT fresh) AS old"
         f" FROM (SELECT id, id_type, segments, 1 AS fresh FROM crumb.id_segments_next WHERE {scope}"
         f"       UNION ALL SELECT {UNTYPED}, segments, 0 FROM (SELECT id AS typed_id, segments FROM {ENTERED_ROWS}))"
-        " GROUP BY id, id_type HAVING arraySort(new) != arraySort(old))"
-        " ARRAY JOIN arrayConcat(arrayMap(s -> (s, 'enter'), arrayFilter(s -> NOT has(old, s), new)),"
-        "                        arrayMap(s -> (s, 'exit'), arrayFilter(s -> NOT has(new, s), old))) AS change",
+        " GROUP BY id, id_type HAVING arraySort(new) != arraySort(old))",
         parameters=params)
 
 
@@ -515,7 +514,7 @@ def _write_history(client: Client, params: dict[str, Any], at: str) -> None:
         f"INSERT INTO crumb.segment_history_closed SELECT segment_id, id, id_type, "
         f"arrayElement(joinGet('{ENTERED}', 'entered', {TYPED_ID}), "
         f"indexOf(joinGet('{ENTERED}', 'segments', {TYPED_ID}), segment_id)), {at}, {{build_id:UInt64}} "
-        "FROM crumb.segment_deltas WHERE build_id = {build_id:UInt64} AND change = 'exit'",
+        "FROM crumb.id_deltas ARRAY JOIN exited AS segment_id WHERE build_id = {build_id:UInt64}",
         parameters=params)
 
 
@@ -535,7 +534,7 @@ def _count(client: Client, result: BuildResult, lookalikes: bool) -> None:
     result.members, result.profiles = client.query(
         f"SELECT sum(length(segments)), {profiles} FROM crumb.id_segments_next").result_rows[0]
     result.entered, result.exited = client.query(
-        "SELECT countIf(change = 'enter'), countIf(change = 'exit') FROM crumb.segment_deltas "
+        "SELECT sum(length(entered)), sum(length(exited)) FROM crumb.id_deltas "
         "WHERE build_id = {build_id:UInt64}", parameters=params).result_rows[0]
 
 
@@ -551,7 +550,7 @@ def discard_build(client: Client, build_id: int) -> None:
     """Remove what a build wrote to the tables builds append to: a failed build's, so activation
     never sees its deltas (and the segments bench's, to run the same build again)."""
     params = {"build_id": build_id}
-    for table, column in (("segment_deltas", "build_id"), ("segment_history_closed", "build_id"),
+    for table, column in (("id_deltas", "build_id"), ("segment_history_closed", "build_id"),
                           ("segment_sizes", "build_id")):
         try:
             client.command(f"DELETE FROM crumb.{table} WHERE {column} = {{build_id:UInt64}}", parameters=params)

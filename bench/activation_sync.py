@@ -43,9 +43,8 @@ def load(runtime: Runtime, deltas: int) -> int:
     ids = [f"{uuid.uuid4()}" for _ in range(deltas // len(SEGMENTS))]
     now = int(time.time() * 1000)
     build_id = 1
-    for segment in SEGMENTS:
-        client.insert("crumb.segment_deltas", [[build_id, now, segment, i, "cookie", "enter"] for i in ids],
-                      column_names=["build_id", "built_at", "segment_id", "id", "id_type", "change"])
+    client.insert("crumb.id_deltas", [[build_id, now, i, "cookie", list(SEGMENTS), []] for i in ids],
+                  column_names=["build_id", "built_at", "id", "id_type", "entered", "exited"])
     client.insert("crumb.id_matches", [["ttd", i, str(uuid.uuid4()), now, 1] for i in ids],
                   column_names=["partner", "id", "partner_uid", "matched_at", "version"])
     client.insert("crumb.builds", [[build_id, now, now, now, "succeeded", 1]],

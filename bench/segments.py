@@ -91,7 +91,7 @@ TARGET_GROWTH = 2.0  # build(100) / build(10)
 TARGET_RSS_MB = 500.0
 STEPS = ("values", "rollup", "totals", "touched", "recompute", "hours", "profiles", "entered", "members", "copy",
          "deltas", "stamp", "swap")
-OUTPUT_TABLES = ("id_segments", "id_segments_next", "segment_deltas", "segment_history_closed", "segment_sizes",
+OUTPUT_TABLES = ("id_segments", "id_segments_next", "id_deltas", "segment_history_closed", "segment_sizes",
                  "segment_profiles", "segment_profiles_next", "segment_build_state")
 
 

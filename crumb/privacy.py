@@ -70,7 +70,7 @@ def _erase_scores(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
 def _erase_memberships(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
     # The current members (what a full reload of the Redis store reads), what each build changed
     # and the membership intervals. Destinations that got the ID learn of it from the removals.
-    for table in ("id_segments", "segment_deltas", "segment_history_closed"):
+    for table in ("id_segments", "id_deltas", "segment_history_closed"):
         client.command(f"DELETE FROM crumb.{table} {on_cluster(client)} WHERE id IN {{ids:Array(String)}}",
                        parameters={"ids": ids})
     # The last build's profiles, by typed ID. (The events this erases make the next build a full one,
@@ -107,7 +107,7 @@ ERASERS: list[Eraser] = [
     Eraser("crumb.id_matches", _erase_matches),
     Eraser("redis segment store", _erase_from_store),
     Eraser("crumb.lookalike_scores", _erase_scores),
-    Eraser("crumb.id_segments, segment_profiles, segment_deltas, segment_history_closed", _erase_memberships),
+    Eraser("crumb.id_segments, segment_profiles, id_deltas, segment_history_closed", _erase_memberships),
     Eraser("crumb.segment_rollup, segment_rollup_totals", _erase_rollup),
     # What destinations received moves to the removals the next `crumb activate sync` sends.
     Eraser("crumb.delivered (removals queued for destinations)", _queue_removals),

@@ -34,10 +34,11 @@ class World:
         last = self.client.query("SELECT max(build_id) FROM crumb.builds").result_rows[0][0] or 0
         build_id = int(last) + 1
         now = int(time.time() * 1000)
-        self.client.insert("crumb.segment_deltas", [
-            [build_id, now, self.segment, cookie, "cookie", change]
+        self.client.insert("crumb.id_deltas", [
+            [build_id, now, cookie, "cookie", [self.segment] if change == "enter" else [],
+             [self.segment] if change == "exit" else []]
             for change, ids in (("enter", enters), ("exit", exits)) for cookie in ids
-        ], column_names=["build_id", "built_at", "segment_id", "id", "id_type", "change"])
+        ], column_names=["build_id", "built_at", "id", "id_type", "entered", "exited"])
         self.client.insert("crumb.builds", [[build_id, now, now, now, "succeeded", time.time_ns()]],
                            column_names=["build_id", "started_at", "finished_at", "as_of", "status", "version"])
         return build_id

@@ -1,7 +1,8 @@
 """The Redis segment store against the real redis-server and a private copy of the build tables.
 
-Each test gets its own ClickHouse database (copies of crumb.builds, segment_deltas,
-segment_members) and its own Redis key prefix, so the shared warehouse and Redis stay apart.
+Each test gets its own ClickHouse database (copies of crumb.builds, id_deltas and id_segments,
+with the views segment_deltas and segment_members) and its own Redis key prefix, so the shared
+warehouse and Redis stay apart.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from clickhouse_connect.driver.client import Client
 
 from activation.store import DAY_S, SegmentCatalog, SegmentStore
 from audiences.definitions import Segment, parse_segment
+from audiences.schema import DELTAS_VIEW
+from crumb.migrations import Dialect
 from tests.conftest import LiveServer
 
 RULE = {"where": [{"field": "type", "op": "eq", "value": "pageview"}]}
@@ -47,9 +50,14 @@ class Builds:
                            column_names=["build_id", "status", "version"])
 
     def deltas(self, build_id: int, changes: list[tuple[int, str, str]], id_type: str = "cookie") -> None:
-        self.client.insert(f"{self.db}.segment_deltas",
-                           [[build_id, 0, seg, i, id_type, change] for seg, i, change in changes],
-                           column_names=["build_id", "built_at", "segment_id", "id", "id_type", "change"])
+        """What a build changed, as the builder keeps it: a row per ID with the segments it entered
+        and exited."""
+        moved: dict[str, tuple[list[int], list[int]]] = {}
+        for seg, i, change in changes:
+            moved.setdefault(i, ([], []))[0 if change == "enter" else 1].append(seg)
+        self.client.insert(f"{self.db}.id_deltas",
+                           [[build_id, 0, i, id_type, entered, exited] for i, (entered, exited) in moved.items()],
+                           column_names=["build_id", "built_at", "id", "id_type", "entered", "exited"])
 
     def members(self, build_id: int, members: list[tuple[int, str]], id_type: str = "cookie") -> None:
         """The members after a build, as the builder keeps them: a row per ID with its segments."""
@@ -76,8 +84,9 @@ def redis_client(live_server: LiveServer) -> redis.Redis:
 def builds(warehouse: Client) -> Iterator[Builds]:
     db = f"store_{uuid.uuid4().hex[:10]}"
     warehouse.command(f"CREATE DATABASE {db}")
-    for table in ("builds", "segment_deltas", "id_segments"):
+    for table in ("builds", "id_deltas", "id_segments"):
         warehouse.command(f"CREATE TABLE {db}.{table} AS crumb.{table}")
+    warehouse.command(Dialect().render(DELTAS_VIEW).replace("crumb.", f"{db}."))
     warehouse.command(f"CREATE VIEW {db}.segment_members AS SELECT segment_id, id, id_type, profile_id, build_id "
                       f"FROM {db}.id_segments ARRAY JOIN segments AS segment_id")
     yield Builds(warehouse, db)

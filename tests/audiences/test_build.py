@@ -163,7 +163,7 @@ def test_erasure_removes_the_id_from_members_deltas_and_history(warehouse: Clien
         running_build.release()
     names = erase(warehouse, redis_client, [erased], "test")
 
-    assert "crumb.id_segments, segment_profiles, segment_deltas, segment_history_closed" in names
+    assert "crumb.id_segments, segment_profiles, id_deltas, segment_history_closed" in names
     assert warehouse.query(profiles).result_rows[0][0] == 0
     for table in ("segment_members", "segment_deltas", "segment_history"):
         held = {r[0] for r in warehouse.query(
@@ -480,6 +480,52 @@ def test_the_history_table_becomes_closed_intervals_and_rows_get_the_open_ones_e
     assert history(warehouse, 1, [a, b, c]) == sorted([
         (a, at, at + 5 * DAY), (b, at - 9 * DAY, at - 5 * DAY), (b, at + DAY, at + 5 * DAY),
         (c, last.as_of_ms, at + 5 * DAY)])
+
+
+# The deltas table before migration audiences_0013: a row per segment and ID.
+OLD_DELTAS = """
+CREATE TABLE crumb.segment_deltas (
+    build_id UInt64, built_at DateTime64(3, 'UTC'), segment_id UInt32, id String,
+    id_type LowCardinality(String), change Enum8('enter' = 1, 'exit' = 2)
+) ENGINE = MergeTree PARTITION BY toYYYYMM(built_at) ORDER BY (build_id, segment_id, id)
+"""
+
+
+def test_the_deltas_table_becomes_a_row_per_id_and_reads_as_it_did(warehouse: Client) -> None:
+    a, b = cookie(), cookie()
+    at = T0 + 250 * DAY
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": a, "path": "/sports/1"},
+                       {"ts": at + 2 * DAY - 1000, "cookie_id": b, "path": "/sports/2"}])
+    first = build(warehouse, SPORTS, as_of_ms=at)
+    # As the table held them: every other test's deltas (so that theirs stay), and ours: a row per
+    # segment and ID, an ID in two segments at once.
+    rows = "SELECT build_id, built_at, segment_id, id, id_type, toString(change) FROM crumb.segment_deltas"
+    before = set(warehouse.query(rows).result_rows)
+    warehouse.command("RENAME TABLE crumb.segment_deltas TO crumb._test_deltas_view")
+    warehouse.command(OLD_DELTAS)
+    warehouse.command("INSERT INTO crumb.segment_deltas SELECT * FROM crumb._test_deltas_view")
+    warehouse.command("DROP VIEW crumb._test_deltas_view")
+    ms = datetime.fromtimestamp(at / 1000, UTC)
+    ours = {(7, ms, 11, a, "cookie", "enter"), (7, ms, 12, a, "cookie", "exit"), (7, ms, 11, b, "fp", "exit")}
+    warehouse.insert("crumb.segment_deltas", [list(r) for r in ours],
+                     column_names=["build_id", "built_at", "segment_id", "id", "id_type", "change"])
+    statements = {m.id: [Dialect().render(s) for s in m.statements] for m in MIGRATIONS
+                  if m.id in ("audiences_0013_id_deltas", "audiences_0014_deltas_view")}
+    table, view = statements["audiences_0013_id_deltas"], statements["audiences_0014_deltas_view"]
+    for statement in [*table, *table, *view[:1], *view]:  # each cut short runs again from its start
+        warehouse.command(statement)
+    assert set(warehouse.query(rows).result_rows) == before | {(r[0], ms.replace(tzinfo=None), *r[2:])
+                                                               for r in ours}
+    assert sorted(warehouse.query(
+        "SELECT id, id_type, entered, exited FROM crumb.id_deltas WHERE build_id = 7 AND id IN {ids:Array(String)}",
+        parameters={"ids": [a, b]}).result_rows) == sorted([
+        (a, "cookie", [11], [12]), (b, "fp", [], [11])])
+    # A build after it writes a row per ID.
+    later = build(warehouse, SPORTS, as_of_ms=at + 4 * DAY)  # a exits, b enters
+    assert sorted(warehouse.query(
+        "SELECT id, entered, exited FROM crumb.id_deltas WHERE build_id IN {b:Array(UInt64)} "
+        "AND id IN {ids:Array(String)}", parameters={"b": [first.build_id, later.build_id], "ids": [a, b]}
+    ).result_rows) == sorted([(a, [1], []), (a, [], [1]), (b, [1], [])])
 
 
 def test_a_build_writes_history_for_its_exits_only_and_shows_them_once_it_succeeded(
