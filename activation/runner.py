@@ -326,8 +326,9 @@ def pending_builds(client: Client, after: int) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-# Keyset-paged on the table's own order (build_id, id): each chunk reads the build's IDs from the
-# last one sent on, as rows of the destination's segments an ID entered or exited.
+# Keyset-paged on (id, segment_id, change_order) over the rows of the destination's segments each
+# ID entered or exited: the table is ordered by (build_id, id), so each chunk reads the build's IDs
+# from the last one sent on.
 _DELTAS = """
 SELECT d.segment_id, d.id, toString(d.change) AS change, {uid} AS partner_uid,
        d.id IN (SELECT cookie_id FROM crumb.events
@@ -343,6 +344,7 @@ FROM (
         arrayMap(s -> (s, 1), arrayFilter(s -> has({{segments:Array(UInt32)}}, s), entered)),
         arrayMap(s -> (s, 2), arrayFilter(s -> has({{segments:Array(UInt32)}}, s), exited))) AS moved
     WHERE build_id = {{build:UInt64}} AND id >= {{after_id:String}}
+      AND (hasAny(entered, {{segments:Array(UInt32)}}) OR hasAny(exited, {{segments:Array(UInt32)}}))
 ) AS d
 {join}
 LEFT JOIN (SELECT id, max(completed_at) AS erased_at FROM crumb.erasures GROUP BY id) AS e ON e.id = d.id

@@ -274,10 +274,13 @@ class SegmentStore:
     def _apply_deltas(self, client: Client, build_id: int) -> LoadStats:
         stats = LoadStats(build_id, "deltas")
         now = int(time.time())
-        sql = (f"SELECT id, id_type, groupArray(segment_id), groupArray(toInt8(change = 'enter')) "
-               f"FROM {self._db}.segment_deltas WHERE build_id = {{build_id:UInt64}} AND {{bucket}} "
+        # Read per ID, as the builder writes them (`id_deltas`); grouped, as an ID may have several rows.
+        sql = (f"SELECT id, id_type, groupArrayArray(arrayConcat(entered, exited)), "
+               "groupArrayArray(arrayConcat(arrayMap(s -> toInt8(1), entered), arrayMap(s -> toInt8(0), exited))) "
+               f"FROM {self._db}.id_deltas WHERE build_id = {{build_id:UInt64}} AND {{bucket}} "
                "GROUP BY id, id_type")
-        count_sql = f"SELECT count() FROM {self._db}.segment_deltas WHERE build_id = {{build_id:UInt64}}"
+        count_sql = (f"SELECT sum(length(entered) + length(exited)) FROM {self._db}.id_deltas "
+                     "WHERE build_id = {build_id:UInt64}")
         rows = _bucketed(client, sql, count_sql, {"build_id": build_id})
         for batch in _batches(rows, self._batch_ids):
             self._write(batch, now, "d", "", stats)

@@ -464,7 +464,8 @@ def _links_sql(params: dict[str, Any], rollup: RollupRead | None, recomputing: b
 def _write_deltas(client: Client, build_id: int, as_of_ms: int) -> None:
     """The rows this build wrote, which have its ID (`build_id`), against the last build's rows of
     their IDs (`ENTERED`, read whole from `ENTERED_ROWS`) → `id_deltas`, a row per ID that entered
-    or exited a segment. In a full build, that is every row. In a following build, the others are
+    or exited a segment (per row, when none had a row at the last build: a lookalike gives an ID
+    a row of its own). In a full build, that is every row. In a following build, the others are
     the last build's, carried over as they were: they keep that build's ID until `_stamp`."""
     params = {"build_id": build_id, "at": as_of_ms}
     at = "fromUnixTimestamp64Milli({at:Int64}, 'UTC')"
@@ -497,12 +498,14 @@ def _write_changes(client: Client, params: dict[str, Any], at: str, scope: str) 
     # The last build's side is `ENTERED_ROWS`, which holds those rows already, one per ID
     # (`_entry_times` groups an ID's rows where it may have several).
     client.command(
-        f"INSERT INTO crumb.id_deltas SELECT {{build_id:UInt64}}, {at}, id, id_type, "
-        " arrayFilter(s -> NOT has(old, s), new) AS entered, arrayFilter(s -> NOT has(new, s), old) AS exited FROM ("
-        " SELECT id, id_type, groupArrayArrayIf(segments, fresh) AS new, groupArrayArrayIf(segments, NOT fresh) AS old"
-        f" FROM (SELECT id, id_type, segments, 1 AS fresh FROM crumb.id_segments_next WHERE {scope}"
-        f"       UNION ALL SELECT {UNTYPED}, segments, 0 FROM (SELECT id AS typed_id, segments FROM {ENTERED_ROWS}))"
-        " GROUP BY id, id_type HAVING arraySort(new) != arraySort(old))",
+        f"INSERT INTO crumb.id_deltas SELECT {{build_id:UInt64}}, {at}, id, id_type, entered, exited FROM ("
+        " SELECT id, id_type, arrayFilter(s -> NOT has(old, s), new) AS entered,"
+        "  arrayFilter(s -> NOT has(new, s), old) AS exited FROM ("
+        "  SELECT id, id_type, groupArrayArrayIf(segments, fresh) AS new, groupArrayArrayIf(segments, NOT fresh) AS old"
+        f"  FROM (SELECT id, id_type, segments, 1 AS fresh FROM crumb.id_segments_next WHERE {scope}"
+        f"        UNION ALL SELECT {UNTYPED}, segments, 0 FROM (SELECT id AS typed_id, segments FROM {ENTERED_ROWS}))"
+        "  GROUP BY id, id_type HAVING arraySort(new) != arraySort(old)))"
+        " WHERE notEmpty(entered) OR notEmpty(exited)",  # the same segments, one twice: no change
         parameters=params)
 
 

@@ -63,8 +63,10 @@ def trend(client: Client, segment_id: int, days: int = 30, as_of_ms: int | None 
         "LEFT JOIN (SELECT build_id, profiles, ids FROM crumb.segment_sizes WHERE segment_id = {segment_id:UInt32})"
         " AS s ON s.build_id = b.build_id", parameters=params).result_rows
     changed = client.query(
-        "SELECT toDate(built_at) AS day, countIf(change = 'enter'), countIf(change = 'exit') FROM crumb.segment_deltas "
-        "WHERE segment_id = {segment_id:UInt32} AND toDate(built_at) BETWEEN {first:Date} AND {end:Date} "
+        "SELECT toDate(built_at) AS day, countIf(has(entered, {segment_id:UInt32})), "
+        "countIf(has(exited, {segment_id:UInt32})) FROM crumb.id_deltas "
+        "WHERE toDate(built_at) BETWEEN {first:Date} AND {end:Date} "
+        "AND (has(entered, {segment_id:UInt32}) OR has(exited, {segment_id:UInt32})) "
         "GROUP BY day", parameters=params).result_rows
     by_day = {row[0]: row[1:] for row in built}
     moves = {row[0]: row[1:] for row in changed}

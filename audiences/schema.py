@@ -1,5 +1,5 @@
 """The audiences package's tables. `segment_members`, `segment_deltas`, `segment_history` and
-`builds` are public, like `events` (`segment_members` and `segment_history` are views)."""
+`builds` are public, like `events` (all but `builds` are views of the tables builds write)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS {{db}}.segment_members_next {{on_cluster}} ({_MEMBER_
 ENGINE = {{MergeTree}} ORDER BY (segment_id, id)
 """
 
-# What each build changed: activation pushes these to destinations.
+# What each build changed: activation pushes these to destinations. (Until audiences_0014, which
+# makes it a view of `id_deltas`: `DELTAS_VIEW`.)
 _DELTAS = """
 CREATE TABLE IF NOT EXISTS {db}.segment_deltas {on_cluster} (
     build_id UInt64,
@@ -243,9 +244,10 @@ SELECT segment_id, id, id_type, entered_at, toDateTime64('2106-01-01 00:00:00.00
 FROM {db}.id_segments ARRAY JOIN segments AS segment_id, arrayResize(entered, length(segments)) AS entered_at
 """
 
-# What each build changed, one row per ID: the segments it entered and exited. A first build's
-# ten million entries are a million rows, written in a fraction of the time. Activation reads
-# it; `segment_deltas` stays the row per (segment, ID) view.
+# What each build changed, a row per ID (per row of `id_segments` where an ID has several: a
+# lookalike's, in a first build) with the segments it entered and exited. A first build's ten
+# million entries are a million rows, written in a fraction of the time. Activation reads it;
+# `segment_deltas` stays the row per (segment, ID) view.
 _ID_DELTAS = """
 CREATE TABLE IF NOT EXISTS {db}.id_deltas {on_cluster} (
     build_id UInt64,
@@ -264,6 +266,8 @@ INSERT INTO {db}.id_deltas
 SELECT build_id, any(built_at), id, id_type,
        groupArrayIf(segment_id, change = 'enter'), groupArrayIf(segment_id, change = 'exit')
 FROM {db}.segment_deltas GROUP BY build_id, id, id_type
+-- The table is ordered by build first: grouped a build at a time, not its whole history at once.
+SETTINGS optimize_aggregation_in_order = 1
 """]
 DELTAS_VIEW = """
 CREATE VIEW IF NOT EXISTS {db}.segment_deltas {on_cluster} AS

@@ -69,6 +69,7 @@ def sync(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict[
     """Push pending deltas to every configured destination."""
     from activation.runner import sync_all
 
+    ctx.runtime.migrate()  # the deltas it reads are what migrations may move (audiences_0013)
     return {"runs": sync_all(ctx.runtime, progress)}
 
 
@@ -155,6 +156,7 @@ def erase(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict
     from crumb.privacy import erase as erase_ids
 
     ctx.flush_events()
+    ctx.runtime.migrate()  # erased from the tables as they are now, not from ones a migration still moves
     ids = [str(i) for i in args.get("ids", [])]
     tables = erase_ids(ctx.runtime.client, ctx.runtime.redis, ids, reason="request")
     progress.note(f"erased {len(ids)} ID(s) from {', '.join(tables)}")

@@ -14,7 +14,7 @@ from clickhouse_connect.driver.client import Client
 from activation.destinations import Batch, PushResult
 from activation.destinations.config import TTDConfig
 from activation.destinations.ttd import TTDDestination
-from activation.runner import STATS, SyncStatsExporter, Target, backoff_s, read_checkpoint, sync_all
+from activation.runner import STATS, SyncStatsExporter, Target, backoff_s, read_checkpoint, stream_deltas, sync_all
 from crumb.progress import SILENT
 from tests.activation.conformance.ttd import TTDServer
 from tests.conftest import LiveServer
@@ -209,3 +209,24 @@ def test_metrics_export_per_destination_counters() -> None:
     families = {f.name: f for f in SyncStatsExporter(STATS).collect()}
     sent = {s.labels["destination"]: s.value for s in families["crumb_sync_sent"].samples if s.name.endswith("_total")}
     assert sent["m-test"] == 3
+
+
+def test_deltas_are_paged_whole_whatever_the_chunk_and_an_ids_rows(warehouse: Client) -> None:
+    """Pages end inside an ID's rows too: an ID that entered two of the destination's segments and
+    exited one, an ID with two rows in one build (a lookalike's own row), a segment not mapped."""
+    build_id = random.randint(10**15, 2 * 10**15)
+    mapped, other = random.sample(range(1_000_000, 2_000_000_000), 3), 7
+    a, b, c = (f"page-{uuid.uuid4().hex[:8]}" for _ in range(3))
+    warehouse.insert("crumb.id_deltas", [
+        [build_id, 0, a, "cookie", [mapped[0], mapped[1], other], [mapped[2]]],
+        [build_id, 0, b, "cookie", [mapped[1]], []],
+        [build_id, 0, b, "cookie", [mapped[2]], [mapped[0]]],
+        [build_id, 0, c, "cookie", [other], []],
+    ], column_names=["build_id", "built_at", "id", "id_type", "entered", "exited"])
+    expected = sorted([(mapped[0], a, "enter"), (mapped[1], a, "enter"), (mapped[2], a, "exit"),
+                       (mapped[1], b, "enter"), (mapped[2], b, "enter"), (mapped[0], b, "exit")],
+                      key=lambda row: (row[1], row[0], row[2] == "exit"))
+    for chunk_rows in (1, 2, 4, 100):
+        pages = list(stream_deltas(warehouse, "pages", build_id, sorted(mapped), None, 30, chunk_rows=chunk_rows))
+        assert [(s, i, change) for page in pages for s, i, change, _, _ in page] == expected
+        assert all(len(page) <= chunk_rows for page in pages)
