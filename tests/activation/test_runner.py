@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from contextlib import closing
 from typing import Any
 
 import httpx
@@ -14,7 +15,17 @@ from clickhouse_connect.driver.client import Client
 from activation.destinations import Batch, PushResult
 from activation.destinations.config import TTDConfig
 from activation.destinations.ttd import TTDDestination
-from activation.runner import STATS, SyncStatsExporter, Target, backoff_s, read_checkpoint, stream_deltas, sync_all
+from activation.runner import (
+    STATS,
+    WITHHELD_PREFIX,
+    SyncStatsExporter,
+    Target,
+    backoff_s,
+    drop_stale_withheld,
+    read_checkpoint,
+    stream_deltas,
+    sync_all,
+)
 from crumb.progress import SILENT
 from tests.activation.conformance.ttd import TTDServer
 from tests.conftest import LiveServer
@@ -230,3 +241,19 @@ def test_deltas_are_paged_whole_whatever_the_chunk_and_an_ids_rows(warehouse: Cl
         pages = list(stream_deltas(warehouse, "pages", build_id, sorted(mapped), None, 30, chunk_rows=chunk_rows))
         assert [(s, i, change) for page in pages for s, i, change, _, _ in page] == expected
         assert all(len(page) <= chunk_rows for page in pages)
+        assert withheld_tables(warehouse) == []  # the stream's set of withheld IDs is dropped at its end
+    # Stopped early, closed: dropped too; one a stopped sync left behind goes at the next sync.
+    with closing(stream_deltas(warehouse, "pages", build_id, sorted(mapped), None, 30, chunk_rows=1)) as deltas:
+        next(deltas)
+        assert len(withheld_tables(warehouse)) == 1
+        left = withheld_tables(warehouse)[0]
+        warehouse.command(f"CREATE TABLE crumb.`{left}_left` (id String) ENGINE = Set SETTINGS persistent = 0")
+    assert withheld_tables(warehouse) == [f"{left}_left"]
+    drop_stale_withheld(warehouse, older_than_s=0)
+    assert withheld_tables(warehouse) == []
+
+
+def withheld_tables(client: Client) -> list[str]:
+    return [r[0] for r in client.query(
+        "SELECT name FROM system.tables WHERE database = 'crumb' AND startsWith(name, {p:String})",
+        parameters={"p": WITHHELD_PREFIX}).result_rows]
