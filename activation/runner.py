@@ -15,10 +15,15 @@ For each configured destination:
 Erasure: before its builds, each run sends the removals erasures queued for the destination
 (activation/removals.py) through the same batching, retries and dead letters; and deltas built
 before an ID's erasure are never sent, so a destination whose checkpoint lags cannot re-add it.
+
+The IDs withheld from additions are read once per build's stream, into a table of its own
+(`crumb._sync_withheld_*`), dropped when the stream ends; one a stopped process left behind is
+dropped by a sync a day later.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -53,6 +58,7 @@ from crumb.progress import Progress
 from crumb.runtime import Runtime
 
 DEFAULT_TTL_MINUTES = 30 * 24 * 60
+log = logging.getLogger(__name__)
 CHUNK_ROWS = 20_000
 BASE_DELAY_S = 0.5
 MAX_DELAY_S = 60.0
@@ -330,7 +336,8 @@ def pending_builds(client: Client, after: int) -> list[int]:
 
 # A chunk: the next `limit` rows of the destination's segments that IDs entered or exited, keyset-
 # paged on (id, segment_id, change_order). The table is ordered by (build_id, id), so a chunk reads
-# the build's IDs from the last one sent on, and stops at `limit`: the joins see that chunk only.
+# the build's IDs from the last one sent on, and stops at `limit` before the joins (whose right
+# sides, the matches, erasures and what the destination holds of erased IDs, are read whole).
 # Whether a row may be sent is a column (`sendable`), not a filter: the chunk stays `limit` rows,
 # so its last row is where the next one starts.
 _DELTAS = """
@@ -361,9 +368,11 @@ ORDER BY d.id, d.segment_id, d.change_order
 """
 # The IDs with any can_share=0 event in the lookback: gathered once per stream of a build's deltas,
 # not once per chunk (a scan of the lookback's events: 0.76 s of a 0.81 s chunk over the segments
-# benchmark's 10M events, and a first build's deltas are hundreds of chunks).
+# benchmark's 10M events, and a first build's deltas are hundreds of chunks). Kept on disk too:
+# a server that restarts while a stream waits on a destination must not come back with it empty
+# (which would send additions it withholds).
 _WITHHELD = """
-CREATE TABLE {table} ENGINE = Set SETTINGS persistent = 0 AS
+CREATE TABLE {table} ENGINE = Set AS
 SELECT cookie_id AS id FROM crumb.events
 WHERE can_share = 0 AND ts >= now() - INTERVAL {{lookback:UInt32}} DAY AND cookie_id != ''
 UNION ALL
@@ -379,8 +388,9 @@ def stream_deltas(
     lookback_days: int, chunk_rows: int = CHUNK_ROWS,
 ) -> Iterator[list[tuple[int, str, str, str, bool]]]:
     """The destination's deltas of a build: (segment_id, id, change, partner_uid or '' when
-    unmatched, opted_out) in chunks. Close it when stopping early (`contextlib.closing`): it
-    drops the table of withheld IDs it made."""
+    unmatched, opted_out) in chunks. Which IDs are opted out is read once, as the stream starts.
+    Close it when stopping early (`contextlib.closing`): it drops the table of them it made (a
+    process that stops leaves it to `drop_stale_withheld`)."""
     withheld = f"crumb.{WITHHELD_PREFIX}{uuid.uuid4().hex[:12]}"
     sql = _DELTAS.format(uid="m.partner_uid" if partner else "d.id", join=_MATCH_JOIN if partner else "",
                          withheld=withheld)
@@ -402,16 +412,31 @@ def stream_deltas(
             if len(rows) < chunk_rows:
                 return
     finally:
-        client.command(f"DROP TABLE IF EXISTS {withheld}")
+        _drop_quietly(client, withheld)
 
 
 def drop_stale_withheld(client: Client, older_than_s: int = 86_400) -> None:
-    """The tables of withheld IDs a sync that stopped left behind (older than a day: not a running one's)."""
-    for (name,) in client.query(
+    """The tables of withheld IDs syncs that stopped left behind: older than a day, so not a
+    running stream's (one would have to wait on its destination for a day)."""
+    try:
+        names = [name for (name,) in client.query(
             "SELECT name FROM system.tables WHERE database = 'crumb' AND startsWith(name, {prefix:String}) "
             "AND metadata_modification_time <= now() - {age:UInt32}",
-            parameters={"prefix": WITHHELD_PREFIX, "age": older_than_s}).result_rows:
-        client.command(f"DROP TABLE IF EXISTS crumb.`{name}`")
+            parameters={"prefix": WITHHELD_PREFIX, "age": older_than_s}).result_rows]
+    except Exception:  # noqa: BLE001 — a cleanup: the next sync tries again
+        log.warning("could not list stale tables of withheld IDs", exc_info=True)
+        return
+    for name in names:
+        _drop_quietly(client, f"crumb.`{name}`")
+
+
+def _drop_quietly(client: Client, table: str) -> None:
+    """Dropped now (SYNC: an Atomic database keeps a dropped table's memory for minutes otherwise).
+    A failure here fails nothing: a stream whose deltas all went out still moves its checkpoint."""
+    try:
+        client.command(f"DROP TABLE IF EXISTS {table} SYNC")
+    except Exception:  # noqa: BLE001 — `drop_stale_withheld` drops it a day later
+        log.warning("could not drop %s", table, exc_info=True)
 
 
 def _change(value: str) -> Change:
@@ -435,8 +460,8 @@ def sync_all(
         client = httpx.Client(timeout=max((c.timeout_s for c in configs), default=30.0))
         targets = [Target(c, build_destination(c, client)) for c in configs]
     ttl = _segment_ttls(runtime)
-    drop_stale_withheld(runtime.client)
     try:
+        drop_stale_withheld(runtime.client)
         results = []
         for target in targets:
             progress.note(f"sync {target.config.name}")
