@@ -11,7 +11,7 @@ from audiences.builder import BuildResult, build
 from audiences.definitions import SegmentSet, load_segments
 from audiences.errors import AudiencesError
 from collector.categories import ContentTaxonomy
-from crumb.privacy import BUILD_LOCK_KEY
+from crumb.privacy import build_lock
 from crumb.progress import SILENT, Progress
 from crumb.settings import Settings
 
@@ -43,10 +43,6 @@ def build_once(
     """One build, unless another is running anywhere (the lock lives in Redis, shared by replicas)."""
     segments = load_definitions(directory or settings.segments_dir, settings)
     # Erasures take the lock too: a build waits for one to end.
-    lock = redis_client.lock(BUILD_LOCK_KEY, timeout=6 * 3600, blocking=True, blocking_timeout=BUILD_LOCK_WAIT_S)
-    if not lock.acquire():
-        raise BuildBusy("another build (or an erasure) is running; one build at a time")
-    try:
+    busy = BuildBusy("another build (or an erasure) is running; one build at a time")
+    with build_lock(redis_client, BUILD_LOCK_WAIT_S, hold_s=6 * 3600, busy=busy):
         return build(client, segments, content_taxonomy(settings), progress, as_of_ms=as_of_ms, follow=follow)
-    finally:
-        lock.release()

@@ -11,7 +11,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
@@ -29,6 +30,19 @@ ERASE_LOCK_KEY = "crumb:{privacy}:erase-lock"  # one worker at a time, across re
 # build's swap.
 BUILD_LOCK_KEY = "crumb:{audiences}:build-lock"
 BUILD_WAIT_S = 600.0  # how long a requested erasure waits for a running build to end
+
+
+@contextmanager
+def build_lock(redis_client: redis.Redis, wait_s: float, hold_s: float, busy: CrumbError) -> Iterator[None]:
+    """Held while nothing else that takes it runs, anywhere: a segment build, an erasure, pending
+    migrations. Waits up to `wait_s` for it, then raises `busy`; it expires after `hold_s`."""
+    lock = redis_client.lock(BUILD_LOCK_KEY, timeout=hold_s, blocking=wait_s > 0, blocking_timeout=wait_s or None)
+    if not lock.acquire():
+        raise busy
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class ErasureDeferred(CrumbError):
@@ -123,15 +137,11 @@ def erase(client: Client, redis_client: redis.Redis, ids: Sequence[str], reason:
     if not ids:
         return []
     requested_ms = int(time.time() * 1000)
-    no_build = redis_client.lock(BUILD_LOCK_KEY, timeout=600, blocking=wait_s > 0, blocking_timeout=wait_s or None)
-    if not no_build.acquire():
-        raise ErasureDeferred(f"a segment build is still running after {wait_s:.0f}s; erase again later")
-    try:
+    deferred = ErasureDeferred(f"a segment build is still running after {wait_s:.0f}s; erase again later")
+    with build_lock(redis_client, wait_s, hold_s=600, busy=deferred):
         before(ids)
         for eraser in ERASERS:
             eraser.erase(client, redis_client, ids)
-    finally:
-        no_build.release()
     names = [eraser.name for eraser in ERASERS]
     completed_ms = int(time.time() * 1000)
     client.insert(

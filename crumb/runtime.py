@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import redis
@@ -12,28 +11,22 @@ from clickhouse_connect.driver.client import Client
 
 from crumb import migrations, warehouse
 from crumb.errors import CrumbError
-from crumb.privacy import BUILD_LOCK_KEY
+from crumb.privacy import BUILD_LOCK_KEY, build_lock
 from crumb.redis_server import EmbeddedRedis, connect_redis, existing_embedded
 from crumb.settings import Settings
 
 MIGRATION_WAIT_S = 900  # for a build to end: a first build of a large warehouse takes minutes
 
 
-@contextmanager
 def no_build(redis_client: redis.Redis, wait_s: float = MIGRATION_WAIT_S,
-             progress: migrations.Progress | None = None) -> Iterator[None]:
-    """While no segment build (nor erasure) runs, anywhere: pending migrations hold the build lock,
-    as they may move data a build writes (audiences_0011). Raises MigrationDeferred after `wait_s`."""
-    lock = redis_client.lock(BUILD_LOCK_KEY, timeout=3600, blocking=True, blocking_timeout=wait_s)
-    if lock.locked() and progress:
+             progress: migrations.Progress | None = None) -> AbstractContextManager[None]:
+    """Pending migrations hold the build lock: they may move data a build writes (audiences_0011).
+    Raises MigrationDeferred after `wait_s`."""
+    if progress and redis_client.exists(BUILD_LOCK_KEY):
         progress.note("migrations wait for the running segment build to end")
-    if not lock.acquire():
-        raise MigrationDeferred(f"a segment build held the build lock for {wait_s:.0f}s; migrations did not run: "
-                                "start again once it has ended")
-    try:
-        yield
-    finally:
-        lock.release()
+    deferred = MigrationDeferred(
+        f"a segment build held the build lock for {wait_s:.0f}s; migrations did not run: start again once it has ended")
+    return build_lock(redis_client, wait_s, hold_s=3600, busy=deferred)
 
 
 class MigrationDeferred(CrumbError):
