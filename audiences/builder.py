@@ -90,7 +90,6 @@ from collector.categories import ContentTaxonomy
 from crumb.progress import SILENT, Progress
 from crumb.warehouse import release_memory
 
-OPEN_INTERVAL = "2106-01-01 00:00:00.000"
 # The scratch tables of a build (or a preview), by their field in `Tables`.
 # A Join table is written to disk too unless told not to: twice the time for a scratch table.
 JOIN_BY_ID = "ENGINE = Join(ANY, LEFT, id) SETTINGS persistent = 0"
@@ -474,7 +473,10 @@ def _write_deltas(client: Client, build_id: int, as_of_ms: int) -> None:
     scope = "build_id = {build_id:UInt64}"
     if not client.query(f"SELECT count() FROM {ENTERED_ROWS}").result_rows[0][0]:
         # None of these IDs had a row at the last build (the first build, or IDs all new): each
-        # enters every segment of its rows, which are written as they are, not grouped against nothing.
+        # enters every segment of its rows, which are written as they are, not grouped against
+        # nothing (the benchmark's first build: 0.5 s against 1.5 s). Not split per ID, new ones
+        # written so and the others grouped: a nightly full build, where nearly all are known,
+        # took 0.76-1.19 s against 0.59-0.61 s for the lookup that splits them.
         client.command(
             f"INSERT INTO crumb.id_deltas SELECT {{build_id:UInt64}}, {at}, id, id_type, segments, [] "
             f"FROM crumb.id_segments_next WHERE {scope}", parameters=params)
@@ -504,8 +506,11 @@ def _write_changes(client: Client, params: dict[str, Any], at: str, scope: str) 
         "  SELECT id, id_type, groupArrayArrayIf(segments, fresh) AS new, groupArrayArrayIf(segments, NOT fresh) AS old"
         f"  FROM (SELECT id, id_type, segments, 1 AS fresh FROM crumb.id_segments_next WHERE {scope}"
         f"        UNION ALL SELECT {UNTYPED}, segments, 0 FROM (SELECT id AS typed_id, segments FROM {ENTERED_ROWS}))"
+        # HAVING drops the IDs whose segments did not change before their arrays are filtered (a
+        # nightly full build: 0.59-0.61 s with it, 0.66-0.85 s without); the WHERE, one with the same
+        # segments, one of them twice.
         "  GROUP BY id, id_type HAVING arraySort(new) != arraySort(old)))"
-        " WHERE notEmpty(entered) OR notEmpty(exited)",  # the same segments, one twice: no change
+        " WHERE notEmpty(entered) OR notEmpty(exited)",
         parameters=params)
 
 

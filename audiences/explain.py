@@ -16,7 +16,6 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from audiences.builder import OPEN_INTERVAL
 from audiences.compiler import (
     ELIGIBLE,
     EVENTS,
@@ -30,6 +29,7 @@ from audiences.compiler import (
 )
 from audiences.definitions import All, Any_, Condition, Not, Op, Predicate, SegmentRef, SegmentSet, Status
 from audiences.errors import UnknownSegment
+from audiences.schema import OPEN_INTERVAL
 from collector.categories import ContentTaxonomy
 
 ID_TYPES = {"c": "cookie", "f": "fp"}

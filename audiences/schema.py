@@ -193,23 +193,38 @@ CREATE TABLE IF NOT EXISTS {db}.segment_history_closed {on_cluster} (
     build_id UInt64                     -- the build that closed it
 ) ENGINE = {MergeTree} ORDER BY (segment_id, id, entered_at)
 """
+OPEN_INTERVAL = "2106-01-01 00:00:00.000"  # an open interval's exited_at
+OPEN_AT = f"'{OPEN_INTERVAL}'"  # as an SQL literal
+
+
+def _latest_intervals(where: str = "") -> str:
+    """Each interval of the table the history was (before audiences_0012), as its latest version
+    left it: an exit wrote it again, closed (`exit`), as the version of the build that did."""
+    return ("SELECT segment_id, id, id_type, entered_at, argMax(exited_at, version) AS exit, max(version) AS closed_by "
+            f"FROM {{db}}.segment_history {where} GROUP BY segment_id, id, id_type, entered_at")
+
+
+def _legacy(row: str = "") -> str:
+    """Whether an `id_segments` row (`row`: its table's alias and a dot) has no entry times: one
+    written before they were kept (audiences_0009)."""
+    return f"length({row}entered) != length({row}segments)"
+
+
 # The closed intervals of the table the history was, not there already (a migration cut short
-# runs again): the latest version of each interval (its version was the build that wrote it).
-_CLOSED_FROM_TABLE = """
-INSERT INTO {db}.segment_history_closed
-SELECT segment_id, id, id_type, entered_at, exit, closed_by FROM (
-    SELECT segment_id, id, id_type, entered_at, argMax(exited_at, version) AS exit, max(version) AS closed_by
-    FROM {db}.segment_history GROUP BY segment_id, id, id_type, entered_at)
-WHERE exit != '2106-01-01 00:00:00.000'
+# runs again).
+_CLOSED_FROM_TABLE = f"""
+INSERT INTO {{db}}.segment_history_closed
+SELECT segment_id, id, id_type, entered_at, exit, closed_by FROM ({_latest_intervals()})
+WHERE exit != {OPEN_AT}
   AND (segment_id, id, id_type, entered_at) NOT IN (
-      SELECT segment_id, id, id_type, entered_at FROM {db}.segment_history_closed)
+      SELECT segment_id, id, id_type, entered_at FROM {{db}}.segment_history_closed)
 """
-# Rows written before entry times were kept (audiences_0009) take them from their open intervals
-# (or, with none, their build's as_of, or now): the view reads the open intervals from the rows.
-# In place, as data: a copy of each with its times (unless one is there already: a migration cut
-# short runs again), then the row without them goes. No table is renamed: a build swaps its tables
-# on the node it talks to only.
-LEGACY_ROW = "length(entered) != length(segments)"
+# Rows written before entry times were kept take them from their open intervals (or, with none,
+# their build's as_of, or now): the view reads the open intervals from the rows. In place, as
+# data: a copy of each with its times (unless one is there already: a migration cut short runs
+# again), then the row without them goes. No table is renamed: a build swaps its tables on the
+# node it talks to only.
+_LEGACY_IDS = f"(id, id_type) IN (SELECT id, id_type FROM {{db}}.id_segments WHERE {_legacy()})"
 _ENTERED_FROM_TABLE = [f"""
 INSERT INTO {{db}}.id_segments (id, id_type, profile_id, segments, entered, build_id)
 SELECT r.id, r.id_type, r.profile_id, r.segments,
@@ -219,29 +234,25 @@ SELECT r.id, r.id_type, r.profile_id, r.segments,
 FROM {{db}}.id_segments AS r
 LEFT JOIN (
     SELECT id, id_type, groupArray((segment_id, entered_at)) AS opened FROM (
-        SELECT segment_id, id, id_type, max(entered_at) AS entered_at FROM (
-            SELECT segment_id, id, id_type, entered_at, argMax(exited_at, version) AS exit
-            FROM {{db}}.segment_history
-            WHERE (id, id_type) IN (SELECT id, id_type FROM {{db}}.id_segments WHERE {LEGACY_ROW})
-            GROUP BY segment_id, id, id_type, entered_at)
-        WHERE exit = '2106-01-01 00:00:00.000' GROUP BY segment_id, id, id_type)
+        SELECT segment_id, id, id_type, max(entered_at) AS entered_at FROM ({_latest_intervals(f"WHERE {_LEGACY_IDS}")})
+        WHERE exit = {OPEN_AT} GROUP BY segment_id, id, id_type)
     GROUP BY id, id_type) AS o ON o.id = r.id AND o.id_type = r.id_type
 LEFT JOIN (SELECT build_id, argMax(as_of, version) AS as_of FROM {{db}}.builds GROUP BY build_id) AS b
     ON b.build_id = r.build_id
-WHERE {LEGACY_ROW.replace("entered", "r.entered").replace("segments", "r.segments")}
+WHERE {_legacy("r.")}
   AND (r.id, r.id_type, r.segments) NOT IN (
-      SELECT id, id_type, segments FROM {{db}}.id_segments WHERE NOT ({LEGACY_ROW}))
-""", f"DELETE FROM {{db}}.id_segments {{on_cluster}} WHERE {LEGACY_ROW}"]
+      SELECT id, id_type, segments FROM {{db}}.id_segments WHERE NOT ({_legacy()}))
+""", f"DELETE FROM {{db}}.id_segments {{on_cluster}} WHERE {_legacy()}"]
 # `segment_history` (segment_id, id, id_type, entered_at, exited_at) stays what readers query. An
 # interval a build closes shows once the build has succeeded: until its swap, the ID's row still
 # holds it open (and a failed build's leftovers never show).
-_HISTORY_VIEW = """
-CREATE VIEW IF NOT EXISTS {db}.segment_history {on_cluster} AS
-SELECT segment_id, id, id_type, entered_at, exited_at FROM {db}.segment_history_closed
-WHERE build_id IN (SELECT build_id FROM {db}.builds FINAL WHERE status = 'succeeded')
+_HISTORY_VIEW = f"""
+CREATE VIEW IF NOT EXISTS {{db}}.segment_history {{on_cluster}} AS
+SELECT segment_id, id, id_type, entered_at, exited_at FROM {{db}}.segment_history_closed
+WHERE build_id IN (SELECT build_id FROM {{db}}.builds FINAL WHERE status = 'succeeded')
 UNION ALL
-SELECT segment_id, id, id_type, entered_at, toDateTime64('2106-01-01 00:00:00.000', 3, 'UTC') AS exited_at
-FROM {db}.id_segments ARRAY JOIN segments AS segment_id, arrayResize(entered, length(segments)) AS entered_at
+SELECT segment_id, id, id_type, entered_at, toDateTime64({OPEN_AT}, 3, 'UTC') AS exited_at
+FROM {{db}}.id_segments ARRAY JOIN segments AS segment_id, arrayResize(entered, length(segments)) AS entered_at
 """
 
 # What each build changed, a row per ID (per row of `id_segments` where an ID has several: a

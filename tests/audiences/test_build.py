@@ -20,7 +20,7 @@ from audiences.compiler import compile_segments
 from audiences.definitions import SegmentSet, parse_segment
 from audiences.errors import BuildError
 from audiences.incremental import WHOLE_HOURS, hour_digests, plan_key
-from audiences.schema import MIGRATIONS
+from audiences.schema import MIGRATIONS, OPEN_INTERVAL
 from crumb.migrations import Dialect
 from crumb.privacy import BUILD_LOCK_KEY, ErasureDeferred, erase
 from crumb.progress import Progress
@@ -450,7 +450,7 @@ def test_the_history_table_becomes_closed_intervals_and_rows_get_the_open_ones_e
                       parameters={"ids": [a, b, c]}, settings={"mutations_sync": 2})
     warehouse.command("DROP VIEW crumb.segment_history")
     warehouse.command(OLD_HISTORY)
-    open_at = datetime.fromisoformat(builder.OPEN_INTERVAL).replace(tzinfo=UTC)
+    open_at = datetime.fromisoformat(OPEN_INTERVAL).replace(tzinfo=UTC)
     never = int(open_at.timestamp() * 1000)
 
     def ms(t: int) -> datetime:
@@ -535,7 +535,7 @@ def test_a_build_writes_history_for_its_exits_only_and_shows_them_once_it_succee
     insert(warehouse, [{"ts": at - 1000, "cookie_id": a, "path": "/sports/1"},
                        {"ts": at + 2 * DAY - 1000, "cookie_id": b, "path": "/sports/2"}])
     first = build(warehouse, SPORTS, as_of_ms=at)
-    never = int(datetime.fromisoformat(builder.OPEN_INTERVAL).replace(tzinfo=UTC).timestamp() * 1000)
+    never = int(datetime.fromisoformat(OPEN_INTERVAL).replace(tzinfo=UTC).timestamp() * 1000)
     seen_before_swap: list[list[tuple[str, int, int]]] = []
     swap = builder._swap
 
