@@ -181,7 +181,8 @@ def build(
             steps.run("rollup", lambda: roll(client, plan, roll_days, note=progress.note,
                                              settings=MEMBERSHIP_SETTINGS))
             if not totals_written(client, plan, as_of_ms):  # the day's first build, or a day rolled again
-                steps.run("totals", lambda: write_totals(client, plan, as_of_ms, settings=MEMBERSHIP_SETTINGS))
+                steps.run("totals", lambda: write_totals(client, plan, as_of_ms, settings=MEMBERSHIP_SETTINGS,
+                                                             note=progress.note))
         if rollup and following:
             found = changes(plan, following, as_of_ms, hours, optouts, added)
             result.changes = found.summary()

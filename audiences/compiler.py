@@ -580,16 +580,20 @@ def today_statement(plan: Plan, as_of_ms: int, rollup: RollupRead, tables: Table
     return _roll(plan, HOURS, tables, rows, params)
 
 
-def totals_statement(plan: Plan, as_of_ms: int, rollup: RollupRead) -> Statement:
+def totals_statement(plan: Plan, as_of_ms: int, rollup: RollupRead, part: tuple[int, int] | None = None) -> Statement:
     """Per ID, the aggregates of its rolled-up hours of the window, as the membership statement
     takes them per ID (`_aggregates`), with the first-party IDs it was seen with: the SELECT of
     `rollup.totals` (of every ID: opted-out IDs are left out where it is read). It holds for
-    as_of's day: its windows and day bits are that day's."""
+    as_of's day: its windows and day bits are that day's. With `part` (k, n), of the IDs whose
+    hash is k modulo n only (parameters `part`, `parts`)."""
     params: dict[str, Any] = {**window_params(plan, as_of_ms), **rollup.params()}
     layout = _Layout.of(plan)
     hours = ", ".join(["row_id", "toDateTime64(hour, 3, 'UTC') AS t", "links", *layout.hour_names()])
     window = ("hour >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
               "AND hour < fromUnixTimestamp64Milli({raw_from_ms:Int64}, 'UTC')")
+    if part:
+        params["part"], params["parts"] = part
+        window = f"cityHash64(row_id) % {{parts:UInt32}} = {{part:UInt32}} AND {window}"
     per_id, _names = _per_id(plan, layout, as_of_ms, params, f"SELECT {hours} FROM {rollup.table} WHERE {window}",
                              links=True)
     return per_id, params

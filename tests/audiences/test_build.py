@@ -15,6 +15,7 @@ from clickhouse_connect.driver.client import Client
 
 import audiences.builder as builder
 import audiences.incremental as incremental
+import audiences.rollup as rollup
 from audiences.builder import build
 from audiences.compiler import compile_segments
 from audiences.definitions import SegmentSet, parse_segment
@@ -271,6 +272,38 @@ def test_totals_cut_short_are_written_again_by_the_next_build(warehouse: Client)
     # The table was made, but never keyed: the next build does not take it for the day's totals.
     again = build(warehouse, SPORTS, as_of_ms=at)
     assert "totals" in again.timings and (1, a, "cookie") in members(warehouse)
+
+
+class Recording:
+    """The warehouse's client, recording every command it runs."""
+
+    def __init__(self, client: Client) -> None:
+        self._client, self.commands = client, []  # type: tuple[Client, list[str]]
+
+    def command(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        self.commands.append(sql)
+        return self._client.command(sql, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_the_totals_are_written_a_part_of_the_ids_at_a_time(
+        warehouse: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = [cookie() for _ in range(12)]
+    at = T0 + 560 * DAY + 6 * 3_600_000
+    insert(warehouse, [{"ts": at - DAY - hour * 3_600_000, "cookie_id": a, "path": "/sports/1"}
+                       for a in ids for hour in range(2)])  # two rolled-up hours each
+    monkeypatch.setattr(rollup, "ROWS_PER_TOTALS_PART", 1)  # a part per rolled-up row, up to the cap
+    recording = Recording(warehouse)
+    build(recording, SPORTS, as_of_ms=at)  # type: ignore[arg-type]
+    inserts = [sql for sql in recording.commands if sql.startswith("INSERT INTO crumb.segment_rollup_totals")]
+    assert len(inserts) == rollup.MAX_TOTALS_PARTS < len(ids)
+    totals = warehouse.query("SELECT row_id, count() FROM crumb.segment_rollup_totals "
+                             "WHERE row_id IN {ids:Array(String)} GROUP BY row_id",
+                             parameters={"ids": [f"c:{a}" for a in ids]}).result_rows
+    assert sorted(totals) == sorted((f"c:{a}", 1) for a in ids)  # every ID once, in one part
+    assert {(1, a, "cookie") for a in ids} <= members(warehouse)
 
 
 def test_a_rollup_replaced_halfway_is_rolled_up_again(warehouse: Client) -> None:

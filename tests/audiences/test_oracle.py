@@ -29,12 +29,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from unittest import mock
 
 import pytest
 from clickhouse_connect.driver.client import Client
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from audiences import rollup
 from audiences.builder import build
 from audiences.definitions import FIELDS, STRING_OPS, SegmentSet, parse_segment
 from collector.categories import ContentTaxonomy
@@ -111,11 +113,15 @@ class Case:
     late_events: list[dict[str, Any]] = field(default_factory=list)
     late_optout_cookies: Sequence[int] = ()  # opted out between the two builds
     late_optout_fps: Sequence[int] = ()
+    # The rolled-up rows a part of the totals takes (`rollup.ROWS_PER_TOTALS_PART`): 1 splits
+    # them into up to `rollup.MAX_TOTALS_PARTS` parts of the IDs, as a large warehouse would.
+    rows_per_totals_part: int = rollup.ROWS_PER_TOTALS_PART
 
     def __repr__(self) -> str:  # what hypothesis prints for a falsifying example
         return (f"Case(as_of_offset={self.as_of_offset}, later={self.later}, "
                 f"late_events={self.late_events!r}, taxonomy={'TAXONOMY' if self.taxonomy else None}, "
-                f"optout_cookies={list(self.optout_cookies)}, optout_fps={list(self.optout_fps)},\n"
+                f"optout_cookies={list(self.optout_cookies)}, optout_fps={list(self.optout_fps)}, "
+                f"rows_per_totals_part={self.rows_per_totals_part},\n"
                 f"  segments={json.dumps(self.segments)},\n  events=[\n"
                 + "".join(f"    {e!r},\n" for e in self.events) + "  ])")
 
@@ -150,6 +156,11 @@ class Outcome:
 
 def run_case(warehouse: Client, case: Case) -> Outcome:
     """Write the case's events (at an as-of of its own), build, and read members and the oracle."""
+    with mock.patch.object(rollup, "ROWS_PER_TOTALS_PART", case.rows_per_totals_part):
+        return _run_case(warehouse, case)
+
+
+def _run_case(warehouse: Client, case: Case) -> Outcome:
     example = next(_COUNTER)
     slot_start = BASE_AS_OF + (example % EXAMPLE_SLOTS) * EXAMPLE_SPACING
     if example >= EXAMPLE_SLOTS:  # a slot used before in this session: clear it first
@@ -345,6 +356,7 @@ def cases(draw: st.DrawFn) -> Case:
         as_of_offset=draw(st.sampled_from(AS_OF_OFFSETS)),
         later=draw(st.sampled_from(LATER)),
         late_events=draw(st.lists(events(cookies, fps), max_size=3)),
+        rows_per_totals_part=draw(st.sampled_from([rollup.ROWS_PER_TOTALS_PART, 1, 3])),
     )
 
 
