@@ -425,7 +425,10 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupR
         client.command("DROP TABLE crumb._build_parent_rows")
         client.command("RENAME TABLE crumb._build_parent_next TO crumb._build_parent, "
                        "crumb._build_parent_next_rows TO crumb._build_parent_rows")
-    # Every ID points at its component's smallest ID: the parents are the profiles.
+    # Every ID points at its component's smallest ID: the parents are the profiles. The links are
+    # read no more: dropped now, not with the build's other tables (58 MB of the benchmark's
+    # first build, held through its members step otherwise).
+    client.command("DROP TABLE crumb._build_edges")
     client.command(f"DROP TABLE {PROFILE_OF}")
     client.command(f"RENAME TABLE crumb._build_parent TO {PROFILE_OF}, crumb._build_parent_rows TO {PROFILE_ROWS}")
     client.command(f"INSERT INTO {PROFILE_IDS} SELECT profile, groupArray(id) FROM {PROFILE_ROWS} GROUP BY profile")
