@@ -44,13 +44,14 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from audiences.compiler import (
+    AGGREGATION_SETTINGS,
     BUILD,
     ELIGIBLE,
     ENTERED,
     EVENTS,
     FOLLOWING_SETTINGS,
     HOURS,
-    MEMBERSHIP_SETTINGS,
+    MEMBERS_SETTINGS,
     PROFILE_IDS,
     PROFILE_OF,
     UNTYPED,
@@ -179,9 +180,9 @@ def build(
             hours, roll_days = steps.run("values", lambda: _values(client, plan, as_of_ms, rollup, following))
             result.rolled_days = len(roll_days)
             steps.run("rollup", lambda: roll(client, plan, roll_days, note=progress.note,
-                                             settings=MEMBERSHIP_SETTINGS))
+                                             settings=AGGREGATION_SETTINGS))
             if not totals_written(client, plan, as_of_ms):  # the day's first build, or a day rolled again
-                steps.run("totals", lambda: write_totals(client, plan, as_of_ms, settings=MEMBERSHIP_SETTINGS,
+                steps.run("totals", lambda: write_totals(client, plan, as_of_ms, settings=AGGREGATION_SETTINGS,
                                                              note=progress.note))
         if rollup and following:
             found = changes(plan, following, as_of_ms, hours, optouts, added)
@@ -194,15 +195,16 @@ def build(
             steps.run("touched", lambda: _run(client, touched_statements(found, following.as_of_ms, as_of_ms)))
             result.recomputed = steps.run("recompute", lambda: _recompute_set(client))
         only = RECOMPUTED if following else None
-        settings = FOLLOWING_SETTINGS if following else MEMBERSHIP_SETTINGS
+        hours_settings = FOLLOWING_SETTINGS if following else AGGREGATION_SETTINGS
+        members_settings = FOLLOWING_SETTINGS if following else MEMBERS_SETTINGS
         if rollup:
-            steps.run("hours", lambda: _hours(client, plan, as_of_ms, rollup, only, settings))
+            steps.run("hours", lambda: _hours(client, plan, as_of_ms, rollup, only, hours_settings))
         result.link_rounds = steps.run("profiles", lambda: _resolve_profiles(
             client, plan, as_of_ms, rollup, recomputing=following is not None))
         steps.run("entered", lambda: _entry_times(client, only=only, lookalike_ids=lookalike_ids))
         if rollup:
             steps.run("members", lambda: _run(client, [membership_statement(
-                plan, as_of_ms, result.build_id, rollup=rollup, only=only, keep_entered=True)], settings))
+                plan, as_of_ms, result.build_id, rollup=rollup, only=only, keep_entered=True)], members_settings))
         steps.run("copy", lambda: _carry_over(client, result.build_id, following is not None, lookalike_ids))
         if segments.lookalikes():
             # Imported here: scikit-learn and SciPy (and pyarrow, where nothing else loads it) are

@@ -201,12 +201,21 @@ Statement = tuple[str, dict[str, Any]]
 # (0.56 s with no rows to read, against 0.23 s without it); our comparisons are against
 # constants, so it never finds anything.
 PLANNING_SETTINGS = {"optimize_and_compare_chain": 0}
-# The membership statement runs once an hour: ClickHouse's JIT would wait for a third run of the
-# same expressions before compiling them, so it is asked to compile at once (the aggregates of
-# one row then update in one pass, not one pass per function). Without filter push-down it ran
-# faster in each of five paired runs on the 100-segment benchmark (median 10.5 s against 12.2 s).
-MEMBERSHIP_SETTINGS = {**PLANNING_SETTINGS, "min_count_to_compile_expression": 0,
-                       "min_count_to_compile_aggregate_expression": 0, "query_plan_filter_push_down": 0}
+# The statements that aggregate events (rolling them up per ID and hour, a preview's membership
+# statement) or many rolled-up rows (the totals) run once a day or an hour: ClickHouse's JIT would
+# wait for a third run of the same expressions before compiling them, so it is asked to compile at
+# once (the aggregates of one row then update in one pass, not one pass per function). Measured
+# when the membership statement read the window's events: without filter push-down it ran faster
+# in each of five paired runs on the 100-segment benchmark (median 10.5 s against 12.2 s). The
+# totals of that benchmark still take 3.8-4.3 s so, against 4.7 s without compiling.
+AGGREGATION_SETTINGS = {**PLANNING_SETTINGS, "min_count_to_compile_expression": 0,
+                        "min_count_to_compile_aggregate_expression": 0, "query_plan_filter_push_down": 0}
+# The members step's statement, in a full build, compiles no expressions: it aggregates a row per
+# ID (their totals, and as_of's day's hours), and compiling its expressions, anew in each full
+# build (their constants are the day's), cost more than it saved. The 100-segment benchmark's
+# members step took 3.9-4.1 s against 5.7-6.5 s in a nightly full build, and 3.2-4.0 s against
+# 4.4-4.7 s in a first build (separate processes, interleaved).
+MEMBERS_SETTINGS = {**AGGREGATION_SETTINGS, "compile_expressions": 0}
 # A build following the last one (about 1% of the IDs) compiles no expressions: compiling them
 # cost more than it saved there, and compiled them again in each new process (the
 # benchmark's hourly members statement: 0.16-0.30 s without, 0.16-0.61 s with, 10 interleaved runs).

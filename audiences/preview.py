@@ -16,9 +16,9 @@ from clickhouse_connect.driver.client import Client
 
 from audiences.builder import drop_scratch, make_scratch
 from audiences.compiler import (
+    AGGREGATION_SETTINGS,
     BUILD,
     EVENTS,
-    MEMBERSHIP_SETTINGS,
     ROW_ID,
     VALUES_SETTINGS,
     Plan,
@@ -86,7 +86,7 @@ def _evaluate(client: Client, plan: Plan, segment: Segment, as_of_ms: int, bucke
         for sql, parameters in values_statements(plan, as_of_ms, tables):
             client.command(sql, parameters=parameters, settings=VALUES_SETTINGS)
         sql, parameters = membership_statement(plan, as_of_ms, 0, tables)
-        client.command(sql, parameters=parameters, settings=MEMBERSHIP_SETTINGS)
+        client.command(sql, parameters=parameters, settings=AGGREGATION_SETTINGS)
         sampled = client.query(
             f"SELECT uniqExact({ROW_ID}) FROM {tables.events} WHERE {window_filter(tables.optouts)}",
             parameters={"since_ms": window_start(as_of_ms, segment.lookback_days), "as_of_ms": as_of_ms},
