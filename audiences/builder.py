@@ -328,9 +328,8 @@ def _carry_over(client: Client, build_id: int, following: bool, lookalike_ids: l
     # lookalikes' refill below has made `PROFILE_OF` hold more.
     client.command(f"DROP TABLE {PROFILE_ROWS}")
     if lookalike_ids:
-        client.command(f"TRUNCATE TABLE {PROFILE_OF}")
         client.command(f"TRUNCATE TABLE {PROFILE_IDS}")
-        client.command(f"INSERT INTO {PROFILE_OF} SELECT id, profile FROM crumb.segment_profiles_next")
+        _fill_profile_of(client, "crumb.segment_profiles_next")
         client.command(f"INSERT INTO {PROFILE_IDS} SELECT profile, groupArray(id) FROM crumb.segment_profiles_next "
                        "GROUP BY profile")
 
@@ -431,10 +430,20 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupR
     # read no more: dropped now, not with the build's other tables (58 MB of the benchmark's
     # first build, held through its members step otherwise).
     client.command("DROP TABLE crumb._build_edges")
-    client.command(f"DROP TABLE {PROFILE_OF}")
-    client.command(f"RENAME TABLE crumb._build_parent TO {PROFILE_OF}, crumb._build_parent_rows TO {PROFILE_ROWS}")
+    client.command("DROP TABLE crumb._build_parent")
+    client.command(f"RENAME TABLE crumb._build_parent_rows TO {PROFILE_ROWS}")
+    _fill_profile_of(client, PROFILE_ROWS)
     client.command(f"INSERT INTO {PROFILE_IDS} SELECT profile, groupArray(id) FROM {PROFILE_ROWS} GROUP BY profile")
     return rounds
+
+
+def _fill_profile_of(client: Client, rows_table: str) -> None:
+    """`PROFILE_OF` from `rows_table`'s (id, profile) rows, but for the IDs that are their profile:
+    every reader takes an ID missing from it as its own profile, and a component's smallest ID
+    is most of the rows of the usual pairs (the Join table of the benchmark's first build: 189 MB
+    with them, held through its members step)."""
+    client.command(f"TRUNCATE TABLE {PROFILE_OF}")
+    client.command(f"INSERT INTO {PROFILE_OF} SELECT id, profile FROM {rows_table} WHERE id != profile")
 
 
 def _rows_and_join(client: Client, rows_table: str, join_table: str, columns: str, select: str,

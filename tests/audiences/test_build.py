@@ -91,6 +91,33 @@ def test_linked_ids_are_one_profile_and_all_get_the_membership(warehouse: Client
     assert profiles == {"c:" + min(c1, c2)}
 
 
+def test_a_profiles_own_id_is_left_out_of_the_profile_join(warehouse: Client,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readers take an ID the Join lacks as its own profile, so the build keeps only the others."""
+    c1, c2, fp = sorted([cookie(), cookie(), cookie()])
+    at = T0 + 30 * DAY
+    insert(warehouse, [
+        {"ts": at - 1000, "cookie_id": c1, "fp_id": fp, "path": "/sports/a"},
+        {"ts": at - 2000, "cookie_id": c2, "fp_id": fp, "path": "/b"},
+    ])
+    joined: list[set[tuple[str, str]]] = []
+    fill = builder._fill_profile_of
+
+    def fill_and_read(client: Client, rows_table: str) -> None:
+        fill(client, rows_table)
+        joined.append(set(client.query(f"SELECT id, profile FROM {builder.PROFILE_OF}").result_rows))
+
+    monkeypatch.setattr(builder, "_fill_profile_of", fill_and_read)
+    build(warehouse, SPORTS, as_of_ms=at)
+    ours = [{row for row in rows if row[1] == "c:" + c1} for rows in joined]  # others' events share the window
+    assert ours == [{("c:" + c2, "c:" + c1), ("f:" + fp, "c:" + c1)}]
+    assert all(id_ != profile for rows in joined for id_, profile in rows)
+    assert {(1, c1, "cookie"), (1, c2, "cookie"), (1, fp, "fp")} <= members(warehouse)
+    profiles = warehouse.query("SELECT id, profile FROM crumb.segment_profiles WHERE profile = {p:String}",
+                               parameters={"p": "c:" + c1}).result_rows
+    assert sorted(profiles) == [("c:" + c1, "c:" + c1), ("c:" + c2, "c:" + c1), ("f:" + fp, "c:" + c1)]
+
+
 def test_bots_unconsented_and_opted_out_are_excluded(warehouse: Client) -> None:
     human, bot, unconsented, gone = cookie(), cookie(), cookie(), cookie()
     at = T0 + 60 * DAY
