@@ -438,10 +438,10 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupR
 
 
 def _fill_profile_of(client: Client, rows_table: str) -> None:
-    """`PROFILE_OF` from `rows_table`'s (id, profile) rows, but for the IDs that are their profile:
-    every reader takes an ID missing from it as its own profile, and a component's smallest ID
-    is most of the rows of the usual pairs (the Join table of the benchmark's first build: 189 MB
-    with them, held through its members step)."""
+    """`PROFILE_OF` from `rows_table`'s (id, profile) rows, less the IDs that are their own profile:
+    every reader takes an ID the Join lacks as its own profile, and each component's smallest ID
+    is one such row (half the rows of a linked pair, the usual component; the Join of the
+    benchmark's first build held 728k rows, 189 MB, with them, through its members step)."""
     client.command(f"TRUNCATE TABLE {PROFILE_OF}")
     client.command(f"INSERT INTO {PROFILE_OF} SELECT id, profile FROM {rows_table} WHERE id != profile")
 
