@@ -44,6 +44,15 @@ SPORTS = SegmentSet([parse_segment({"id": 1, "name": "sports", "lookback_days": 
                                     "rule": {"where": [{"field": "path", "op": "prefix", "value": "/sports"}]}})])
 
 
+
+def opt_out_after_the_latest(warehouse: Client, cookie_id: str, after_latest_ms: int = 1000) -> None:
+    """Records an opt-out `after_latest_ms` after the latest one in the warehouse, whichever test
+    recorded it: a build takes opt-outs as new only when they were recorded after the last build's
+    latest, so a time of the test's own could fall before another test's and read as a late one."""
+    latest = warehouse.query("SELECT toUnixTimestamp64Milli(max(opted_out_at)) FROM crumb.optouts").result_rows
+    warehouse.insert("crumb.optouts", [[cookie_id, int(latest[0][0] or 0) + after_latest_ms]],
+                     column_names=["id", "opted_out_at"])
+
 def test_deltas_and_history_follow_the_window(warehouse: Client) -> None:
     a, b = cookie(), cookie()
     insert(warehouse, [{"ts": T0 - 1000, "cookie_id": a, "path": "/sports/x"},
@@ -629,10 +638,8 @@ def test_a_following_build_touches_only_the_opt_outs_recorded_since_the_last_bui
                        {"ts": at - DAY - 1000, "cookie_id": mate, "fp_id": new_fp, "path": "/sports/3"},
                        {"ts": at - DAY, "cookie_id": late, "path": "/sports/4"}])
 
-    def opt_out(cookie_id: str, after_latest_ms: int) -> None:  # relative to the latest recorded (other tests')
-        latest = warehouse.query("SELECT toUnixTimestamp64Milli(max(opted_out_at)) FROM crumb.optouts").result_rows
-        warehouse.insert("crumb.optouts", [[cookie_id, int(latest[0][0] or 0) + after_latest_ms]],
-                         column_names=["id", "opted_out_at"])
+    def opt_out(cookie_id: str, after_latest_ms: int) -> None:
+        opt_out_after_the_latest(warehouse, cookie_id, after_latest_ms)
 
     opt_out(old, 1000)
     build(warehouse, SPORTS, as_of_ms=at)
@@ -670,7 +677,7 @@ def test_an_opt_out_recorded_while_a_build_runs_is_the_next_builds_to_take_in(wa
     def opt_out_once_profiles_start(line: str) -> None:  # after the rows were read, before the links
         if line.endswith(": profiles ...") and not warehouse.query(
                 "SELECT count() FROM crumb.optouts WHERE id = {fp:String}", parameters={"fp": fp}).result_rows[0][0]:
-            warehouse.insert("crumb.optouts", [[fp, at + hour // 2]], column_names=["id", "opted_out_at"])
+            opt_out_after_the_latest(warehouse, fp)
 
     during = build(warehouse, SPORTS, as_of_ms=at + hour, progress=Progress(sink=opt_out_once_profiles_start))
     assert during.followed and during.recomputed == 2  # c, touched, and fp, of its profile
