@@ -29,8 +29,8 @@ from clickhouse_connect.driver.client import Client
 from activation.partners import Partner, fill, load_partners, macro_values
 from collector.consent import decode_consent
 from collector.identity import CookieSigner
-from crumb.privacy import on_cluster
 from crumb.runtime import Runtime
+from crumb.warehouse import on_cluster
 
 log = logging.getLogger("crumb.idsync")
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 
 from clickhouse_connect.driver.client import Client
 
-from crumb.privacy import on_cluster
+from crumb.warehouse import on_cluster
 
 CHUNK_ROWS = 20_000
 

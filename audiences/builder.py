@@ -89,7 +89,7 @@ from audiences.incremental import (
 from audiences.rollup import DayDigests, days_to_roll, first_day, read_plan, roll, totals_written, write_totals
 from collector.categories import ContentTaxonomy
 from crumb.progress import SILENT, Progress
-from crumb.warehouse import release_memory
+from crumb.warehouse import on_cluster, release_memory
 
 # The scratch tables of a build (or a preview), by their field in `Tables`.
 # A Join table is written to disk too unless told not to: twice the time for a scratch table.
@@ -562,11 +562,20 @@ def _count(client: Client, result: BuildResult, lookalikes: bool) -> None:
 
 
 def _swap(client: Client) -> None:
-    # The members' exchange comes last: once it is done, nothing of the build can fail. (The
-    # profiles are read only by a following build, which trusts them only after a success.) The
-    # `_next` tables keep the last build's rows until the next build empties them.
-    client.command("EXCHANGE TABLES crumb.segment_profiles AND crumb.segment_profiles_next")
-    client.command("EXCHANGE TABLES crumb.id_segments AND crumb.id_segments_next")
+    for statement in swap_statements(on_cluster(client)):
+        client.command(statement)
+
+
+def swap_statements(on_cluster: str = "") -> list[str]:
+    """The members' exchange comes last: once it is done, nothing of the build can fail. (The
+    profiles are read only by a following build, which trusts them only after a success.) The
+    `_next` tables keep the last build's rows until the next build empties them.
+
+    On a cluster every replica exchanges: a Replicated table keeps the Keeper path it was created
+    with, so had one node exchanged alone, its `id_segments_next` would share a path with the
+    others' `id_segments`, and the next build's TRUNCATE and rows would reach their members."""
+    return [f"EXCHANGE TABLES crumb.segment_profiles AND crumb.segment_profiles_next {on_cluster}".rstrip(),
+            f"EXCHANGE TABLES crumb.id_segments AND crumb.id_segments_next {on_cluster}".rstrip()]
 
 
 def discard_build(client: Client, build_id: int) -> None:

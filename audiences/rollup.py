@@ -16,7 +16,10 @@ no event.
 The rolled rows depend on the plan's predicates: the table carries a fingerprint of the roll
 statement (text and parameters), and a plan with another one starts a new table. A day is rolled
 again when its events changed since (late arrivals, a spool replayed, an erasure): each rolled
-day records the count and an order-free digest of its event IDs, compared before each build.
+day records the count and an order-free digest of its event IDs, compared before each build,
+and the table it went into (its UUID). On a cluster the rollup is the node's own, made by the
+builds that talk to it, while the record is replicated: a build on another node rolls its window
+up there before it reads it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from audiences.compiler import (
     values_statements,
     window_start,
 )
+from crumb.warehouse import on_cluster
 
 ROLLUP = "crumb.segment_rollup"
 ROLLED_DAYS = "crumb.segment_rollup_days"  # migration audiences_0006
@@ -86,11 +90,9 @@ def days_to_roll(client: Client, plan: Plan, as_of_ms: int, now: DayDigests) -> 
     that left the window are dropped."""
     key = fingerprint(plan)
     if _comment(client, ROLLUP) != key:
-        # The record of rolled days goes before the new table comes: a table with the plan's key
-        # and days recorded from the old one would read as rolled up, and be empty.
+        # A new table has a new UUID: the days recorded for the old one do not read as its own.
         client.command(f"DROP TABLE IF EXISTS {TOTALS}")
         client.command(f"DROP TABLE IF EXISTS {ROLLUP}")
-        client.command(f"TRUNCATE TABLE {ROLLED_DAYS}")
         columns = _definitions(rollup_columns(plan))
         client.command(f"CREATE TABLE {ROLLUP} ({columns}) ENGINE = MergeTree "
                        f"PARTITION BY toYYYYMMDD(hour) ORDER BY tuple() COMMENT '{key}'")
@@ -98,10 +100,12 @@ def days_to_roll(client: Client, plan: Plan, as_of_ms: int, now: DayDigests) -> 
     last = _day(as_of_ms) - dt.timedelta(days=1)
     if last < first:
         return {}
-    bounds = {"first": first, "last": last}
+    bounds = {"first": first, "last": last, "rollup": rollup_uuid(client)}
     rolled = {day: (events, digest) for day, events, digest in client.query(
         f"SELECT day, argMax(events, rolled_at), argMax(digest, rolled_at) FROM {ROLLED_DAYS} "
-        "WHERE day >= {first:Date} AND day <= {last:Date} GROUP BY day", parameters=bounds).result_rows}
+        "WHERE rollup = {rollup:UUID} AND day >= {first:Date} AND day <= {last:Date} GROUP BY day",
+        parameters=bounds).result_rows}
+    _forget_days_before(client, first)
     for (partition,) in client.query(
             "SELECT DISTINCT partition_id FROM system.parts WHERE database = 'crumb' AND table = 'segment_rollup' "
             "AND active AND partition_id < {first:String}", parameters={"first": first.strftime("%Y%m%d")}).result_rows:
@@ -134,9 +138,26 @@ def roll(client: Client, plan: Plan, digests: DayDigests, tables: Tables = BUILD
         summary = client.command(sql, parameters={**params, "roll_days": chunk}, settings=settings)
         written += int(getattr(summary, "written_rows", 0) or 0)
         note(f"rolled up {chunk[0]} .. {chunk[-1]}")
-    client.insert(ROLLED_DAYS, [[day, *digests[day]] for day in days],
-                  column_names=["day", "events", "digest"])
+    rollup = rollup_uuid(client)
+    client.insert(ROLLED_DAYS, [[day, rollup, *digests[day]] for day in days],
+                  column_names=["day", "rollup", "events", "digest"])
     return written
+
+
+def rollup_uuid(client: Client) -> str:
+    """The UUID of this node's rollup table: which table a record of rolled days is about."""
+    return str(client.query("SELECT uuid FROM system.tables WHERE database = 'crumb' AND name = 'segment_rollup'")
+               .result_rows[0][0])
+
+
+def _forget_days_before(client: Client, first: dt.date) -> None:
+    """Drop the record of days that left the window, of every table (this node's, a replaced
+    one's, another node's), so that it stays a few rows a day. A record dropped too soon costs
+    only a day rolled up again."""
+    params = {"first": first}
+    older = f"SELECT count() FROM {ROLLED_DAYS} WHERE day < {{first:Date}}"
+    if client.query(older, parameters=params).result_rows[0][0]:
+        client.command(f"DELETE FROM {ROLLED_DAYS} {on_cluster(client)} WHERE day < {{first:Date}}", parameters=params)
 
 
 def write_totals(client: Client, plan: Plan, as_of_ms: int, settings: dict[str, Any] | None = None,

@@ -288,6 +288,14 @@ FROM {db}.id_deltas
 ARRAY JOIN arrayConcat(arrayMap(s -> (s, 1), entered), arrayMap(s -> (s, 2), exited)) AS moved
 """
 
+# Which rollup table a day was rolled into (its UUID): the rollup is the node's own (a build
+# makes it on the node it talks to) while this record is replicated, so on a cluster a record of
+# another node's table, or of a table since replaced, must not read as rolled here. Rows recorded
+# before had none (a nil UUID): their days are rolled up once more.
+_ROLLED_INTO = """
+ALTER TABLE {db}.segment_rollup_days {on_cluster} ADD COLUMN IF NOT EXISTS rollup UUID AFTER day
+"""
+
 MIGRATIONS = [
     Migration("audiences_0001_members", [_MEMBERS, _MEMBERS_NEXT]),
     Migration("audiences_0002_deltas_history", [_DELTAS, _HISTORY]),
@@ -316,4 +324,5 @@ MIGRATIONS = [
     Migration("audiences_0014_deltas_view", [
         "DROP TABLE IF EXISTS {db}.segment_deltas {on_cluster} SYNC", DELTAS_VIEW,
     ]),
+    Migration("audiences_0015_rolled_into", [_ROLLED_INTO]),
 ]

@@ -19,6 +19,7 @@ import redis
 from clickhouse_connect.driver.client import Client
 
 from crumb.errors import CrumbError
+from crumb.warehouse import on_cluster
 
 log = logging.getLogger("crumb.privacy")
 
@@ -63,11 +64,6 @@ def _erase_events(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
         "WHERE cookie_id IN {ids:Array(String)} OR fp_id IN {ids:Array(String)}",
         parameters={"ids": ids},
     )
-
-
-def on_cluster(client: Client) -> str:
-    cluster = getattr(client, "crumb_cluster", "")  # set by crumb.warehouse.connect
-    return f"ON CLUSTER `{cluster}`" if cluster else ""
 
 
 def _queue_removals(client: Client, _redis: redis.Redis, ids: list[str]) -> None:

@@ -35,6 +35,12 @@ def connect(settings: Settings) -> Client:
         return client
 
 
+def on_cluster(client: Client) -> str:
+    """`ON CLUSTER` for DDL and mutations that every node must run (empty off a cluster)."""
+    cluster = getattr(client, "crumb_cluster", "")  # set by `connect`
+    return f"ON CLUSTER `{cluster}`" if cluster else ""
+
+
 def release_memory(client: Client) -> None:
     """Hand the memory ClickHouse has freed back to the system. Embedded, the engine's allocator
     keeps what a statement freed for the next one, in our process: after a first build of the

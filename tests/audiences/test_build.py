@@ -348,14 +348,44 @@ def test_a_rollup_replaced_halfway_is_rolled_up_again(warehouse: Client) -> None
     insert(warehouse, [{"ts": at - DAY - 1000, "cookie_id": a, "path": "/sports/1"}])
     assert build(warehouse, SPORTS, as_of_ms=at).rolled_days == 1
     warehouse.command("ALTER TABLE crumb.segment_rollup MODIFY COMMENT 'an older layout'")
-    # The build replacing the table stops between its steps: the record of rolled days must not
-    # outlive the table it described, or the next build reads an empty rollup as rolled up.
-    failing = FailingOn(warehouse, "TRUNCATE TABLE crumb.segment_rollup_days")
+    # The build replacing the table stops once the new one is made, before it rolls a day into
+    # it: the record of the old table's days must not read as the new one's, or the next build
+    # reads an empty rollup as rolled up.
+    failing = FailingOn(warehouse, "INSERT INTO crumb.segment_rollup ")
     with pytest.raises(BuildError):
         build(failing, SPORTS, as_of_ms=at)  # type: ignore[arg-type]
     assert failing.failed
     again = build(warehouse, SPORTS, as_of_ms=at)
     assert again.rolled_days == 1 and (1, a, "cookie") in members(warehouse)
+
+
+def test_days_rolled_into_another_nodes_rollup_are_rolled_up_here(warehouse: Client) -> None:
+    # On a cluster each node keeps its own rollup, and the record of rolled days is replicated. A
+    # node whose own table has the plan's key but not the days another node recorded (it was made
+    # there, by an earlier build) must roll them up, not read its empty table as rolled up.
+    a = cookie()
+    at = T0 + 160 * DAY
+    insert(warehouse, [{"ts": at - DAY - 1000, "cookie_id": a, "path": "/sports/1"}])
+    assert build(warehouse, SPORTS, as_of_ms=at).rolled_days == 1
+    key = warehouse.query("SELECT comment FROM system.tables WHERE database = 'crumb' "
+                          "AND name = 'segment_rollup'").result_rows[0][0]
+    # This node's table instead: the same plan's, empty, and none of its totals.
+    warehouse.command("CREATE TABLE crumb._other_rollup AS crumb.segment_rollup")
+    warehouse.command("EXCHANGE TABLES crumb.segment_rollup AND crumb._other_rollup")
+    warehouse.command("DROP TABLE crumb._other_rollup")
+    warehouse.command(f"ALTER TABLE crumb.segment_rollup MODIFY COMMENT '{key}'")
+    warehouse.command("DROP TABLE crumb.segment_rollup_totals")
+    again = build(warehouse, SPORTS, as_of_ms=at, follow=False)
+    assert again.rolled_days == 1 and (1, a, "cookie") in members(warehouse)
+
+
+def test_every_replica_exchanges_the_members_on_a_cluster() -> None:
+    assert builder.swap_statements() == [
+        "EXCHANGE TABLES crumb.segment_profiles AND crumb.segment_profiles_next",
+        "EXCHANGE TABLES crumb.id_segments AND crumb.id_segments_next"]
+    on_cluster = builder.swap_statements("ON CLUSTER `crumb`")
+    assert [s.endswith(" ON CLUSTER `crumb`") for s in on_cluster] == [True, True]
+    assert on_cluster[-1].startswith("EXCHANGE TABLES crumb.id_segments ")  # the members last
 
 
 def build_tables(client: Client) -> list[str]:
