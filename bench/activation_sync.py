@@ -6,7 +6,7 @@ loopback) with 1000 items a request and 4 concurrent callers. The baseline is th
 alone pushing the same items straight from memory, so the ratio runner/adapter is the cost of the
 warehouse side (streaming deltas, the match join, the ledger inserts), measured in one run.
 
-    python bench/activation_sync.py [--deltas 200000] [--items-per-request 1000]
+    python bench/activation_sync.py [--deltas 200000] [--other-matches 1000000] [--items-per-request 1000]
 
 Numbers go to the terminal and to bench/results/activation_sync.json.
 """
@@ -38,7 +38,10 @@ from tests.activation.conformance.ttd import TTDServer  # noqa: E402
 SEGMENTS = {7001: "bench_a", 7002: "bench_b", 7003: "bench_c", 7004: "bench_d"}
 
 
-def load(runtime: Runtime, deltas: int) -> int:
+def load(runtime: Runtime, deltas: int, other_matches: int) -> int:
+    """The deltas of one build, their IDs matched; and `other_matches` more IDs matched to the
+    partner that this build did not change (a partner's matches are most of the IDs ever seen,
+    a build's deltas only those that moved)."""
     client = runtime.client
     ids = [f"{uuid.uuid4()}" for _ in range(deltas // len(SEGMENTS))]
     now = int(time.time() * 1000)
@@ -47,6 +50,10 @@ def load(runtime: Runtime, deltas: int) -> int:
                   column_names=["build_id", "built_at", "id", "id_type", "entered", "exited"])
     client.insert("crumb.id_matches", [["ttd", i, str(uuid.uuid4()), now, 1] for i in ids],
                   column_names=["partner", "id", "partner_uid", "matched_at", "version"])
+    for start in range(0, other_matches, 500_000):
+        count = min(500_000, other_matches - start)
+        client.insert("crumb.id_matches", [["ttd", str(uuid.uuid4()), str(uuid.uuid4()), now, 1] for _ in range(count)],
+                      column_names=["partner", "id", "partner_uid", "matched_at", "version"])
     client.insert("crumb.builds", [[build_id, now, now, now, "succeeded", 1]],
                   column_names=["build_id", "started_at", "finished_at", "as_of", "status", "version"])
     return len(ids) * len(SEGMENTS)
@@ -56,6 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--deltas", type=int, default=200_000)
     parser.add_argument("--items-per-request", type=int, default=1000)
+    parser.add_argument("--other-matches", type=int, default=1_000_000,
+                        help="IDs matched to the partner that the build did not change")
     args = parser.parse_args()
 
     server = TTDServer(max_items=args.items_per_request)
@@ -63,7 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data_dir, httpx.Client(timeout=30) as http:
         runtime = Runtime(Settings(data_dir=Path(data_dir)))
         runtime.migrate()
-        total = load(runtime, args.deltas)
+        total = load(runtime, args.deltas, args.other_matches)
         config = TTDConfig(name="bench-ttd", type="ttd", advertiser_id="adv1", token_env="TTD_AUTH_TOKEN",
                            partner="ttd", segments=SEGMENTS, rate_limit_per_s=100_000, max_concurrency=4,
                            items_per_request=args.items_per_request)
@@ -85,7 +94,8 @@ def main() -> None:
     server.server.stop()
 
     result = {
-        "deltas": total, "runner_s": round(runner_s, 2), "runner_deltas_per_s": round(total / runner_s),
+        "deltas": total, "other_matches": args.other_matches, "runner_s": round(runner_s, 2),
+        "runner_deltas_per_s": round(total / runner_s),
         "adapter_only_deltas_per_s": round(total / adapter_s),
         "ratio_runner_to_adapter": round(adapter_s / runner_s, 2),
         "requests": row["requests"], "platform_accepted": accepted,

@@ -253,6 +253,29 @@ def test_deltas_are_paged_whole_whatever_the_chunk_and_an_ids_rows(warehouse: Cl
     assert withheld_tables(warehouse) == []
 
 
+def test_every_page_joins_the_matches_and_erasures_of_its_own_ids(warehouse: Client) -> None:
+    """A page reads the matches and erasures of its range of IDs only: whatever the chunk, each
+    row has its ID's partner ID ('' unmatched), matches of IDs next to it do not leak in, and an
+    ID erased after the build sends nothing."""
+    build_id = random.randint(10**15, 2 * 10**15)
+    segments = sorted(random.sample(range(1_000_000, 2_000_000_000), 2))
+    ids = sorted(f"join-{uuid.uuid4().hex[:12]}" for _ in range(6))
+    unmatched, erased = ids[2], ids[4]
+    warehouse.insert("crumb.id_deltas", [[build_id, 0, i, "cookie", segments, []] for i in ids],
+                     column_names=["build_id", "built_at", "id", "id_type", "entered", "exited"])
+    neighbours = [f"{i}~" for i in ids]  # each sorts right after an ID of the build, in its page's range
+    now = int(time.time() * 1000)  # a match of 1970 is past the table's TTL
+    warehouse.insert("crumb.id_matches", [["join-partner", i, f"uid-{i}", now, 1] for i in ids + neighbours
+                                          if i != unmatched],
+                     column_names=["partner", "id", "partner_uid", "matched_at", "version"])
+    warehouse.insert("crumb.erasures", [[uuid.uuid4(), erased, "test", 1000, 1000, []]],
+                     column_names=["erasure_id", "id", "reason", "requested_at", "completed_at", "tables"])
+    expected = [(s, i, "enter", "" if i == unmatched else f"uid-{i}") for i in ids if i != erased for s in segments]
+    for chunk_rows in (1, 3, 100):
+        pages = list(stream_deltas(warehouse, "joins", build_id, segments, "join-partner", 30, chunk_rows=chunk_rows))
+        assert [(s, i, change, uid) for page in pages for s, i, change, uid, _ in page] == expected
+
+
 def withheld_tables(client: Client) -> list[str]:
     return [r[0] for r in client.query(
         "SELECT name FROM system.tables WHERE database = 'crumb' AND startsWith(name, {p:String})",
