@@ -372,7 +372,8 @@ def _chunk(until: str) -> str:
 # matches, the erasures, what the destination holds of erased IDs) are read from `after_id` to it
 # only. Each is ordered by ID (after the partner or the destination), so that is a range of its
 # index, and a build's chunks read about one pass of each between them. Read whole per chunk, a
-# partner's 3M matches the build did not touch made the stream of 200k deltas 2.7x slower.
+# partner's 3M matches the build did not touch made the stream of 200k deltas (10 chunks) take
+# 15.6-16.5 s against 3.7-4.7 s (bench/activation_sync's data, the stream alone).
 _CHUNK_END = f"SELECT max(id) FROM ({_chunk(_CHUNK_BOUND)})"
 _IN_CHUNK = "id >= {after_id:String} AND id <= {chunk_end:String}"
 # Whether a row may be sent is a column (`sendable`), not a filter: the chunk stays `limit` rows,
