@@ -100,7 +100,7 @@ def days_to_roll(client: Client, plan: Plan, as_of_ms: int, now: DayDigests) -> 
     last = _day(as_of_ms) - dt.timedelta(days=1)
     if last < first:
         return {}
-    bounds = {"first": first, "last": last, "rollup": rollup_uuid(client)}
+    bounds = {"first": first, "last": last, "rollup": _rollup_uuid(client)}
     rolled = {day: (events, digest) for day, events, digest in client.query(
         f"SELECT day, argMax(events, rolled_at), argMax(digest, rolled_at) FROM {ROLLED_DAYS} "
         "WHERE rollup = {rollup:UUID} AND day >= {first:Date} AND day <= {last:Date} GROUP BY day",
@@ -138,13 +138,13 @@ def roll(client: Client, plan: Plan, digests: DayDigests, tables: Tables = BUILD
         summary = client.command(sql, parameters={**params, "roll_days": chunk}, settings=settings)
         written += int(getattr(summary, "written_rows", 0) or 0)
         note(f"rolled up {chunk[0]} .. {chunk[-1]}")
-    rollup = rollup_uuid(client)
+    rollup = _rollup_uuid(client)
     client.insert(ROLLED_DAYS, [[day, rollup, *digests[day]] for day in days],
                   column_names=["day", "rollup", "events", "digest"])
     return written
 
 
-def rollup_uuid(client: Client) -> str:
+def _rollup_uuid(client: Client) -> str:
     """The UUID of this node's rollup table: which table a record of rolled days is about."""
     return str(client.query("SELECT uuid FROM system.tables WHERE database = 'crumb' AND name = 'segment_rollup'")
                .result_rows[0][0])
@@ -152,8 +152,8 @@ def rollup_uuid(client: Client) -> str:
 
 def _forget_days_before(client: Client, first: dt.date) -> None:
     """Drop the record of days that left the window, of every table (this node's, a replaced
-    one's, another node's), so that it stays a few rows a day. A record dropped too soon costs
-    only a day rolled up again."""
+    one's, another node's), so that it stays a few rows a day. (A node whose plan has a longer
+    window only rolls such a day up again.)"""
     params = {"first": first}
     older = f"SELECT count() FROM {ROLLED_DAYS} WHERE day < {{first:Date}}"
     if client.query(older, parameters=params).result_rows[0][0]:

@@ -48,12 +48,14 @@ def load(runtime: Runtime, deltas: int, other_matches: int) -> int:
     build_id = 1
     client.insert("crumb.id_deltas", [[build_id, now, i, "cookie", list(SEGMENTS), []] for i in ids],
                   column_names=["build_id", "built_at", "id", "id_type", "entered", "exited"])
-    client.insert("crumb.id_matches", [["ttd", i, str(uuid.uuid4()), now, 1] for i in ids],
-                  column_names=["partner", "id", "partner_uid", "matched_at", "version"])
-    for start in range(0, other_matches, 500_000):
-        count = min(500_000, other_matches - start)
-        client.insert("crumb.id_matches", [["ttd", str(uuid.uuid4()), str(uuid.uuid4()), now, 1] for _ in range(count)],
+
+    def match(matched: list[str]) -> None:
+        client.insert("crumb.id_matches", [["ttd", i, str(uuid.uuid4()), now, 1] for i in matched],
                       column_names=["partner", "id", "partner_uid", "matched_at", "version"])
+
+    match(ids)
+    for start in range(0, other_matches, 500_000):  # in batches: a bounded list in memory
+        match([str(uuid.uuid4()) for _ in range(min(500_000, other_matches - start))])
     client.insert("crumb.builds", [[build_id, now, now, now, "succeeded", 1]],
                   column_names=["build_id", "started_at", "finished_at", "as_of", "status", "version"])
     return len(ids) * len(SEGMENTS)

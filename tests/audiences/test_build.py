@@ -44,7 +44,6 @@ SPORTS = SegmentSet([parse_segment({"id": 1, "name": "sports", "lookback_days": 
                                     "rule": {"where": [{"field": "path", "op": "prefix", "value": "/sports"}]}})])
 
 
-
 def opt_out_after_the_latest(warehouse: Client, cookie_id: str, after_latest_ms: int = 1000) -> None:
     """Records an opt-out `after_latest_ms` after the latest one in the warehouse, whichever test
     recorded it: a build takes opt-outs as new only when they were recorded after the last build's
@@ -52,6 +51,7 @@ def opt_out_after_the_latest(warehouse: Client, cookie_id: str, after_latest_ms:
     latest = warehouse.query("SELECT toUnixTimestamp64Milli(max(opted_out_at)) FROM crumb.optouts").result_rows
     warehouse.insert("crumb.optouts", [[cookie_id, int(latest[0][0] or 0) + after_latest_ms]],
                      column_names=["id", "opted_out_at"])
+
 
 def test_deltas_and_history_follow_the_window(warehouse: Client) -> None:
     a, b = cookie(), cookie()
@@ -668,15 +668,12 @@ def test_a_following_build_touches_only_the_opt_outs_recorded_since_the_last_bui
                        {"ts": at - DAY - 1000, "cookie_id": mate, "fp_id": new_fp, "path": "/sports/3"},
                        {"ts": at - DAY, "cookie_id": late, "path": "/sports/4"}])
 
-    def opt_out(cookie_id: str, after_latest_ms: int) -> None:
-        opt_out_after_the_latest(warehouse, cookie_id, after_latest_ms)
-
-    opt_out(old, 1000)
+    opt_out_after_the_latest(warehouse, old)
     build(warehouse, SPORTS, as_of_ms=at)
     assert {m for m in members(warehouse) if m[1] in (old, new, mate, new_fp, late)} == {
         (1, new, "cookie"), (1, mate, "cookie"), (1, new_fp, "fp"), (1, late, "cookie")}
 
-    opt_out(new, 1000)
+    opt_out_after_the_latest(warehouse, new)
     second = build(warehouse, SPORTS, as_of_ms=at + hour)
     # Only `new` is touched, not every opt-out ever recorded: its two typed forms, the fp its
     # rows link to, and that fp's other cookie (same profile in the last build).
@@ -686,7 +683,7 @@ def test_a_following_build_touches_only_the_opt_outs_recorded_since_the_last_bui
 
     # Recorded late with an earlier time: the new ones no longer account for the change, so every
     # opted-out ID is touched, and nothing is missed.
-    opt_out(late, -DAY)
+    opt_out_after_the_latest(warehouse, late, -DAY)
     third = build(warehouse, SPORTS, as_of_ms=at + 2 * hour)
     assert third.followed and third.changes["optouts"] == "all" and third.recomputed > 4
     assert {m for m in members(warehouse) if m[1] in (old, new, mate, new_fp, late)} == {
