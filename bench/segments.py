@@ -81,6 +81,7 @@ from audiences.definitions import Segment, SegmentSet, parse_segment  # noqa: E4
 from audiences.rollup import ROLLED_DAYS, ROLLUP  # noqa: E402
 from collector.categories import BUILTIN  # noqa: E402
 from crumb.progress import Progress  # noqa: E402
+from crumb.warehouse import SESSION_SETTINGS  # noqa: E402
 
 RESULTS = BENCH_DIR / "results"
 META = "bench-segments.json"  # in the data dir: what was loaded, and how long it took
@@ -488,7 +489,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
 
     tracemalloc.start()
     dsn = f"chdb://{data_dir}"
-    client = clickhouse_connect.get_client(dsn=dsn)
+    client = clickhouse_connect.get_client(dsn=dsn, settings=SESSION_SETTINGS)  # as `crumb` connects
     from crumb.migrations import Dialect, apply
     apply(client, Dialect())  # a reused data dir may predate the latest migrations
     sampler = Sampler(dsn)

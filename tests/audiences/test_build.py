@@ -427,6 +427,17 @@ def test_scratch_tables_a_stopped_build_left_are_dropped_by_the_next(warehouse: 
     assert build_tables(warehouse) == []
 
 
+def test_the_tables_a_build_drops_are_gone_at_once_with_their_memory(warehouse: Client) -> None:
+    # An Atomic database keeps a dropped table for minutes, and a Join table its memory with it.
+    at = T0 + 515 * DAY
+    first, second = cookie(), cookie()
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": first, "fp_id": f"fp-{first}", "path": "/sports/1"},
+                       {"ts": at - 900, "cookie_id": second, "fp_id": f"fp-{first}", "path": "/news"}])
+    result = build(warehouse, SPORTS, as_of_ms=at)
+    assert result.profiles >= 1 and result.link_rounds > 0  # it made and dropped its link tables
+    assert warehouse.query("SELECT count() FROM system.dropped_tables WHERE database = 'crumb'").result_rows == [(0,)]
+
+
 def test_a_following_build_through_link_rounds_agrees_with_a_full_one(warehouse: Client) -> None:
     at = T0 + 520 * DAY
     cookies, rows = chain(at)
