@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import re2
 import yaml
 from pydantic import (
     BaseModel,
@@ -110,16 +111,23 @@ class Predicate(_Model):
         return self
 
 
+# ClickHouse matches with RE2, which rejects some of what Python's `re` takes (possessive
+# quantifiers, `(?>...)`, `\Z`, `(?x)`, repeats over 1000). A pattern RE2 rejects failed every
+# build once a value of its field was in the window, so RE2 itself checks it here.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # the error is ours to report, with the file and path
+
+
 def _check_regex(pattern: str) -> None:
-    # ClickHouse uses RE2; Python's re accepts a superset for the common cases, so this catches typos.
     if len(pattern) > 1000:
         raise ValueError("regex longer than 1000 characters")
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"invalid regex: {exc}") from None
     if re.search(r"\\[1-9]|\(\?[=!<]", pattern):
         raise ValueError("back-references and look-arounds are not supported (RE2)")
+    try:
+        re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"invalid regex (RE2, as ClickHouse matches): {reason}") from None
 
 
 class Condition(_Model):
@@ -248,20 +256,26 @@ def references(rule: Any) -> Iterator[int]:
 class SegmentSet:
     """Validated segments: unique IDs, references resolved, no cycles."""
 
-    def __init__(self, segments: Iterable[Segment]) -> None:
+    def __init__(self, segments: Iterable[Segment], sources: Mapping[int, str] | None = None) -> None:
+        """`sources`: where each segment was defined (a file, and its index in a list), named in errors."""
         self.by_id: dict[int, Segment] = {}
+        self._sources = dict(sources or {})
         for segment in segments:
             if segment.id in self.by_id:
-                raise DefinitionError(f"segment id {segment.id} is defined twice")
+                raise DefinitionError(f"{self._at(segment.id)}segment id {segment.id} is defined twice")
             self.by_id[segment.id] = segment
         self._check_references()
+
+    def _at(self, segment_id: int) -> str:
+        """Where the segment was defined, as an error's prefix (empty when not known)."""
+        return f"{self._sources[segment_id]}: " if segment_id in self._sources else ""
 
     def active(self) -> list[Segment]:
         return [s for s in self.by_id.values() if s.status is Status.ACTIVE]
 
     def rule_segments(self) -> SegmentSet:
         """The set without its lookalikes: what the rule compiler builds."""
-        return SegmentSet(s for s in self.by_id.values() if s.kind == "rule")
+        return SegmentSet((s for s in self.by_id.values() if s.kind == "rule"), self._sources)
 
     def lookalikes(self) -> list[Segment]:
         """Active lookalikes, in ID order."""
@@ -271,9 +285,10 @@ class SegmentSet:
         for segment in self.by_id.values():
             for ref in references(segment.rule):
                 if ref not in self.by_id:
-                    raise DefinitionError(f"segment {segment.id} refers to unknown segment {ref}")
+                    raise DefinitionError(f"{self._at(segment.id)}segment {segment.id} refers to unknown segment {ref}")
                 if self.by_id[ref].kind == "lookalike":  # rules are built before lookalikes
-                    raise DefinitionError(f"segment {segment.id} refers to lookalike {ref}; rules can't")
+                    raise DefinitionError(f"{self._at(segment.id)}segment {segment.id} refers to lookalike {ref}; "
+                                          "rules can't")
             self._check_seed(segment)
         state: dict[int, int] = {}  # 1 = on the current path, 2 = done
 
@@ -282,7 +297,8 @@ class SegmentSet:
                 return
             if state.get(segment_id) == 1:
                 cycle = path[path.index(segment_id):] + [segment_id]
-                raise DefinitionError("segment references form a cycle: " + " -> ".join(map(str, cycle)))
+                raise DefinitionError(f"{self._at(segment_id)}segment references form a cycle: "
+                                      + " -> ".join(map(str, cycle)))
             state[segment_id] = 1
             for ref in references(self.by_id[segment_id].rule):
                 visit(ref, [*path, segment_id])
@@ -298,9 +314,11 @@ class SegmentSet:
             return
         seed = self.by_id.get(segment.lookalike.seed)
         if seed is None:
-            raise DefinitionError(f"lookalike {segment.id} has unknown seed segment {segment.lookalike.seed}")
+            raise DefinitionError(f"{self._at(segment.id)}lookalike {segment.id} has unknown seed segment "
+                                  f"{segment.lookalike.seed}")
         if seed.kind != "rule":
-            raise DefinitionError(f"lookalike {segment.id}: its seed {seed.id} is a lookalike; seeds are rule segments")
+            raise DefinitionError(f"{self._at(segment.id)}lookalike {segment.id}: its seed {seed.id} is a lookalike; "
+                                  "seeds are rule segments")
 
 
 def parse_segment(data: Any, source: str = "<definition>") -> Segment:
@@ -311,23 +329,36 @@ def parse_segment(data: Any, source: str = "<definition>") -> Segment:
 
 
 def load_segments(directory: Path, audience_ids: frozenset[str] | None = None) -> SegmentSet:
-    """Every `*.yaml` / `*.yml` file of the directory: one segment, or a list of segments."""
-    segments = []
-    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+    """Every `*.yaml` / `*.yml` file of the directory: one segment, or a list of segments.
+
+    A directory that is missing, or holds no such file, is an error, not zero segments: a build
+    of none exits every member, and activation then removes them all from every destination. A
+    typo in `CRUMB_SEGMENTS_DIR` or a volume not mounted must not do that."""
+    if not directory.is_dir():
+        raise DefinitionError(f"{directory}: no such directory of segment definitions")
+    paths = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+    if not paths:
+        raise DefinitionError(f"{directory}: no segment definitions (*.yaml, *.yml) in the directory; "
+                              "to build none, pause them (status: paused)")
+    segments, sources = [], {}
+    for path in paths:
         try:
             documents = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             raise DefinitionError(f"{path}: not valid YAML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DefinitionError(f"{path}: cannot be read as UTF-8 text: {exc}") from None
         for index, item in enumerate(documents if isinstance(documents, list) else [documents]):
             source = f"{path}" + (f"[{index}]" if isinstance(documents, list) else "")
             segment = parse_segment(item, source)
             if audience_ids is not None and segment.iab_audience_id and segment.iab_audience_id not in audience_ids:
                 raise DefinitionError(f"{source}: iab_audience_id {segment.iab_audience_id!r} is not in the taxonomy")
+            if segment.id in sources:
+                raise DefinitionError(f"{source}: segment id {segment.id} is defined twice "
+                                      f"(also in {sources[segment.id]})")
+            sources[segment.id] = source
             segments.append(segment)
-    try:
-        return SegmentSet(segments)
-    except DefinitionError as exc:
-        raise DefinitionError(f"{directory}: {exc}") from None
+    return SegmentSet(segments, sources)
 
 
 def _describe(error: ValidationError) -> str:

@@ -1,0 +1,102 @@
+"""Segment definitions: loading a directory of YAML files, and errors that name the file, the path
+in the rule tree and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from audiences.definitions import load_segments
+from audiences.errors import DefinitionError
+from collector.categories import ContentTaxonomy
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+HOST = "{where: [{field: host, op: eq, value: a.com}]}"
+RULE = "id: 1\nname: x\nrule: "  # a segment, up to its rule
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    directory.mkdir(exist_ok=True)
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_directory_loads_single_segments_and_lists(tmp_path: Path) -> None:
+    write(tmp_path, "one.yaml", f"id: 1\nname: one\nrule: {HOST}\n")
+    write(tmp_path, "more.yml", f"- {{id: 2, name: two, rule: {HOST}}}\n"
+                                "- {id: 3, name: three, rule: {segment: 1}}\n")
+    write(tmp_path, "notes.txt", "not a definition")
+    assert sorted(load_segments(tmp_path).by_id) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("text", "where", "problem"), [
+    (RULE + "{where: [{field: colour, op: eq, value: red}]}\n", "rule.where.0", "unknown field 'colour'"),
+    (RULE + "{all: [{where: [{field: host, op: regex, value: 'a{2000}'}]}]}\n",
+     "rule.all.0.where.0", "invalid regex (RE2"),
+    (RULE + "{where: [{field: url, op: regex, value: 'a*+'}]}\n", "rule.where.0", "bad repetition"),
+    (RULE + "{where: [{field: url, op: regex, value: '(?=a)'}]}\n", "rule.where.0", "look-arounds"),
+    (RULE + "{not: {where: [{field: host, op: gt, value: a}]}}\n", "rule.not.where.0.op", "Input should be 'eq'"),
+    ("id: 1\nname: x\nttl_days: -1\nrule: " + HOST + "\n", "ttl_days", "greater than"),
+])
+def test_an_invalid_definition_names_its_file_the_path_and_the_problem(
+        tmp_path: Path, text: str, where: str, problem: str) -> None:
+    path = write(tmp_path, "bad.yaml", text)
+    with pytest.raises(DefinitionError) as error:
+        load_segments(tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: at {where}")
+    assert problem in message
+
+
+def test_a_segment_of_a_list_is_named_by_its_index(tmp_path: Path) -> None:
+    path = write(tmp_path, "list.yaml", f"- {{id: 1, name: one, rule: {HOST}}}\n- {{id: 2, rule: {HOST}}}\n")
+    with pytest.raises(DefinitionError, match=rf"^{path}\[1\]: at name: Field required"):
+        load_segments(tmp_path)
+
+
+def test_yaml_and_encoding_errors_name_the_file(tmp_path: Path) -> None:
+    write(tmp_path, "broken.yaml", "id: [1\n")
+    with pytest.raises(DefinitionError, match=r"broken\.yaml: not valid YAML"):
+        load_segments(tmp_path)
+    (tmp_path / "broken.yaml").unlink()
+    (tmp_path / "latin.yaml").write_bytes("id: 1\nname: caf\xe9\nrule: {}\n".encode("latin-1"))
+    with pytest.raises(DefinitionError, match=r"latin\.yaml: cannot be read as UTF-8"):
+        load_segments(tmp_path)
+
+
+def test_errors_between_segments_name_the_files_involved(tmp_path: Path) -> None:
+    first = write(tmp_path, "a.yaml", f"id: 5\nname: a\nrule: {HOST}\n")
+    second = write(tmp_path, "b.yaml", f"id: 5\nname: b\nrule: {HOST}\n")
+    with pytest.raises(DefinitionError, match=rf"^{second}: segment id 5 is defined twice \(also in {first}\)"):
+        load_segments(tmp_path)
+    write(tmp_path, "b.yaml", "id: 6\nname: b\nrule: {segment: 99}\n")
+    with pytest.raises(DefinitionError, match=rf"^{second}: segment 6 refers to unknown segment 99"):
+        load_segments(tmp_path)
+
+
+def test_references_that_form_a_cycle_are_rejected_at_load(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", "id: 1\nname: a\nrule: {all: [{segment: 2}]}\n")
+    write(tmp_path, "b.yaml", "id: 2\nname: b\nrule: {not: {segment: 3}}\n")
+    write(tmp_path, "c.yaml", "id: 3\nname: c\nrule: {any: [{segment: 1}]}\n")
+    with pytest.raises(DefinitionError, match=r"a\.yaml: segment references form a cycle: 1 -> 2 -> 3 -> 1"):
+        load_segments(tmp_path)
+
+
+def test_a_missing_or_empty_directory_is_an_error_not_zero_segments(tmp_path: Path) -> None:
+    # Zero segments would exit every member, and activation would remove them all from partners.
+    with pytest.raises(DefinitionError, match="no such directory"):
+        load_segments(tmp_path / "segmnets")
+    write(tmp_path, "README.md", "segments go here")
+    with pytest.raises(DefinitionError, match="no segment definitions"):
+        load_segments(tmp_path)
+
+
+def test_iab_audience_ids_are_checked_against_the_taxonomy(tmp_path: Path) -> None:
+    audience_ids = frozenset(ContentTaxonomy.load(SHARED_DATA / "iab-audience-taxonomy-1.1.tsv").names)
+    path = write(tmp_path, "s.yaml", f"id: 1\nname: s\niab_audience_id: '2'\nrule: {HOST}\n")
+    assert load_segments(tmp_path, audience_ids).by_id[1].iab_audience_id == "2"  # Demographic | Age Range
+    write(tmp_path, "s.yaml", f"id: 1\nname: s\niab_audience_id: '999999'\nrule: {HOST}\n")
+    with pytest.raises(DefinitionError, match=rf"^{path}: iab_audience_id '999999' is not in the taxonomy"):
+        load_segments(tmp_path, audience_ids)
