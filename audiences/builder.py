@@ -80,13 +80,21 @@ from audiences.incremental import (
     changes,
     day_digests,
     hour_digests,
-    optout_digest,
     plan_key,
     read_state,
     touched_statements,
     write_state,
 )
-from audiences.rollup import DayDigests, days_to_roll, first_day, read_plan, roll, totals_written, write_totals
+from audiences.rollup import (
+    DayDigests,
+    days_to_roll,
+    first_day,
+    optout_digest,
+    read_plan,
+    roll,
+    totals_written,
+    write_totals,
+)
 from collector.categories import ContentTaxonomy
 from crumb.progress import SILENT, Progress
 from crumb.warehouse import on_cluster, release_memory

@@ -48,7 +48,7 @@ from audiences.compiler import (
     membership_statement,
     window_start,
 )
-from audiences.rollup import DayDigests, fingerprint
+from audiences.rollup import DayDigests, Optouts, fingerprint
 
 STATE = "crumb.segment_build_state"  # migration audiences_0007
 TOUCHED = "crumb._build_touched"  # the touched typed IDs
@@ -61,23 +61,6 @@ SEMANTICS = 2
 
 # Per hour (epoch seconds): (events, digest) now up to as_of, and (events, digest) up to as_of_p.
 HourDigests = dict[int, tuple[int, int, int, int]]
-
-
-@dataclass(frozen=True)
-class Optouts:
-    """The opted-out IDs, as a build saw them: how many, the XOR of their hashes, and the latest
-    time one was recorded (epoch ms)."""
-
-    count: int = 0
-    digest: int = 0
-    through_ms: int = 0
-
-    def same(self, other: Optouts) -> bool:
-        return (self.count, self.digest) == (other.count, other.digest)
-
-    def plus(self, other: Optouts) -> Optouts:
-        """Both sets as one, when they have no ID in common."""
-        return Optouts(self.count + other.count, self.digest ^ other.digest, max(self.through_ms, other.through_ms))
 
 
 @dataclass
@@ -170,18 +153,6 @@ def day_digests(hours: HourDigests, before_ms: int) -> DayDigests:
             count, xor = days.get(day, (0, 0))
             days[day] = (count + events, xor ^ digest)
     return days
-
-
-def optout_digest(client: Client, snapshot: str, after_ms: int = 0) -> tuple[Optouts, Optouts]:
-    """The opted-out IDs of the build's snapshot (`compiler.snapshot_optouts`), and those of them
-    recorded after `after_ms`: what every statement of the build excludes, so what its state says."""
-    now_count, now_digest, now_through, count, digest, through = client.query(
-        "SELECT count(), groupBitXor(h), toUnixTimestamp64Milli(max(at)), countIf(later), groupBitXorIf(h, later), "
-        "toUnixTimestamp64Milli(maxIf(at, later)) FROM ("
-        " SELECT cityHash64(id) AS h, opted_out_at AS at, at > fromUnixTimestamp64Milli({after:Int64}, 'UTC') "
-        f" AS later FROM {snapshot})", parameters={"after": after_ms}).result_rows[0]
-    return (Optouts(int(now_count), int(now_digest), int(now_through) if now_count else 0),
-            Optouts(int(count), int(digest), int(through) if count else 0))
 
 
 @dataclass

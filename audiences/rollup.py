@@ -17,7 +17,8 @@ The rolled rows depend on the plan's predicates: the table carries a fingerprint
 statement (text and parameters), and a plan with another one starts a new table. A day is rolled
 again when its events changed since (late arrivals, a spool replayed, an erasure): each rolled
 day records the count and an order-free digest of its event IDs, compared before each build,
-and the table it went into (its UUID). On a cluster the rollup is the node's own, made by the
+and the table it went into (its UUID). So is a day where a first-party ID that opted out since
+shared events with a cookie (`ROLLED_OPTOUTS`). On a cluster the rollup is the node's own, made by the
 builds that talk to it, while the record is replicated: a build on another node rolls its window
 up there before it reads it.
 """
@@ -28,6 +29,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -67,6 +69,35 @@ COMPRESSED_KINDS = ("String", "Array(String)")  # the rest is stored plain
 LAYOUT = 2  # of the table; in the fingerprint, so that a table of an older layout is rolled up anew
 
 
+@dataclass(frozen=True)
+class Optouts:
+    """The opted-out IDs, as a build saw them: how many, the XOR of their hashes, and the latest
+    time one was recorded (epoch ms)."""
+
+    count: int = 0
+    digest: int = 0
+    through_ms: int = 0
+
+    def same(self, other: Optouts) -> bool:
+        return (self.count, self.digest) == (other.count, other.digest)
+
+    def plus(self, other: Optouts) -> Optouts:
+        """Both sets as one, when they have no ID in common."""
+        return Optouts(self.count + other.count, self.digest ^ other.digest, max(self.through_ms, other.through_ms))
+
+
+def optout_digest(client: Client, snapshot: str, after_ms: int = 0) -> tuple[Optouts, Optouts]:
+    """The opted-out IDs of the build's snapshot (`compiler.snapshot_optouts`), and those of them
+    recorded after `after_ms`: what every statement of the build excludes, so what its state says."""
+    now_count, now_digest, now_through, count, digest, through = client.query(
+        "SELECT count(), groupBitXor(h), toUnixTimestamp64Milli(max(at)), countIf(later), groupBitXorIf(h, later), "
+        "toUnixTimestamp64Milli(maxIf(at, later)) FROM ("
+        " SELECT cityHash64(id) AS h, opted_out_at AS at, at > fromUnixTimestamp64Milli({after:Int64}, 'UTC') "
+        f" AS later FROM {snapshot})", parameters={"after": after_ms}).result_rows[0]
+    return (Optouts(int(now_count), int(now_digest), int(now_through) if now_count else 0),
+            Optouts(int(count), int(digest), int(through) if count else 0))
+
+
 def fingerprint(plan: Plan, tables: Tables = BUILD) -> str:
     """What the rolled rows mean: the roll statement, and the value lookups it reads (a path
     prefix's value is a parameter of its lookup, not of the roll), without their time scope."""
@@ -84,18 +115,22 @@ def read_plan(plan: Plan, as_of_ms: int) -> RollupRead:
 DayDigests = dict[dt.date, tuple[int, int]]  # day → (events, XOR of their event IDs' hashes)
 
 
-def days_to_roll(client: Client, plan: Plan, as_of_ms: int, now: DayDigests) -> DayDigests:
+def days_to_roll(client: Client, plan: Plan, as_of_ms: int, now: DayDigests, tables: Tables = BUILD) -> DayDigests:
     """Make the table fit the plan; return the whole days of the window, before as_of's day, whose
-    events (`now`: what they are now) are not rolled up as they are, with their digests. Days
+    events (`now`: what they are now) are not rolled up as they are, or hold events a first-party
+    ID opted out since shares with a cookie (`_days_of_new_optouts`), with their digests. Days
     that left the window are dropped."""
     key = fingerprint(plan)
     if _comment(client, ROLLUP) != key:
         # A new table has a new UUID: the days recorded for the old one do not read as its own.
         client.command(f"DROP TABLE IF EXISTS {TOTALS}")
         client.command(f"DROP TABLE IF EXISTS {ROLLUP}")
+        client.command(f"DROP TABLE IF EXISTS {ROLLED_OPTOUTS}")
         columns = _definitions(rollup_columns(plan))
         client.command(f"CREATE TABLE {ROLLUP} ({columns}) ENGINE = MergeTree "
                        f"PARTITION BY toYYYYMMDD(hour) ORDER BY tuple() COMMENT '{key}'")
+    client.command(f"CREATE TABLE IF NOT EXISTS {ROLLED_OPTOUTS} (count UInt64, digest UInt64, through_ms Int64) "
+                   "ENGINE = MergeTree ORDER BY tuple()")
     first = first_day(plan, as_of_ms)
     last = _day(as_of_ms) - dt.timedelta(days=1)
     if last < first:
@@ -111,7 +146,37 @@ def days_to_roll(client: Client, plan: Plan, as_of_ms: int, now: DayDigests) -> 
             "AND active AND partition_id < {first:String}", parameters={"first": first.strftime("%Y%m%d")}).result_rows:
         client.command(f"ALTER TABLE {ROLLUP} DROP PARTITION ID '{int(partition)}'")
     days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
-    return {day: now.get(day, (0, 0)) for day in days if now.get(day, (0, 0)) != rolled.get(day, (0, 0))}
+    changed = [day for day in days if now.get(day, (0, 0)) != rolled.get(day, (0, 0))]
+    kept = [day for day in days if day not in changed]
+    if kept:
+        changed += sorted(_days_of_new_optouts(client, kept, tables) & set(kept))
+    return {day: now.get(day, (0, 0)) for day in sorted(changed)}
+
+
+# The opt-outs the rolled rows left out, as a build's snapshot said (`Optouts`): one row, of this
+# node's rollup. A rolled row is a cookie's hour, and holds the events it shared with first-party
+# IDs. When one of those opts out later, the totals leave out its own rows, but its events stay
+# in the cookie's: those days are rolled up again (a cookie that opts out is a row of its own).
+ROLLED_OPTOUTS = "crumb.segment_rollup_optouts"
+
+
+def _days_of_new_optouts(client: Client, days: list[dt.date], tables: Tables) -> set[dt.date]:
+    """The days with events a cookie shared with a first-party ID opted out since the rolled rows'
+    record: those recorded after its latest, when they account for the whole change (count and
+    digest); else, or with no record (a rollup from before the record existed), every opted-out ID."""
+    recorded = client.query(f"SELECT count, digest, through_ms FROM {ROLLED_OPTOUTS} LIMIT 1").result_rows
+    before = Optouts(*map(int, recorded[0])) if recorded else None
+    now, added = optout_digest(client, tables.optouts, before.through_ms if before else 0)
+    if before is not None and now.same(before):
+        return set()
+    new = f"SELECT id FROM {tables.optouts}"
+    if before is not None and before.plus(added).same(now):
+        new += " WHERE opted_out_at > fromUnixTimestamp64Milli({after:Int64}, 'UTC')"
+    rows = client.query(
+        f"SELECT DISTINCT toDate(ts) FROM {tables.events} WHERE toDate(ts) IN {{days:Array(Date)}} "
+        f"AND cookie_id != '' AND fp_id IN ({new})",
+        parameters={"days": days, "after": before.through_ms if before else 0}).result_rows
+    return {day for (day,) in rows}
 
 
 def first_day(plan: Plan, as_of_ms: int) -> dt.date:
@@ -122,25 +187,31 @@ def first_day(plan: Plan, as_of_ms: int) -> dt.date:
 def roll(client: Client, plan: Plan, digests: DayDigests, tables: Tables = BUILD,
          note: Callable[[str], None] = lambda line: None, settings: dict[str, Any] | None = None) -> int:
     """Roll the days up (again): their rows are replaced, then the days are recorded with the
-    digests `days_to_roll` read. Events that arrived since make the record older than the rows,
-    so the next build rolls the day again: never the other way round. Returns the rows written.
-    Needs the build's value lookups filled for these days."""
+    digests `days_to_roll` read, and the opt-outs of the build's snapshot as those the rows left
+    out. Events that arrived since make the record older than the rows, so the next build rolls
+    the day again: never the other way round. Returns the rows written. Needs the build's value
+    lookups filled for these days."""
     days = sorted(digests)
-    if not days:
-        return 0
-    client.command(f"DROP TABLE IF EXISTS {TOTALS}")  # of the rows about to change
-    for day in days:
-        client.command(f"ALTER TABLE {ROLLUP} DROP PARTITION ID '{day.strftime('%Y%m%d')}'")
-    sql, params = roll_statement(plan, ROLLUP, tables)
     written = 0
-    for start in range(0, len(days), 7):  # a week a statement: progress, and a bounded memory
-        chunk = days[start:start + 7]
-        summary = client.command(sql, parameters={**params, "roll_days": chunk}, settings=settings)
-        written += int(getattr(summary, "written_rows", 0) or 0)
-        note(f"rolled up {chunk[0]} .. {chunk[-1]}")
-    rollup = _rollup_uuid(client)
-    client.insert(ROLLED_DAYS, [[day, rollup, *digests[day]] for day in days],
-                  column_names=["day", "rollup", "events", "digest"])
+    if days:
+        client.command(f"DROP TABLE IF EXISTS {TOTALS}")  # of the rows about to change
+        for day in days:
+            client.command(f"ALTER TABLE {ROLLUP} DROP PARTITION ID '{day.strftime('%Y%m%d')}'")
+        sql, params = roll_statement(plan, ROLLUP, tables)
+        for start in range(0, len(days), 7):  # a week a statement: progress, and a bounded memory
+            chunk = days[start:start + 7]
+            summary = client.command(sql, parameters={**params, "roll_days": chunk}, settings=settings)
+            written += int(getattr(summary, "written_rows", 0) or 0)
+            note(f"rolled up {chunk[0]} .. {chunk[-1]}")
+        rollup = _rollup_uuid(client)
+        client.insert(ROLLED_DAYS, [[day, rollup, *digests[day]] for day in days],
+                      column_names=["day", "rollup", "events", "digest"])
+    # Every rolled day now leaves out the snapshot's opt-outs: those `days_to_roll` found new
+    # were rolled again, and no other day holds a cookie's event shared with one of them.
+    optouts, _ = optout_digest(client, tables.optouts)
+    client.command(f"TRUNCATE TABLE {ROLLED_OPTOUTS}")
+    client.insert(ROLLED_OPTOUTS, [[optouts.count, optouts.digest, optouts.through_ms]],
+                  column_names=["count", "digest", "through_ms"])
     return written
 
 

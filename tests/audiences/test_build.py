@@ -427,6 +427,26 @@ def test_scratch_tables_a_stopped_build_left_are_dropped_by_the_next(warehouse: 
     assert build_tables(warehouse) == []
 
 
+def test_days_a_cookie_shares_with_a_first_party_id_that_opts_out_later_are_rolled_up_again(
+        warehouse: Client) -> None:
+    at = T0 + 520 * DAY
+    shared, other, fp = cookie(), cookie(), f"fp-{cookie()}"
+    insert(warehouse, [{"ts": at - 2 * DAY, "cookie_id": shared, "fp_id": fp, "path": "/sports/1"},
+                       {"ts": at - DAY, "cookie_id": other, "path": "/sports/2"}])
+    build(warehouse, SPORTS, as_of_ms=at)
+    assert {(1, shared, "cookie"), (1, fp, "fp"), (1, other, "cookie")} <= members(warehouse)
+    assert build(warehouse, SPORTS, as_of_ms=at + 3_600_000).rolled_days == 0  # no opt-out since
+    opt_out_after_the_latest(warehouse, fp)
+    # Its own rows are left out where the totals are read; the cookie's day holds its event.
+    assert build(warehouse, SPORTS, as_of_ms=at + 2 * 3_600_000).rolled_days == 1
+    assert {row[1] for row in members(warehouse)} & {shared, fp, other} == {other}
+    # A rollup with no record of the opt-outs it left out (one rolled before the record existed)
+    # takes every opt-out as new.
+    warehouse.command(f"TRUNCATE TABLE {rollup.ROLLED_OPTOUTS}")
+    assert build(warehouse, SPORTS, as_of_ms=at + 3 * 3_600_000).rolled_days == 1
+    assert build(warehouse, SPORTS, as_of_ms=at + 4 * 3_600_000).rolled_days == 0
+
+
 def test_the_tables_a_build_drops_are_gone_at_once_with_their_memory(warehouse: Client) -> None:
     # An Atomic database keeps a dropped table for minutes, and a Join table its memory with it.
     at = T0 + 515 * DAY

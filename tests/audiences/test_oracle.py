@@ -121,6 +121,7 @@ class Case:
         return (f"Case(as_of_offset={self.as_of_offset}, later={self.later}, "
                 f"late_events={self.late_events!r}, taxonomy={'TAXONOMY' if self.taxonomy else None}, "
                 f"optout_cookies={list(self.optout_cookies)}, optout_fps={list(self.optout_fps)}, "
+                f"late_optout_cookies={list(self.late_optout_cookies)}, late_optout_fps={list(self.late_optout_fps)}, "
                 f"rows_per_totals_part={self.rows_per_totals_part},\n"
                 f"  segments={json.dumps(self.segments)},\n  events=[\n"
                 + "".join(f"    {e!r},\n" for e in self.events) + "  ])")
@@ -356,6 +357,8 @@ def cases(draw: st.DrawFn) -> Case:
         as_of_offset=draw(st.sampled_from(AS_OF_OFFSETS)),
         later=draw(st.sampled_from(LATER)),
         late_events=draw(st.lists(events(cookies, fps), max_size=3)),
+        late_optout_cookies=draw(st.lists(st.integers(0, cookies - 1), max_size=1)),
+        late_optout_fps=draw(st.lists(st.integers(0, fps - 1), max_size=1)),
         rows_per_totals_part=draw(st.sampled_from([rollup.ROWS_PER_TOTALS_PART, 1, 3])),
     )
 
@@ -411,6 +414,9 @@ def _edges_of_windows() -> list[Any]:
         pytest.param(Case([event_row(cookie=0, dt=-3 * DAY), event_row(cookie=1, dt=-2 * DAY - 11 * HOUR)],
                           [seg({**ANY_EVENT, "within_days": 3})], **next_day),
                      {(S1, "c1")}, id="next day: a row that left a window"),
+        pytest.param(Case([event_row(cookie=0, fp=0, dt=-2 * DAY, host="a.com"), event_row(cookie=1, dt=-DAY)],
+                          [seg(host)], **next_day, late_optout_fps=[0]),
+                     set(), id="next day: a first-party ID opted out whose events a cookie's rolled-up day holds"),
         pytest.param(Case([event_row(cookie=0, fp=0, dt=-3 * DAY), event_row(fp=0, dt=-HOUR, host="a.com"),
                            event_row(cookie=0, dt=-DAY)],
                           [seg(host, lookback_days=3)], **next_day),
@@ -523,6 +529,9 @@ def _edges_of_following() -> list[Any]:
                            event_row(cookie=1, fp=1, dt=-DAY), event_row(fp=1, dt=-HOUR, host="a.com")],
                           [seg(host)], **later, late_optout_fps=[0]),
                      {(S1, "c1"), (S1, "f1")}, id="following: a first-party ID opted out"),
+        pytest.param(Case([event_row(cookie=0, fp=0, dt=-2 * DAY, host="a.com"), event_row(cookie=1, dt=-DAY)],
+                          [seg(host)], **later, late_optout_fps=[0]),
+                     set(), id="following: a first-party ID opted out whose events a cookie's rolled-up day holds"),
         pytest.param(Case([event_row(fp=0, dt=-HOUR, host="a.com"), event_row(cookie=1, dt=-DAY)],
                           [seg(host)], **later, late_events=[event_row(cookie=1, fp=0, dt=-2 * HOUR)]),
                      {(S1, "c1"), (S1, "f0")}, id="following: a link that arrived late joins a profile"),
