@@ -142,6 +142,9 @@ class Condition(_Model):
     def _bounds(self) -> Condition:
         if self.max_count is not None and self.max_count < self.min_count:
             raise ValueError("max_count is below min_count")
+        if self.min_days is not None and self.within_days is not None and self.min_days > self.within_days:
+            raise ValueError(f"min_days {self.min_days} is more than the {self.within_days} days of the window: "
+                             "the condition could never hold")
         return self
 
 

@@ -39,6 +39,7 @@ def test_a_directory_loads_single_segments_and_lists(tmp_path: Path) -> None:
     (RULE + "{where: [{field: url, op: regex, value: '(?=a)'}]}\n", "rule.where.0", "look-arounds"),
     (RULE + "{not: {where: [{field: host, op: gt, value: a}]}}\n", "rule.not.where.0.op", "Input should be 'eq'"),
     ("id: 1\nname: x\nttl_days: -1\nrule: " + HOST + "\n", "ttl_days", "greater than"),
+    (RULE + "{where: [], within_days: 7, min_days: 8}\n", "rule", "could never hold"),
 ])
 def test_an_invalid_definition_names_its_file_the_path_and_the_problem(
         tmp_path: Path, text: str, where: str, problem: str) -> None:
@@ -48,6 +49,11 @@ def test_an_invalid_definition_names_its_file_the_path_and_the_problem(
     message = str(error.value)
     assert message.startswith(f"{path}: at {where}")
     assert problem in message
+
+
+def test_re2_syntax_python_lacks_is_accepted(tmp_path: Path) -> None:
+    write(tmp_path, "greek.yaml", RULE + "{where: [{field: path, op: regex, value: '^/\\p{Greek}+/'}]}\n")
+    assert load_segments(tmp_path).by_id[1].name == "x"
 
 
 def test_a_segment_of_a_list_is_named_by_its_index(tmp_path: Path) -> None:

@@ -290,7 +290,7 @@ def conditions(draw: st.DrawFn, probe: bool = False) -> dict[str, Any]:
     if draw(st.integers(0, 3)) == 0:
         condition["min_engaged_ms"] = draw(st.sampled_from([1, 500, 1000, 2500, 6000]))
     if draw(st.booleans()):
-        condition["within_days"] = draw(st.integers(1, 10))
+        condition["within_days"] = draw(st.integers(condition.get("min_days", 1), 10))  # more days never hold
     return condition
 
 
