@@ -21,3 +21,9 @@ class BuildError(AudiencesError):
 
 class UnknownSegment(AudiencesError):
     code = "unknown_segment"
+
+
+class InvalidRequest(AudiencesError):
+    """A report, preview or lookalike was asked for something out of range or not possible."""
+
+    code = "invalid_request"

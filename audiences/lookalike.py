@@ -30,12 +30,14 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from clickhouse_connect.driver.client import Client
+from pydantic import ValidationError
 from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import roc_auc_score
 
 from audiences.compiler import MEMBERS_NEXT, PROFILE_IDS, member_rows
 from audiences.definitions import Lookalike, Segment, SegmentSet
+from audiences.errors import InvalidRequest
 from audiences.features import BUILD_PROFILES, IDENTITY, FeatureTable, Profiles, Window
 from collector.categories import BUILTIN, ContentTaxonomy
 from crumb.progress import SILENT, Progress
@@ -45,6 +47,7 @@ RUNS = "crumb.lookalike_runs"
 REACHES = tuple(round(0.01 * k, 2) for k in range(1, 11))
 CURVE_REACHES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 MIN_SEED = 10  # fewer seed profiles than this in the window: no model, an empty audience
+MIN_UNLABELLED = 10  # fewer other profiles than this in either unlabelled sample: likewise
 MAX_POSITIVES = 100_000
 MAX_UNLABELLED = 200_000
 VALIDATION_UNLABELLED = 50_000
@@ -102,6 +105,15 @@ def evaluate(positive_scores: np.ndarray, unlabelled_scores: np.ndarray, reach: 
     }
 
 
+def _shortfall(pos: sp.csr_matrix, held: sp.csr_matrix, unl: sp.csr_matrix, val: sp.csr_matrix) -> str | None:
+    """Why the samples can't train and evaluate a model, if they can't (the estimators refuse 0 rows)."""
+    if min(pos.shape[0], held.shape[0]) == 0:
+        return "seed_too_small"  # the holdout took all of a small seed, or none of it
+    if min(unl.shape[0], val.shape[0]) < MIN_UNLABELLED:
+        return "too_few_unlabelled"  # the seed is (nearly) everyone
+    return None
+
+
 # -- one run ---------------------------------------------------------------------------------------
 
 
@@ -149,7 +161,10 @@ class LookalikeRun:
             if self.result["seed_profiles"] < MIN_SEED:
                 self.result.update(status="seed_too_small", audience=0, method=None)
                 return self.result
-            model, tfidf = self._timed(timings, "train", lambda: self._train(table))
+            trained = self._timed(timings, "train", lambda: self._train(table))
+            if trained is None:  # a sample too small to learn from or evaluate on: `_train` set the status
+                return self.result
+            model, tfidf = trained
             self._timed(timings, "score", lambda: self._score(table, model, tfidf))
             self._timed(timings, "select", lambda: self._select(model))
             self._timed(timings, "explain", lambda: self._explain(table, model))
@@ -172,7 +187,8 @@ class LookalikeRun:
         self.result["population"] = table.compute(self.window, self.profiles)
         self.result["seed_profiles"] = table.seed_count()
 
-    def _train(self, table: FeatureTable) -> tuple[Model, TfidfTransformer]:
+    def _train(self, table: FeatureTable) -> tuple[Model, TfidfTransformer] | None:
+        """The better model and its TF-IDF; None, with an empty audience, when a sample is too small."""
         positives = self.result["seed_profiles"]
         others = max(self.result["population"] - positives, 1)
         # Disjoint hash ranges of the unlabelled: the validation sample first, then the training one.
@@ -187,6 +203,12 @@ class LookalikeRun:
         held = table.read(f"seed = 1 AND {holdout}").counts
         val = table.read(f"seed = 0 AND {sample} < {{valid:UInt32}}", params).counts
         unl = table.read(f"seed = 0 AND {sample} >= {{valid:UInt32}} AND {sample} < {{train:UInt32}}", params).counts
+        shortfall = _shortfall(pos, held, unl, val)
+        if shortfall is not None:
+            self.result.update(status=shortfall, audience=0, method=None, training={
+                "positives": pos.shape[0], "held_out": held.shape[0], "unlabelled": unl.shape[0],
+                "validation": val.shape[0]})
+            return None
         tfidf = TfidfTransformer(sublinear_tf=True).fit(sp.vstack([pos, unl]))
         pos, held, unl, val = (tfidf.transform(m) for m in (pos, held, unl, val))
         reach = self._reach_share()
@@ -294,13 +316,24 @@ def run_lookalike(
     Each typed ID is its own profile here (no build is running to link them); the scores stay in
     `crumb.lookalike_scores` under segment 0 until the next ad-hoc run.
     """
-    spec = Lookalike(seed=seed_id, reach=reach if size is None else None, size=size, exclude_seed=exclude_seed,
-                     min_similarity=min_similarity)
+    spec = _ad_hoc_spec(seed=seed_id, reach=reach if size is None else None, size=size, exclude_seed=exclude_seed,
+                        min_similarity=min_similarity)
     seed = Seed(seed_id, "SELECT DISTINCT concat(if(id_type = 'cookie', 'c:', 'f:'), id) FROM crumb.segment_members "
                 "WHERE segment_id = {seed:UInt32}", {"seed": seed_id})
     window = Window(as_of_ms if as_of_ms is not None else int(time.time() * 1000), lookback_days)
     return LookalikeRun(client, spec, seed, window, taxonomy=taxonomy, progress=progress,
                         chunk_size=chunk_size).run()
+
+
+def _ad_hoc_spec(**options: Any) -> Lookalike:
+    """The options of an ad-hoc run, checked as a definition's are; the error names the option."""
+    try:
+        return Lookalike(**options)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(map(str, first["loc"]))
+        option = f" --{field.replace('_', '-')}" if field else ""
+        raise InvalidRequest(f"lookalike{option}: {first['msg'].removeprefix('Value error, ')}") from None
 
 
 def build_lookalikes(
@@ -335,8 +368,7 @@ def _build_one(client: Client, segment: Segment, build_id: int, as_of_ms: int,
 def render_table(result: dict[str, Any]) -> str:
     """The evaluation a person reads after each run, as plain text."""
     if result.get("status") != "ok":
-        return (f"lookalike of segment {result.get('seed_segment')}: {result.get('status')} "
-                f"({result.get('seed_profiles', 0)} seed profiles in the window; at least {MIN_SEED} needed)")
+        return f"lookalike of segment {result.get('seed_segment')}: {result.get('status')} ({_why_empty(result)})"
     reach = result["reach"] if result["reach"] is not None else result["size"] / max(result["population"], 1)
     lines = [
         f"lookalike of segment {result['seed_segment']}: {result['audience']:,} profiles of "
@@ -356,6 +388,16 @@ def render_table(result: dict[str, Any]) -> str:
               "top features:"]
     lines += [f"  {f['weight']:>8.3f}  {f['label']}" for f in result["top_features"]]
     return "\n".join(lines)
+
+
+def _why_empty(result: dict[str, Any]) -> str:
+    seed, population, training = result.get("seed_profiles", 0), result.get("population", 0), result.get("training")
+    if result.get("status") == "too_few_unlabelled":
+        return (f"{seed} of the {population} profiles in the window are in the seed; at least {MIN_UNLABELLED} "
+                "others needed in each sample")
+    if training:
+        return f"{seed} seed profiles in the window: too few to hold some out and train on the rest"
+    return f"{seed} seed profiles in the window; at least {MIN_SEED} needed"
 
 
 __all__ = ["build_lookalikes", "describe", "evaluate", "render_table", "run_lookalike"]

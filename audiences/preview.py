@@ -30,6 +30,7 @@ from audiences.compiler import (
     window_start,
 )
 from audiences.definitions import Segment, SegmentSet, Status, references
+from audiences.errors import InvalidRequest
 from collector.categories import ContentTaxonomy
 
 SAMPLE_BUCKETS = 1_000_000  # an ID is sampled when cityHash64(typed ID) % SAMPLE_BUCKETS < buckets
@@ -45,7 +46,10 @@ def preview(
     """Estimate how many IDs `segment` would hold as of `as_of_ms` (default now), from a sample of
     `sample` of the IDs (0 < sample ≤ 1; 1 counts them all), with a 95% interval."""
     if not 0 < sample <= 1:
-        raise ValueError("sample must be in (0, 1]")
+        raise InvalidRequest(f"a preview's sample is a share of the IDs, 0 < sample <= 1, not {sample}")
+    if segment.kind == "lookalike":
+        raise InvalidRequest(f"segment {segment.id} is a lookalike: it has no rule to preview, and its size is "
+                             "its reach or size setting")
     started = time.perf_counter()
     as_of_ms = as_of_ms if as_of_ms is not None else int(time.time() * 1000)
     plan = compile_segments(preview_set(segment, segments), taxonomy)

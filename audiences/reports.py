@@ -7,7 +7,7 @@ append-only tables, never a running build's scratch tables, and returns plain JS
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -15,8 +15,10 @@ from clickhouse_connect.driver.client import Client
 
 from audiences.compiler import EVENTS, window_filter, window_start
 from audiences.definitions import SegmentSet
+from audiences.errors import InvalidRequest, UnknownSegment
 
 MEMBERS = "crumb.segment_members"
+MAX_TREND_DAYS = 3650  # ten years; much longer reaches back before 1970, the first day a ClickHouse Date holds
 # Dimensions of composition: what each reads from an events row (one value, or an array of them).
 DIMENSIONS = {"categories": "arrayJoin(categories)", "hosts": "host", "device_types": "device_type"}
 
@@ -30,8 +32,21 @@ def sizes(client: Client, segment_ids: list[int] | None = None, segments: Segmen
         "WHERE empty({ids:Array(UInt32)}) OR has({ids:Array(UInt32)}, segment_id) "
         "GROUP BY segment_id ORDER BY segment_id", parameters={"ids": segment_ids or []}).result_rows
     found = {int(row[0]): row for row in rows}
-    wanted = segment_ids if segment_ids is not None else sorted(found)
+    wanted = segment_ids or sorted(found)  # no IDs asked for: every segment, as in the query
     return [_size(segment_id, found.get(segment_id), segments) for segment_id in wanted]
+
+
+def check_defined(client: Client, segment_ids: Iterable[int], segments: SegmentSet) -> None:
+    """A segment neither defined nor ever built has no members: its report would read as an empty
+    segment's. (One retired from the definitions keeps its trend.)"""
+    unknown = sorted(set(segment_ids) - segments.by_id.keys())
+    if unknown:
+        built = {int(row[0]) for row in client.query(
+            "SELECT DISTINCT segment_id FROM crumb.segment_sizes WHERE has({ids:Array(UInt32)}, segment_id)",
+            parameters={"ids": [i for i in unknown if 0 < i < 2**32]}).result_rows}
+        unknown = [i for i in unknown if i not in built]
+    if unknown:
+        raise UnknownSegment(f"no segment {', '.join(map(str, unknown))} among the definitions or in any build")
 
 
 def _size(segment_id: int, row: Sequence[Any] | None, segments: SegmentSet | None) -> dict:
@@ -53,6 +68,8 @@ def trend(client: Client, segment_id: int, days: int = 30, as_of_ms: int | None 
     """One entry per day of the `days` ending at `as_of_ms` (default now), oldest first: the size at
     the day's last successful build (None on a day without a build), and the IDs that entered and
     exited in that day's builds."""
+    if not 1 <= days <= MAX_TREND_DAYS:
+        raise InvalidRequest(f"a trend covers 1 to {MAX_TREND_DAYS} days, not {days}")
     end = _day(as_of_ms)
     first = end - timedelta(days=days - 1)
     params = {"segment_id": segment_id, "first": first, "end": end}

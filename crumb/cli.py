@@ -74,9 +74,10 @@ def _parser() -> argparse.ArgumentParser:
                                                                          "full": a.full})))
     report = audience_commands.add_parser("report", help="sizes; overlap of chosen segments; one segment's trend")
     report.add_argument("--segments", metavar="DIR")
-    report.add_argument("--overlap", metavar="ID,ID,...", help="segments to cross: intersections and Jaccard")
+    report.add_argument("--overlap", type=_segment_ids, metavar="ID,ID,...",
+                        help="segments to cross: intersections and Jaccard")
     report.add_argument("--segment", type=int, metavar="ID", help="its daily trend and composition")
-    report.add_argument("--days", type=int, default=30)
+    report.add_argument("--days", type=_trend_days, default=30, help="days of the trend (1 to 3650)")
     report.set_defaults(run=_report)
     explain = audience_commands.add_parser("explain", help="why a cookie is in or out of a segment")
     explain.add_argument("segment", type=int)
@@ -98,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     preview = audience_commands.add_parser("preview", help="estimate the size of an unsaved definition")
     preview.add_argument("file", help="a YAML file with one segment definition")
     preview.add_argument("--segments", metavar="DIR", help="saved segments it may refer to")
-    preview.add_argument("--sample", type=float, default=0.1, help="share of IDs to evaluate (0 < s <= 1)")
+    preview.add_argument("--sample", type=_share, default=0.1, help="share of IDs to evaluate (0 < s <= 1, or 10%%)")
     preview.set_defaults(run=_preview)
 
     activate = commands.add_parser("activate", help="activation: push segments to destinations")
@@ -152,9 +153,30 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _report(settings: Settings, args: argparse.Namespace) -> int:
-    overlap = [int(x) for x in args.overlap.split(",")] if args.overlap else None
-    return _print(_run_command(settings, "report", {"segments_dir": _abs(args.segments), "overlap": overlap,
+    return _print(_run_command(settings, "report", {"segments_dir": _abs(args.segments), "overlap": args.overlap,
                                                     "segment": args.segment, "days": args.days}))
+
+
+def _segment_ids(text: str) -> list[int]:
+    try:
+        ids = [int(item) for item in text.split(",")]
+    except ValueError:
+        ids = []
+    if not ids or min(ids) < 1:
+        raise argparse.ArgumentTypeError(f"segment IDs (1 or more) separated by commas, not {text!r}")
+    return ids
+
+
+def _trend_days(text: str) -> int:
+    from audiences.reports import MAX_TREND_DAYS
+
+    try:
+        days = int(text)
+    except ValueError:
+        days = 0
+    if not 1 <= days <= MAX_TREND_DAYS:
+        raise argparse.ArgumentTypeError(f"a number of days from 1 to {MAX_TREND_DAYS}, not {text!r}")
+    return days
 
 
 def _explain(settings: Settings, args: argparse.Namespace) -> int:
@@ -167,9 +189,12 @@ def _explain(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _share(text: str) -> float:
-    value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError("a share between 0 and 100%")
+    try:
+        value = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"a share between 0 and 100%, not {text!r}")
     return value
 
 
@@ -184,11 +209,26 @@ def _lookalike(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _preview(settings: Settings, args: argparse.Namespace) -> int:
-    import yaml
-
-    definition = yaml.safe_load(Path(args.file).read_text(encoding="utf-8"))
+    definition = _read_definition(args.file)
     return _print(_run_command(settings, "preview", {"segments_dir": _abs(args.segments), "definition": definition,
                                                      "source": args.file, "sample": args.sample}))
+
+
+def _read_definition(file: str) -> Any:
+    import yaml
+
+    from audiences.errors import DefinitionError
+
+    try:
+        return yaml.safe_load(Path(file).read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        raise DefinitionError(f"{file}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    except OSError as exc:
+        raise DefinitionError(f"{file}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DefinitionError(f"{file}: not UTF-8 text (byte {exc.start})") from None
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:

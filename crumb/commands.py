@@ -74,19 +74,24 @@ def sync(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict[
 
 
 def report(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """Sizes of every segment; with `segments`, their overlap; with `segment`, its trend and composition."""
+    """Sizes of every active segment; with `overlap`, their overlap; with `segment`, its trend and composition."""
     from audiences import reports
     from audiences.jobs import load_definitions
 
     settings = ctx.runtime.settings
     definitions = load_definitions(_directory(args, settings), settings)
+    overlap = None if args.get("overlap") is None else [int(i) for i in args["overlap"]]
+    segment_id = None if args.get("segment") is None else int(args["segment"])
+    ctx.runtime.migrate()  # a data dir without a build yet has no tables to read
     client = ctx.runtime.client
-    result: dict[str, Any] = {"sizes": reports.sizes(client, segments=definitions)}
-    if args.get("overlap"):
-        result["overlap"] = reports.overlap(client, list(args["overlap"]), segments=definitions)
-    if args.get("segment"):
-        segment_id = int(args["segment"])
-        result["trend"] = reports.trend(client, segment_id, days=int(args.get("days") or 30))
+    reports.check_defined(client, [*(overlap or []), *([] if segment_id is None else [segment_id])], definitions)
+    active = sorted(s.id for s in definitions.active())
+    result: dict[str, Any] = {"sizes": reports.sizes(client, active, definitions)}
+    if overlap is not None:
+        result["overlap"] = reports.overlap(client, overlap, segments=definitions)
+    if segment_id is not None:
+        days = 30 if args.get("days") is None else int(args["days"])
+        result["trend"] = reports.trend(client, segment_id, days=days)
         result["composition"] = reports.composition(client, segment_id)
     return result
 
@@ -100,6 +105,7 @@ def explain(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> di
     settings = ctx.runtime.settings
     ctx.flush_events()
     definitions = load_definitions(_directory(args, settings), settings)
+    ctx.runtime.migrate()  # a data dir without a build yet has no tables to read
     explanation = explain_membership(ctx.runtime.client, int(args["segment"]), str(args["cookie_id"]),
                                      definitions, content_taxonomy(settings))
     return {"explanation": explanation, "text": render_text(explanation)}
@@ -114,8 +120,9 @@ def preview(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> di
     settings = ctx.runtime.settings
     definitions = load_definitions(_directory(args, settings), settings)
     segment = parse_segment(args["definition"], str(args.get("source", "<definition>")))
-    return preview_size(ctx.runtime.client, segment, definitions, content_taxonomy(settings),
-                        sample=float(args.get("sample") or 0.1))
+    ctx.runtime.migrate()  # a data dir without a build yet has no tables to read
+    sample = 0.1 if args.get("sample") is None else float(args["sample"])
+    return preview_size(ctx.runtime.client, segment, definitions, content_taxonomy(settings), sample=sample)
 
 
 def lookalike(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -123,6 +130,7 @@ def lookalike(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> 
     from audiences.jobs import content_taxonomy
     from audiences.lookalike import render_table, run_lookalike
 
+    ctx.runtime.migrate()  # a data dir without a build yet has no tables to read
     result = run_lookalike(
         ctx.runtime.client, int(args["seed"]), reach=args.get("reach"), size=args.get("size"),
         exclude_seed=bool(args.get("exclude_seed", True)), min_similarity=float(args.get("min_similarity") or 0.0),

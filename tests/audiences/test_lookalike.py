@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import random
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,17 @@ from clickhouse_connect.driver.client import Client
 
 from audiences.builder import build
 from audiences.definitions import Lookalike, SegmentSet, parse_segment
-from audiences.errors import DefinitionError
+from audiences.errors import DefinitionError, InvalidRequest
 from audiences.features import Window
 from audiences.lookalike import LookalikeRun, Seed, describe, render_table, run_lookalike
 from crumb.simulator import GroundTruth, SimulationSpec, load_bulk, read_ground_truth
+from tests.audiences.events import cookie, insert_events
 
 END = datetime(2060, 6, 1, tzinfo=UTC)
 END_MS = int(END.timestamp() * 1000)
 INTEREST = "soccer"
 SEGMENT_IDS = itertools.count(7_000_000)
+SMALL_END_MS = int(datetime(2061, 6, 1, tzinfo=UTC).timestamp() * 1000)  # a window of the small world's own
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +131,60 @@ def test_a_tiny_seed_gives_an_empty_audience_not_an_error(warehouse: Client) -> 
                              Window(END_MS, 14))
     assert lookalike.run()["status"] == "seed_too_small"
     assert "seed_too_small" in render_table(lookalike.result)
+
+
+@pytest.fixture(scope="module")
+def small_world(warehouse: Client) -> Iterator[list[str]]:
+    """80 profiles on a site of their own in May 2061."""
+    cookies = [cookie() for _ in range(80)]
+    insert_events(warehouse, [{"ts": SMALL_END_MS - (i + 1) * 3_600_000, "cookie_id": c, "path": f"/p{i % 4}"}
+                              for i, c in enumerate(cookies)], site="lookalike-small", host="small.la.example")
+    yield [f"c:{c}" for c in cookies]
+    warehouse.command("ALTER TABLE crumb.events DROP PARTITION 206105")
+
+
+def test_a_seed_of_everyone_gives_an_empty_audience_not_an_error(warehouse: Client, small_world: list[str]) -> None:
+    lookalike = LookalikeRun(warehouse, Lookalike(seed=1, reach=0.05), Seed(1, profiles=tuple(small_world)),
+                             Window(SMALL_END_MS, 14))
+    result = lookalike.run()
+    assert (result["status"], result["audience"], result["seed_profiles"]) == ("too_few_unlabelled", 0, 80)
+    assert "80 of the 80 profiles in the window are in the seed" in render_table(result)
+
+
+def test_a_seed_the_holdout_takes_none_of_gives_an_empty_audience(warehouse: Client, small_world: list[str]) -> None:
+    (never_held,) = warehouse.query(
+        "SELECT groupArray(10)(p) FROM (SELECT arrayJoin({ids:Array(String)}) AS p) "
+        "WHERE modulo(cityHash64(p, 'holdout'), 5) != 0", parameters={"ids": small_world}).result_rows[0]
+    lookalike = LookalikeRun(warehouse, Lookalike(seed=1, reach=0.05), Seed(1, profiles=tuple(never_held)),
+                             Window(SMALL_END_MS, 14))
+    result = lookalike.run()
+    assert (result["status"], result["audience"], result["training"]["held_out"]) == ("seed_too_small", 0, 0)
+    assert "too few to hold some out" in render_table(result)
+
+
+def test_a_build_with_a_lookalike_of_everyone_succeeds(warehouse: Client, small_world: list[str]) -> None:
+    rule_id, lookalike_id = next(SEGMENT_IDS), next(SEGMENT_IDS)
+    segments = SegmentSet([
+        parse_segment({"id": rule_id, "name": "everyone", "lookback_days": 14,
+                       "rule": {"where": [{"field": "site", "op": "eq", "value": "lookalike-small"}]}}),
+        parse_segment({"id": lookalike_id, "name": "like everyone", "kind": "lookalike", "lookback_days": 14,
+                       "lookalike": {"seed": rule_id, "reach": "5%"}}),
+    ])
+    result = build(warehouse, segments, as_of_ms=SMALL_END_MS)
+    assert result.status == "succeeded" and result.lookalikes[lookalike_id]["status"] == "too_few_unlabelled"
+    assert warehouse.query("SELECT segment_id, count() FROM crumb.segment_members WHERE segment_id IN "
+                           "({r:UInt32}, {l:UInt32}) GROUP BY segment_id", parameters={"r": rule_id, "l": lookalike_id}
+                           ).result_rows == [(rule_id, 80)]
+
+
+@pytest.mark.parametrize(("options", "error"), [
+    ({"size": 0}, "lookalike --size: Input should be greater than or equal to 1"),
+    ({"reach": 0.05, "min_similarity": 2}, "lookalike --min-similarity: Input should be less than or equal to 1"),
+    ({}, "lookalike: a lookalike takes one of reach"),
+])
+def test_run_lookalike_names_the_option_out_of_range(warehouse: Client, options: dict[str, Any], error: str) -> None:
+    with pytest.raises(InvalidRequest, match=error):
+        run_lookalike(warehouse, 1, **options)
 
 
 def test_build_rebuilds_a_lookalike_of_a_rule_segment(

@@ -18,6 +18,7 @@ from clickhouse_connect.driver.client import Client
 
 from audiences.builder import build
 from audiences.definitions import Segment, SegmentSet, Status, parse_segment
+from audiences.errors import InvalidRequest
 from audiences.preview import preview, wilson_interval
 
 DAY = 86_400_000
@@ -107,6 +108,14 @@ def test_the_interval_is_sound_at_the_edges() -> None:
     assert low < 500 < high and high - low < 200
 
 
-def test_a_sample_outside_0_1_is_refused(warehouse: Client) -> None:
-    with pytest.raises(ValueError):
-        preview(warehouse, draft(SPORTS), SAVED, as_of_ms=T, sample=0)
+@pytest.mark.parametrize("sample", [0, -0.1, 1.5, float("nan")])
+def test_a_sample_outside_0_1_is_refused(warehouse: Client, sample: float) -> None:
+    with pytest.raises(InvalidRequest, match="0 < sample <= 1"):
+        preview(warehouse, draft(SPORTS), SAVED, as_of_ms=T, sample=sample)
+
+
+def test_a_lookalike_is_not_previewed_but_told_why(warehouse: Client) -> None:
+    lookalike = parse_segment({"id": 51003, "name": "like desktop", "kind": "lookalike",
+                               "lookalike": {"seed": 51002, "reach": "5%"}})
+    with pytest.raises(InvalidRequest, match="51003 is a lookalike: .* its reach or size setting"):
+        preview(warehouse, lookalike, SAVED, as_of_ms=T)

@@ -18,6 +18,7 @@ from clickhouse_connect.driver.client import Client
 from audiences import reports
 from audiences.builder import build
 from audiences.definitions import SegmentSet, parse_segment
+from audiences.errors import InvalidRequest
 from tests.audiences.events import cookie, insert_events
 
 DAY = 86_400_000
@@ -84,6 +85,7 @@ def test_sizes_count_profiles_and_ids_exactly_and_estimate_them(warehouse: Clien
         (45001, "news readers", 11, 12, 11, 1), (45002, "shoppers", 6, 6, 6, 0), (45099, None, 0, 0, 0, 0)]
     assert [(r["estimate"], r["estimate_error"]) for r in rows] == [(11, 0.0), (6, 0.0), (0, 0.0)]
     assert {r["segment_id"] for r in reports.sizes(warehouse)} == {45001, 45002, 45003}
+    assert reports.sizes(warehouse, []) == reports.sizes(warehouse)  # none asked for: all, as the query reads it
 
 
 def test_overlap_is_the_intersection_and_jaccard_of_profiles(warehouse: Client, built: None) -> None:
@@ -130,3 +132,9 @@ def test_trend_and_history_follow_the_builds(warehouse: Client) -> None:
         ("2045-02-01", 0, 0, 2),  # everyone's visit is before the day before
     ]
     assert [reports.history_at(warehouse, 45010, day0 + h * HOUR) for h in (11, 13, 27, 37, 73)] == [0, 1, 1, 2, 0]
+
+
+@pytest.mark.parametrize("days", [0, -5, 3651, 99_999_999])
+def test_a_trend_covers_1_to_3650_days(warehouse: Client, days: int) -> None:
+    with pytest.raises(InvalidRequest, match=f"1 to 3650 days, not {days}"):
+        reports.trend(warehouse, 45010, days=days, as_of_ms=T)
