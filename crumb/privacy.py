@@ -80,21 +80,28 @@ def _erase_scores(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
 def _erase_memberships(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
     # The current members (what a full reload of the Redis store reads), what each build changed
     # and the membership intervals. Destinations that got the ID learn of it from the removals.
-    for table in ("id_segments", "id_deltas", "segment_history_closed"):
+    # The `_next` tables hold the build before the last one's rows after a swap, until the next
+    # build empties them.
+    for table in ("id_segments", "id_segments_next", "id_deltas", "segment_history_closed"):
         client.command(f"DELETE FROM crumb.{table} {on_cluster(client)} WHERE id IN {{ids:Array(String)}}",
                        parameters={"ids": ids})
     # The last build's profiles, by typed ID. (The events this erases make the next build a full one,
     # as do any events it removes from hours a build compares: `audiences.incremental`.)
-    client.command(f"DELETE FROM crumb.segment_profiles {on_cluster(client)} WHERE id IN {{typed:Array(String)}}",
-                   parameters={"typed": [f"{kind}:{i}" for i in ids for kind in ("c", "f")]})
+    for table in ("segment_profiles", "segment_profiles_next"):
+        client.command(f"DELETE FROM crumb.{table} {on_cluster(client)} WHERE id IN {{typed:Array(String)}}",
+                       parameters={"typed": [f"{kind}:{i}" for i in ids for kind in ("c", "f")]})
 
 
 def _erase_rollup(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
-    # The build's rolled-up hours (audiences.rollup): by typed ID. The table exists once a build ran.
+    # The build's rolled-up hours (audiences.rollup): the IDs' own, and the cookies' hours they
+    # shared events with (a first-party ID is in their links, and in their counts). The next build
+    # rolls those days up again: the events this erases change their digests. The table exists
+    # once a build ran.
     exists = client.query("SELECT count() FROM system.tables WHERE database = 'crumb' AND name = 'segment_rollup'")
     if exists.result_rows[0][0]:
-        client.command("DELETE FROM crumb.segment_rollup WHERE row_id IN {typed:Array(String)}",
-                       parameters={"typed": [f"{kind}:{i}" for i in ids for kind in ("c", "f")]})
+        client.command("DELETE FROM crumb.segment_rollup WHERE row_id IN {typed:Array(String)} "
+                       "OR hasAny(links, {ids:Array(String)})",
+                       parameters={"typed": [f"{kind}:{i}" for i in ids for kind in ("c", "f")], "ids": ids})
     # Their totals per ID hold the erased IDs in other IDs' links too: dropped whole, they are
     # derived, and the next build writes them again (it is a full one: the erased events are gone).
     client.command("DROP TABLE IF EXISTS crumb.segment_rollup_totals")
@@ -117,7 +124,8 @@ ERASERS: list[Eraser] = [
     Eraser("crumb.id_matches", _erase_matches),
     Eraser("redis segment store", _erase_from_store),
     Eraser("crumb.lookalike_scores", _erase_scores),
-    Eraser("crumb.id_segments, segment_profiles, id_deltas, segment_history_closed", _erase_memberships),
+    Eraser("crumb.id_segments(_next), segment_profiles(_next), id_deltas, segment_history_closed",
+           _erase_memberships),
     Eraser("crumb.segment_rollup, segment_rollup_totals", _erase_rollup),
     # What destinations received moves to the removals the next `crumb activate sync` sends.
     Eraser("crumb.delivered (removals queued for destinations)", _queue_removals),

@@ -177,11 +177,20 @@ def test_a_build_cut_short_is_cleaned_up_once_and_marked_failed(warehouse: Clien
 
 def test_erasure_removes_the_id_from_members_deltas_and_history(warehouse: Client, live_server: LiveServer) -> None:
     kept, erased, erased_fp = cookie(), cookie(), cookie()
+    sharer, shared_fp = cookie(), cookie()  # a cookie that stays, with a first-party ID that goes
     # The day before as_of's: rolled up by the build, so the rollup holds them too. The erased
     # cookie is linked to a first-party ID: the build's profiles hold it.
     insert(warehouse, [{"ts": T0 - DAY, "cookie_id": kept, "path": "/sports/x"},
-                       {"ts": T0 - DAY - 1000, "cookie_id": erased, "fp_id": erased_fp, "path": "/sports/y"}])
-    build(warehouse, SPORTS, as_of_ms=T0)
+                       {"ts": T0 - DAY - 1000, "cookie_id": erased, "fp_id": erased_fp, "path": "/sports/y"},
+                       {"ts": T0 - DAY - 2000, "cookie_id": sharer, "fp_id": shared_fp, "path": "/sports/z"}])
+    build(warehouse, SPORTS, as_of_ms=T0 - 3_600_000)
+    build(warehouse, SPORTS, as_of_ms=T0)  # the `_next` tables now hold the first build's rows
+    gone = [erased, shared_fp]
+    next_rows = ("SELECT (SELECT count() FROM crumb.id_segments_next WHERE id IN {ids:Array(String)}) + "
+                 "(SELECT count() FROM crumb.segment_profiles_next WHERE substring(id, 3) IN {ids:Array(String)})")
+    assert warehouse.query(next_rows, parameters={"ids": gone}).result_rows[0][0] == 4
+    links = "SELECT count() FROM crumb.segment_rollup WHERE has(links, {fp:String})"
+    assert warehouse.query(links, parameters={"fp": shared_fp}).result_rows[0][0] == 1
     profiles = f"SELECT count() FROM crumb.segment_profiles WHERE id = 'c:{erased}'"
     assert warehouse.query(profiles).result_rows[0][0] == 1
     assert rolled_ids(warehouse, [kept, erased]) == {f"c:{kept}", f"c:{erased}"}
@@ -194,13 +203,17 @@ def test_erasure_removes_the_id_from_members_deltas_and_history(warehouse: Clien
     assert running_build.acquire()
     try:
         with pytest.raises(ErasureDeferred):
-            erase(warehouse, redis_client, [erased], "test", wait_s=0)
+            erase(warehouse, redis_client, gone, "test", wait_s=0)
         assert warehouse.query(profiles).result_rows[0][0] == 1
     finally:
         running_build.release()
-    names = erase(warehouse, redis_client, [erased], "test")
+    names = erase(warehouse, redis_client, gone, "test")
 
-    assert "crumb.id_segments, segment_profiles, id_deltas, segment_history_closed" in names
+    assert "crumb.id_segments(_next), segment_profiles(_next), id_deltas, segment_history_closed" in names
+    assert warehouse.query(next_rows, parameters={"ids": gone}).result_rows[0][0] == 0
+    # The cookie's rolled-up hour it shared with the first-party ID goes (the next build rolls its
+    # day up again: the erased events changed it).
+    assert warehouse.query(links, parameters={"fp": shared_fp}).result_rows[0][0] == 0
     assert warehouse.query(profiles).result_rows[0][0] == 0
     for table in ("segment_members", "segment_deltas", "segment_history"):
         held = {r[0] for r in warehouse.query(
