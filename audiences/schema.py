@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from crumb.migrations import Migration
+from clickhouse_connect.driver.client import Client
+
+from crumb.migrations import Dialect, Migration
 
 _MEMBER_COLUMNS = """
     segment_id UInt32,
@@ -326,3 +328,20 @@ MIGRATIONS = [
     ]),
     Migration("audiences_0015_rolled_into", [_ROLLED_INTO]),
 ]
+
+
+# Retention of what builds record about members (a TTL per data class, as the events have): per
+# table, the time its rows are kept from. Open intervals are the current members: they have none.
+HISTORY_RETENTION = {"segment_history_closed": "exited_at", "id_deltas": "built_at", "segment_sizes": "built_at"}
+
+
+def apply_history_retention(client: Client, dialect: Dialect, days: int) -> None:
+    """Follow `history_ttl_days` on every migrate, as the events follow theirs. A TTL that is
+    already this one is left alone: modifying it rewrites the table's parts."""
+    for table, column in HISTORY_RETENTION.items():
+        ttl = f"toDateTime({column}) + toIntervalDay({int(days)})"
+        engine = client.query("SELECT engine_full FROM system.tables WHERE database = 'crumb' AND name = {t:String}",
+                              parameters={"t": table}).result_rows
+        if engine and f"TTL {ttl}" in engine[0][0]:
+            continue
+        client.command(dialect.render(f"ALTER TABLE {{db}}.{table} {{on_cluster}} MODIFY TTL {ttl}"))

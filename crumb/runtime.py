@@ -64,11 +64,13 @@ class Runtime:
         return self._embedded_redis.url
 
     def migrate(self, progress: migrations.Progress | None = None) -> list[str]:
+        from audiences.schema import apply_history_retention
         from collector.schema import apply_retention
 
         dialect = migrations.Dialect(self.settings.clickhouse_cluster)
         retention = lambda client, d: apply_retention(client, d, self.settings.events_ttl_days)  # noqa: E731
-        return migrations.apply(self.client, dialect, progress=progress, after=[retention],
+        history = lambda client, d: apply_history_retention(client, d, self.settings.history_ttl_days)  # noqa: E731
+        return migrations.apply(self.client, dialect, progress=progress, after=[retention, history],
                                 exclusive=lambda: no_build(self.redis, progress=progress))
 
     def secret(self, name: str, configured: str) -> str:

@@ -45,6 +45,9 @@ class Settings(BaseModel):
     tcf_vendor_id: int = Field(0, ge=0)  # our GVL ID; 0 = not registered: no vendor consent ever
 
     events_ttl_days: int = Field(180, ge=1, le=3650)
+    # What builds record about members, by when it was recorded: the history's closed intervals,
+    # the deltas (what activation reads) and each build's sizes (the reports' trend).
+    history_ttl_days: int = Field(400, ge=1, le=3650)
     max_event_age_hours: int = Field(168, ge=0)  # older client timestamps fall back to server time
 
     flush_rows: int = Field(10_000, ge=1)

@@ -466,11 +466,12 @@ class _RecordingClient:
 
 def test_migrate_on_a_cluster_runs_every_statement_on_cluster() -> None:
     """Including what `apply` itself issues (database, ledger) and the retention hook."""
+    from audiences.schema import apply_history_retention
     from collector.schema import apply_retention
 
     client = _RecordingClient()
     dialect = Dialect(cluster="crumb")
-    retention = [lambda c, d: apply_retention(c, d, 180)]
+    retention = [lambda c, d: apply_retention(c, d, 180), lambda c, d: apply_history_retention(c, d, 400)]
     applied = migrations.apply(client, dialect, after=retention)  # type: ignore[arg-type]
     assert applied == [m.id for m in all_migrations()]
     assert client.commands[0].startswith("CREATE DATABASE IF NOT EXISTS crumb ON CLUSTER `crumb`")
