@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     erase = privacy.add_parser("erase", help="erase an ID from everything Crumb holds")
     erase.add_argument("id")
     erase.set_defaults(run=lambda s, a: _print(_run_command(s, "erase", {"ids": [a.id]})))
+    export = privacy.add_parser("export", help="everything Crumb holds about an ID, as JSON")
+    export.add_argument("id")
+    export.set_defaults(run=lambda s, a: _print(_run_command(s, "export", {"id": a.id})))
     return parser
 
 

@@ -172,3 +172,14 @@ def erase(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict
 
 
 COMMANDS["erase"] = erase
+
+
+def export(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    from crumb.privacy import export as export_id
+
+    ctx.flush_events()  # its events still in the collector's buffer are held too
+    ctx.runtime.migrate()
+    return export_id(ctx.runtime.client, ctx.runtime.redis, str(args["id"]))
+
+
+COMMANDS["export"] = export

@@ -7,6 +7,7 @@ erases them in batches off the request path.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from clickhouse_connect.driver.client import Client
@@ -154,6 +156,74 @@ def erase(client: Client, redis_client: redis.Redis, ids: Sequence[str], reason:
         column_names=["erasure_id", "id", "reason", "requested_at", "completed_at", "tables"],
     )
     return names
+
+
+# -- export: what Crumb holds about one ID (a data subject's access request) ----------------------
+
+
+@dataclass(frozen=True)
+class Exporter:
+    name: str  # what it reads, as the export names it, e.g. "crumb.events"
+    export: Callable[[Client, redis.Redis, str], list[dict[str, Any]]]
+
+
+def _rows(sql: str) -> Callable[[Client, redis.Redis, str], list[dict[str, Any]]]:
+    """An exporter of the rows `sql` selects, with the ID as `{id:String}` and its typed forms
+    (cookie and first-party, as profiles and scores key them) as `{typed:Array(String)}`."""
+    def export(client: Client, _redis: redis.Redis, member_id: str) -> list[dict[str, Any]]:
+        result = client.query(sql, parameters={"id": member_id, "typed": [f"c:{member_id}", f"f:{member_id}"]})
+        return [dict(zip(result.column_names, map(_plain, row), strict=True)) for row in result.result_rows]
+    return export
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON can hold it: times in ISO 8601, UUIDs as text."""
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _export_from_store(_client: Client, redis_client: redis.Redis, member_id: str) -> list[dict[str, Any]]:
+    from activation.store import SegmentStore
+
+    store = SegmentStore(redis_client)
+    return [{"id_type": id_type, "segment_id": m.segment_id, "expires_at": m.expires_at}
+            for id_type in ("cookie", "fp") for m in store.memberships(member_id, id_type)]
+
+
+EXPORTERS: list[Exporter] = [
+    Exporter("crumb.events", _rows(
+        "SELECT * FROM crumb.events WHERE cookie_id = {id:String} OR fp_id = {id:String} ORDER BY ts")),
+    Exporter("crumb.optouts", _rows("SELECT * FROM crumb.optouts FINAL WHERE id = {id:String}")),
+    Exporter("crumb.erasures", _rows("SELECT * FROM crumb.erasures WHERE id = {id:String} ORDER BY requested_at")),
+    Exporter("crumb.segment_members", _rows(
+        "SELECT * FROM crumb.segment_members WHERE id = {id:String} ORDER BY segment_id, id_type")),
+    Exporter("crumb.segment_history", _rows(
+        "SELECT * FROM crumb.segment_history WHERE id = {id:String} ORDER BY segment_id, entered_at")),
+    Exporter("crumb.segment_deltas", _rows(
+        "SELECT * FROM crumb.segment_deltas WHERE id = {id:String} ORDER BY build_id, segment_id")),
+    Exporter("crumb.segment_profiles", _rows(
+        "SELECT * FROM crumb.segment_profiles WHERE id IN {typed:Array(String)} ORDER BY id")),
+    Exporter("crumb.lookalike_scores", _rows(
+        "SELECT * FROM crumb.lookalike_scores WHERE profile IN {typed:Array(String)} ORDER BY segment_id, run_id")),
+    Exporter("crumb.id_matches", _rows("SELECT * FROM crumb.id_matches FINAL WHERE id = {id:String}")),
+    Exporter("crumb.delivered", _rows("SELECT * FROM crumb.delivered FINAL WHERE id = {id:String}")),
+    Exporter("crumb.pending_removals", _rows("SELECT * FROM crumb.pending_removals FINAL WHERE id = {id:String}")),
+    Exporter("crumb.dead_letters", _rows("SELECT * FROM crumb.dead_letters WHERE id = {id:String}")),
+    Exporter("redis segment store", _export_from_store),
+]
+
+
+def export(client: Client, redis_client: redis.Redis, member_id: str) -> dict[str, Any]:
+    """Everything Crumb holds about the ID (as a cookie or a first-party ID), by where it is held."""
+    return {"id": member_id, "exported_at": dt.datetime.now(dt.UTC).isoformat(),
+            "held": {exporter.name: exporter.export(client, redis_client, member_id) for exporter in EXPORTERS}}
 
 
 def queue_erasure(redis_client: redis.Redis, ids: Sequence[str]) -> None:

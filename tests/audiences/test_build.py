@@ -6,6 +6,7 @@ own events fall inside their windows.
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -869,3 +870,39 @@ def test_the_plan_key_changes_with_what_members_mean(monkeypatch: pytest.MonkeyP
     key = plan_key(plan, [])
     monkeypatch.setattr(incremental, "SEMANTICS", incremental.SEMANTICS + 1)
     assert plan_key(plan, []) != key
+
+
+def test_an_export_holds_what_crumb_keeps_about_an_id_and_an_erasure_leaves_only_its_record(
+        warehouse: Client, live_server: LiveServer) -> None:
+    from activation.store import SegmentStore
+    from crumb import commands
+
+    at = T0 + 530 * DAY
+    member, fp = cookie(), f"fp-{cookie()}"
+    insert(warehouse, [{"ts": at - DAY, "cookie_id": member, "fp_id": fp, "path": "/sports/1"},
+                       {"ts": at - 1000, "cookie_id": member, "path": "/news"}])
+    build(warehouse, SPORTS, as_of_ms=at)
+    SegmentStore(live_server.crumb.runtime.redis).put([(member, [1])])
+
+    def export(member_id: str) -> dict[str, Any]:
+        result = commands.export(live_server.crumb.commands, {"id": member_id}, Progress())
+        json.dumps(result)  # JSON as it is: no value needs a default
+        return result["held"]
+
+    held = export(member)
+    assert [e["path"] for e in held["crumb.events"]] == ["/sports/1", "/news"]
+    assert [(m["segment_id"], m["id_type"]) for m in held["crumb.segment_members"]] == [(1, "cookie")]
+    assert [h["segment_id"] for h in held["crumb.segment_history"]] == [1]
+    assert [d["change"] for d in held["crumb.segment_deltas"]] == ["enter"]
+    assert [p["id"] for p in held["crumb.segment_profiles"]] == [f"c:{member}"]
+    assert [m["segment_id"] for m in held["redis segment store"]] == [1]
+    assert set(held) >= {"crumb.optouts", "crumb.erasures", "crumb.id_matches", "crumb.delivered"}
+    # The first-party ID: its event with the cookie, its membership, its profile (the cookie's).
+    held_fp = export(fp)
+    assert [e["cookie_id"] for e in held_fp["crumb.events"]] == [member]
+    assert [(m["id_type"], m["profile_id"]) for m in held_fp["crumb.segment_members"]] == [("fp", f"c:{member}")]
+
+    erase(warehouse, live_server.crumb.runtime.redis, [member], "test")
+    after = export(member)
+    assert [e["reason"] for e in after.pop("crumb.erasures")] == ["test"]
+    assert not any(after.values()), {name: rows for name, rows in after.items() if rows}

@@ -129,6 +129,7 @@ def crumb(data_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     (["audiences", "explain", "101", "nobody", "--segments", str(EXAMPLES)], "nobody"),
     (["audiences", "preview", "{file}"], '"estimate": 0'),
     (["audiences", "lookalike", "--seed", "101", "--reach", "5%"], "seed_too_small"),
+    (["privacy", "export", "nobody"], '"crumb.events": []'),
 ])
 def test_reads_on_a_data_dir_without_a_build_answer(tmp_path: Path, argv: list[str], output: str) -> None:
     (tmp_path / "draft.yaml").write_text(SPORTS)
