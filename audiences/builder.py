@@ -187,7 +187,7 @@ def build(
         if rollup:
             hours, roll_days = steps.run("values", lambda: _values(client, plan, as_of_ms, rollup, following))
             result.rolled_days = len(roll_days)
-            steps.run("rollup", lambda: roll(client, plan, roll_days, note=progress.note,
+            steps.run("rollup", lambda: roll(client, plan, roll_days, as_of_ms, note=progress.note,
                                              settings=AGGREGATION_SETTINGS))
             if not totals_written(client, plan, as_of_ms):  # the day's first build, or a day rolled again
                 steps.run("totals", lambda: write_totals(client, plan, as_of_ms, settings=AGGREGATION_SETTINGS,
@@ -323,7 +323,7 @@ def _carry_over(client: Client, build_id: int, following: bool, lookalike_ids: l
     client.command("TRUNCATE TABLE crumb.segment_profiles_next")
     if not following:
         client.command(f"INSERT INTO crumb.segment_profiles_next SELECT id, profile FROM {PROFILE_ROWS}")
-        client.command(f"DROP TABLE {PROFILE_ROWS}")  # read last here: its memory goes back
+        client.command(f"DROP TABLE {PROFILE_ROWS} SYNC")  # read last here: its memory goes back
         return
     params = {"build_id": build_id, "lookalikes": lookalike_ids}
     for table in ("id_segments", "segment_profiles"):
@@ -334,7 +334,7 @@ def _carry_over(client: Client, build_id: int, following: bool, lookalike_ids: l
     client.command(f"INSERT INTO crumb.segment_profiles_next SELECT id, profile FROM {PROFILE_ROWS}")
     # Read last here: dropped, so that its memory goes back, and no later step reads it once the
     # lookalikes' refill below has made `PROFILE_OF` hold more.
-    client.command(f"DROP TABLE {PROFILE_ROWS}")
+    client.command(f"DROP TABLE {PROFILE_ROWS} SYNC")
     if lookalike_ids:
         client.command(f"TRUNCATE TABLE {PROFILE_IDS}")
         _fill_profile_of(client, "crumb.segment_profiles_next")
@@ -371,7 +371,7 @@ def make_scratch(client: Client, tables: Tables = BUILD) -> None:
 
 def drop_scratch(client: Client, tables: Tables = BUILD) -> None:
     for name in [*SCRATCH_TABLES, "optouts"]:
-        client.command(f"DROP TABLE IF EXISTS {getattr(tables, name)}")
+        client.command(f"DROP TABLE IF EXISTS {getattr(tables, name)} SYNC")
 
 
 # Each table of parents is kept twice, a Join and its rows (`_rows_and_join`).
@@ -383,7 +383,7 @@ def _drop_build_tables(client: Client) -> None:
     """The scratch tables only a build has: its links, what a following build recomputes, the hour
     rows it reads besides the totals, and the last build's entry times."""
     for table in (*LINK_TABLES, *FOLLOW_TABLES, HOURS, ENTERED, ENTERED_ROWS):
-        client.command(f"DROP TABLE IF EXISTS {table}")
+        client.command(f"DROP TABLE IF EXISTS {table} SYNC")
 
 
 def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead | None = None,
@@ -430,15 +430,15 @@ def _resolve_profiles(client: Client, plan: Plan, as_of_ms: int, rollup: RollupR
         unsettled = client.query(
             f"SELECT count() FROM crumb._build_parent_next_rows WHERE {parent.format('id')} != profile"
         ).result_rows[0][0]
-        client.command("DROP TABLE crumb._build_parent")
-        client.command("DROP TABLE crumb._build_parent_rows")
+        client.command("DROP TABLE crumb._build_parent SYNC")
+        client.command("DROP TABLE crumb._build_parent_rows SYNC")
         client.command("RENAME TABLE crumb._build_parent_next TO crumb._build_parent, "
                        "crumb._build_parent_next_rows TO crumb._build_parent_rows")
     # Every ID points at its component's smallest ID: the parents are the profiles. The links are
     # read no more: dropped now, not with the build's other tables (58 MB of the benchmark's
     # first build, held through its members step otherwise).
-    client.command("DROP TABLE crumb._build_edges")
-    client.command("DROP TABLE crumb._build_parent")
+    client.command("DROP TABLE crumb._build_edges SYNC")
+    client.command("DROP TABLE crumb._build_parent SYNC")
     client.command(f"RENAME TABLE crumb._build_parent_rows TO {PROFILE_ROWS}")
     _fill_profile_of(client, PROFILE_ROWS)
     client.command(f"INSERT INTO {PROFILE_IDS} SELECT profile, groupArray(id) FROM {PROFILE_ROWS} GROUP BY profile")

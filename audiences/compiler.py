@@ -35,7 +35,7 @@ MEMBERS_NEXT = "crumb.id_segments_next"
 OPTOUTS = "crumb.optouts"  # the ledger of opted-out IDs (the collector's)
 # The opted-out IDs as a build read them at its start, one row per ID: every statement of its
 # rule segments excludes exactly these, and its state records exactly these
-# (`incremental.optout_digest`). An opt-out recorded while a build runs then reaches none of them,
+# (`rollup.optout_digest`). An opt-out recorded while a build runs then reaches none of them,
 # and the next build takes it as new, instead of reaching some (its links dropped, its rows
 # counted) and not others. (The lookalike step reads the ledger: it scores every profile anew in
 # every build, so a later opt-out leaves nothing behind there.)

@@ -121,13 +121,13 @@ _RE2_OPTIONS.log_errors = False  # the error is ours to report, with the file an
 def _check_regex(pattern: str) -> None:
     if len(pattern) > 1000:
         raise ValueError("regex longer than 1000 characters")
-    if re.search(r"\\[1-9]|\(\?[=!<]", pattern):
-        raise ValueError("back-references and look-arounds are not supported (RE2)")
     try:
         re2.compile(pattern, _RE2_OPTIONS)
     except re2.error as exc:
         reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise ValueError(f"invalid regex (RE2, as ClickHouse matches): {reason}") from None
+        # RE2 has no back-references or look-arounds, by design: say so, its message does not.
+        hint = " (RE2 has no look-arounds or back-references)" if re.search(r"\(\?[=!]|\(\?<[=!]", pattern) else ""
+        raise ValueError(f"invalid regex (RE2, as ClickHouse matches): {reason}{hint}") from None
 
 
 class Condition(_Model):
@@ -142,9 +142,10 @@ class Condition(_Model):
     def _bounds(self) -> Condition:
         if self.max_count is not None and self.max_count < self.min_count:
             raise ValueError("max_count is below min_count")
-        if self.min_days is not None and self.within_days is not None and self.min_days > self.within_days:
-            raise ValueError(f"min_days {self.min_days} is more than the {self.within_days} days of the window: "
-                             "the condition could never hold")
+        # A window of N days spans N + 1 dates: as_of's own, and the N whole days before it.
+        if self.min_days is not None and self.within_days is not None and self.min_days > self.within_days + 1:
+            raise ValueError(f"min_days {self.min_days} is more than the {self.within_days + 1} dates a window of "
+                             f"{self.within_days} days spans: the condition could never hold")
         return self
 
 
@@ -331,16 +332,17 @@ def parse_segment(data: Any, source: str = "<definition>") -> Segment:
         raise DefinitionError(f"{source}: {_describe(exc)}") from None
 
 
-def load_segments(directory: Path, audience_ids: frozenset[str] | None = None) -> SegmentSet:
+def load_segments(directory: Path, audience_ids: frozenset[str] | None = None, allow_empty: bool = False) -> SegmentSet:
     """Every `*.yaml` / `*.yml` file of the directory: one segment, or a list of segments.
 
-    A directory that is missing, or holds no such file, is an error, not zero segments: a build
-    of none exits every member, and activation then removes them all from every destination. A
-    typo in `CRUMB_SEGMENTS_DIR` or a volume not mounted must not do that."""
+    A directory that is missing is an error, and so is one with no such file unless
+    `allow_empty` (what reads pass): a build of none exits every member, and activation then
+    removes them all from every destination. A typo in `CRUMB_SEGMENTS_DIR` or a volume not
+    mounted must not do that."""
     if not directory.is_dir():
         raise DefinitionError(f"{directory}: no such directory of segment definitions")
     paths = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
-    if not paths:
+    if not paths and not allow_empty:
         raise DefinitionError(f"{directory}: no segment definitions (*.yaml, *.yml) in the directory; "
                               "to build none, pause them (status: paused)")
     segments, sources = [], {}

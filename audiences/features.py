@@ -182,7 +182,7 @@ WHERE profile NOT IN ({profiles.optouts})"""
 
     def drop(self) -> None:
         for table in (self.features, self.seed, self.taxonomy):
-            self.client.command(f"DROP TABLE IF EXISTS {table}")
+            self.client.command(f"DROP TABLE IF EXISTS {table} SYNC")
 
 
 def _chunk(table: pa.Table) -> Chunk:

@@ -185,7 +185,7 @@ def changes(plan: Plan, previous: BuildState, as_of_ms: int, hours: HourDigests,
             if since_hour <= hour <= previous.as_of_ms // 1000
             and hours.get(hour, (0, 0, 0, 0))[2:] != previous.hours.get(hour, (0, 0))]
     fewer = any(hours.get(hour, (0, 0, 0, 0))[2] < previous.hours[hour][0] for hour in late if hour in previous.hours)
-    only_added = added is not None and previous.optouts.plus(added).same(optouts)
+    only_added = added is not None and previous.optouts.only_added(added, optouts)
     return Changes(late, not optouts.same(previous.optouts),
                    previous.optouts.through_ms if only_added else None, events_removed=fewer)
 

@@ -23,13 +23,15 @@ class BuildBusy(AudiencesError):
     code = "build_running"
 
 
-def load_definitions(directory: Path | None, settings: Settings) -> SegmentSet:
+def load_definitions(directory: Path | None, settings: Settings, building: bool = False) -> SegmentSet:
+    """The segments of the directory (none without one). An empty directory is an error only when
+    `building`: reads (a report, a preview of a first segment) have nothing to lose."""
     if directory is None:
         return SegmentSet([])
     audience_ids = None
     if settings.audience_taxonomy_file:
         audience_ids = frozenset(ContentTaxonomy.load(settings.audience_taxonomy_file).names)
-    return load_segments(directory, audience_ids)
+    return load_segments(directory, audience_ids, allow_empty=not building)
 
 
 def content_taxonomy(settings: Settings) -> ContentTaxonomy | None:
@@ -41,7 +43,7 @@ def build_once(
     progress: Progress = SILENT, as_of_ms: int | None = None, follow: bool = True,
 ) -> BuildResult:
     """One build, unless another is running anywhere (the lock lives in Redis, shared by replicas)."""
-    segments = load_definitions(directory or settings.segments_dir, settings)
+    segments = load_definitions(directory or settings.segments_dir, settings, building=True)
     # Erasures take the lock too: a build waits for one to end.
     busy = BuildBusy("another build (or an erasure) is running; one build at a time")
     with build_lock(redis_client, BUILD_LOCK_WAIT_S, hold_s=6 * 3600, busy=busy):

@@ -111,7 +111,7 @@ def _make_scratch(client: Client, tables: Tables, buckets: int) -> None:
 
 def _drop_scratch(client: Client, tables: Tables) -> None:
     drop_scratch(client, tables)
-    client.command(f"DROP TABLE IF EXISTS {tables.members}")
+    client.command(f"DROP TABLE IF EXISTS {tables.members} SYNC")
     client.command(f"DROP VIEW IF EXISTS {tables.events}")
 
 

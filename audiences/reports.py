@@ -25,14 +25,16 @@ DIMENSIONS = {"categories": "arrayJoin(categories)", "hosts": "host", "device_ty
 
 def sizes(client: Client, segment_ids: list[int] | None = None, segments: SegmentSet | None = None) -> list[dict]:
     """Per segment of the current build: exact profiles, IDs by type, and the uniqCombined sketch's
-    estimate of the profiles with its relative error. Asked-for segments without members show zeros."""
+    estimate of the profiles with its relative error. Asked-for segments without members show zeros;
+    none asked for (None): every segment with members."""
     rows = client.query(
         "SELECT segment_id, uniqExact(profile_id), count(), countIf(id_type = 'cookie'), countIf(id_type = 'fp'), "
         f"uniqCombined(profile_id), max(build_id) FROM {MEMBERS} "
-        "WHERE empty({ids:Array(UInt32)}) OR has({ids:Array(UInt32)}, segment_id) "
-        "GROUP BY segment_id ORDER BY segment_id", parameters={"ids": segment_ids or []}).result_rows
+        "WHERE {all:Bool} OR has({ids:Array(UInt32)}, segment_id) "
+        "GROUP BY segment_id ORDER BY segment_id",
+        parameters={"all": segment_ids is None, "ids": segment_ids or []}).result_rows
     found = {int(row[0]): row for row in rows}
-    wanted = segment_ids or sorted(found)  # no IDs asked for: every segment, as in the query
+    wanted = sorted(found) if segment_ids is None else segment_ids
     return [_size(segment_id, found.get(segment_id), segments) for segment_id in wanted]
 
 

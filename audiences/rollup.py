@@ -54,6 +54,11 @@ ROLLED_DAYS = "crumb.segment_rollup_days"  # migration audiences_0006
 # the first build of the day that finds them missing (or keyed otherwise), read by every build
 # that day. Its comment says for which rollup, plan and day; rolling a day up again drops it.
 TOTALS = "crumb.segment_rollup_totals"
+# The opt-outs the rolled rows left out, as a build's snapshot said (`Optouts`): one row, of this
+# node's rollup. A rolled row is a cookie's hour, and holds the events it shared with first-party
+# IDs. When one of those opts out later, the totals leave out its own rows, but its events stay
+# in the cookie's: those days are rolled up again (a cookie that opts out is a row of its own).
+ROLLED_OPTOUTS = "crumb.segment_rollup_optouts"
 # The day's first build reads the rollup whole, to total it per ID. Its counts and bit words
 # compress 3-10x, but decompressing them was much of that read: stored plain (its hours too), the
 # hourly build of bench/segments, which read the rollup whole then, took a tenth less CPU (3.10 s
@@ -84,6 +89,12 @@ class Optouts:
     def plus(self, other: Optouts) -> Optouts:
         """Both sets as one, when they have no ID in common."""
         return Optouts(self.count + other.count, self.digest ^ other.digest, max(self.through_ms, other.through_ms))
+
+    def only_added(self, added: Optouts, now: Optouts) -> bool:
+        """Whether `added` (of `now`, those recorded after this set's latest) make up all that
+        changed since this set: they are the new ones. An opt-out recorded late with an earlier
+        time, one recorded again, or one removed breaks the sum: then any may be new."""
+        return self.plus(added).same(now)
 
 
 def optout_digest(client: Client, snapshot: str, after_ms: int = 0) -> tuple[Optouts, Optouts]:
@@ -153,24 +164,16 @@ def days_to_roll(client: Client, plan: Plan, as_of_ms: int, now: DayDigests, tab
     return {day: now.get(day, (0, 0)) for day in sorted(changed)}
 
 
-# The opt-outs the rolled rows left out, as a build's snapshot said (`Optouts`): one row, of this
-# node's rollup. A rolled row is a cookie's hour, and holds the events it shared with first-party
-# IDs. When one of those opts out later, the totals leave out its own rows, but its events stay
-# in the cookie's: those days are rolled up again (a cookie that opts out is a row of its own).
-ROLLED_OPTOUTS = "crumb.segment_rollup_optouts"
-
-
 def _days_of_new_optouts(client: Client, days: list[dt.date], tables: Tables) -> set[dt.date]:
     """The days with events a cookie shared with a first-party ID opted out since the rolled rows'
     record: those recorded after its latest, when they account for the whole change (count and
     digest); else, or with no record (a rollup from before the record existed), every opted-out ID."""
-    recorded = client.query(f"SELECT count, digest, through_ms FROM {ROLLED_OPTOUTS} LIMIT 1").result_rows
-    before = Optouts(*map(int, recorded[0])) if recorded else None
+    before = _recorded_optouts(client)
     now, added = optout_digest(client, tables.optouts, before.through_ms if before else 0)
     if before is not None and now.same(before):
         return set()
     new = f"SELECT id FROM {tables.optouts}"
-    if before is not None and before.plus(added).same(now):
+    if before is not None and before.only_added(added, now):
         new += " WHERE opted_out_at > fromUnixTimestamp64Milli({after:Int64}, 'UTC')"
     rows = client.query(
         f"SELECT DISTINCT toDate(ts) FROM {tables.events} WHERE toDate(ts) IN {{days:Array(Date)}} "
@@ -184,7 +187,7 @@ def first_day(plan: Plan, as_of_ms: int) -> dt.date:
     return _day(window_start(as_of_ms, plan.max_window_days))
 
 
-def roll(client: Client, plan: Plan, digests: DayDigests, tables: Tables = BUILD,
+def roll(client: Client, plan: Plan, digests: DayDigests, as_of_ms: int, tables: Tables = BUILD,
          note: Callable[[str], None] = lambda line: None, settings: dict[str, Any] | None = None) -> int:
     """Roll the days up (again): their rows are replaced, then the days are recorded with the
     digests `days_to_roll` read, and the opt-outs of the build's snapshot as those the rows left
@@ -206,13 +209,26 @@ def roll(client: Client, plan: Plan, digests: DayDigests, tables: Tables = BUILD
         rollup = _rollup_uuid(client)
         client.insert(ROLLED_DAYS, [[day, rollup, *digests[day]] for day in days],
                       column_names=["day", "rollup", "events", "digest"])
-    # Every rolled day now leaves out the snapshot's opt-outs: those `days_to_roll` found new
-    # were rolled again, and no other day holds a cookie's event shared with one of them.
+    # Every day of the window now leaves out the snapshot's opt-outs: those `days_to_roll` found
+    # new were rolled again, and no other day holds a cookie's event shared with one of them.
+    # Days after the window (rolled by a build as of a later day) were not looked at: the record
+    # stays as it was, and a build whose window holds them looks.
+    last = _day(as_of_ms) - dt.timedelta(days=1)
+    later = client.query(
+        "SELECT count() FROM system.parts WHERE database = 'crumb' AND table = 'segment_rollup' AND active "
+        "AND partition_id > {last:String}", parameters={"last": last.strftime("%Y%m%d")}).result_rows[0][0]
     optouts, _ = optout_digest(client, tables.optouts)
-    client.command(f"TRUNCATE TABLE {ROLLED_OPTOUTS}")
-    client.insert(ROLLED_OPTOUTS, [[optouts.count, optouts.digest, optouts.through_ms]],
-                  column_names=["count", "digest", "through_ms"])
+    if not later and _recorded_optouts(client) != optouts:
+        client.command(f"TRUNCATE TABLE {ROLLED_OPTOUTS}")
+        client.insert(ROLLED_OPTOUTS, [[optouts.count, optouts.digest, optouts.through_ms]],
+                      column_names=["count", "digest", "through_ms"])
     return written
+
+
+def _recorded_optouts(client: Client) -> Optouts | None:
+    """The opt-outs the rolled rows left out, as recorded; None without a record."""
+    rows = client.query(f"SELECT count, digest, through_ms FROM {ROLLED_OPTOUTS} LIMIT 1").result_rows
+    return Optouts(*map(int, rows[0])) if rows else None
 
 
 def _rollup_uuid(client: Client) -> str:

@@ -127,7 +127,7 @@ class Sampler:
     """
 
     def __init__(self, dsn: str, every_s: float = 0.2) -> None:
-        self._client = clickhouse_connect.get_client(dsn=dsn)
+        self._client = clickhouse_connect.get_client(dsn=dsn, settings=SESSION_SETTINGS)
         self._every_s = every_s
         self.step = "other"
         self._stop = threading.Event()
@@ -254,7 +254,7 @@ def load_only(data_dir: Path, events: int, cookies: int, days: int) -> None:
     from crumb.simulator import SimulationSpec, load_bulk
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    client = clickhouse_connect.get_client(dsn=f"chdb://{data_dir}")
+    client = clickhouse_connect.get_client(dsn=f"chdb://{data_dir}", settings=SESSION_SETTINGS)
     apply(client, Dialect())
     spec = SimulationSpec(cookies=cookies, events=events, days=days)
     load_avg = os.getloadavg()

@@ -79,13 +79,14 @@ def report(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dic
     from audiences.jobs import load_definitions
 
     settings = ctx.runtime.settings
-    definitions = load_definitions(_directory(args, settings), settings)
+    directory = _directory(args, settings)
+    definitions = load_definitions(directory, settings)
     overlap = None if args.get("overlap") is None else [int(i) for i in args["overlap"]]
     segment_id = None if args.get("segment") is None else int(args["segment"])
-    ctx.runtime.migrate()  # a data dir without a build yet has no tables to read
+    ctx.runtime.ensure_schema()  # a data dir without a build yet has no tables to read
     client = ctx.runtime.client
     reports.check_defined(client, [*(overlap or []), *([] if segment_id is None else [segment_id])], definitions)
-    active = sorted(s.id for s in definitions.active())
+    active = None if directory is None else sorted(s.id for s in definitions.active())  # None: every built one
     result: dict[str, Any] = {"sizes": reports.sizes(client, active, definitions)}
     if overlap is not None:
         result["overlap"] = reports.overlap(client, overlap, segments=definitions)
@@ -105,7 +106,7 @@ def explain(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> di
     settings = ctx.runtime.settings
     ctx.flush_events()
     definitions = load_definitions(_directory(args, settings), settings)
-    ctx.runtime.migrate()  # a data dir without a build yet has no tables to read
+    ctx.runtime.ensure_schema()  # a data dir without a build yet has no tables to read
     explanation = explain_membership(ctx.runtime.client, int(args["segment"]), str(args["cookie_id"]),
                                      definitions, content_taxonomy(settings))
     return {"explanation": explanation, "text": render_text(explanation)}
@@ -120,7 +121,7 @@ def preview(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> di
     settings = ctx.runtime.settings
     definitions = load_definitions(_directory(args, settings), settings)
     segment = parse_segment(args["definition"], str(args.get("source", "<definition>")))
-    ctx.runtime.migrate()  # a data dir without a build yet has no tables to read
+    ctx.runtime.ensure_schema()  # a data dir without a build yet has no tables to read
     sample = 0.1 if args.get("sample") is None else float(args["sample"])
     return preview_size(ctx.runtime.client, segment, definitions, content_taxonomy(settings), sample=sample)
 
@@ -130,7 +131,7 @@ def lookalike(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> 
     from audiences.jobs import content_taxonomy
     from audiences.lookalike import render_table, run_lookalike
 
-    ctx.runtime.migrate()  # a data dir without a build yet has no tables to read
+    ctx.runtime.ensure_schema()  # a data dir without a build yet has no tables to read
     result = run_lookalike(
         ctx.runtime.client, int(args["seed"]), reach=args.get("reach"), size=args.get("size"),
         exclude_seed=bool(args.get("exclude_seed", True)), min_similarity=float(args.get("min_similarity") or 0.0),
@@ -178,7 +179,7 @@ def export(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> dic
     from crumb.privacy import export as export_id
 
     ctx.flush_events()  # its events still in the collector's buffer are held too
-    ctx.runtime.migrate()
+    ctx.runtime.ensure_schema()
     return export_id(ctx.runtime.client, ctx.runtime.redis, str(args["id"]))
 
 

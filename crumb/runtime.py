@@ -63,6 +63,13 @@ class Runtime:
         self._embedded_redis.start()
         return self._embedded_redis.url
 
+    def ensure_schema(self) -> None:
+        """For commands that only read: the schema of a data dir no build or server has made yet.
+        An existing one is left as it is (`crumb migrate` and `crumb serve` upgrade it): a read
+        should not wait for a cluster's DDL queue, nor need the rights to change the schema."""
+        if not self.client.query("EXISTS TABLE crumb.schema_migrations").result_rows[0][0]:
+            self.migrate()
+
     def migrate(self, progress: migrations.Progress | None = None) -> list[str]:
         from audiences.schema import apply_history_retention
         from collector.schema import apply_retention

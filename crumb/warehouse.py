@@ -18,7 +18,11 @@ from crumb.settings import Settings
 # resident after it, 350 MB more after each first build of the 100-segment benchmark, and those it
 # drops as it goes still counted in its peak. Dropped at once, the process went back to 430 MB
 # after each build (from 750, 1090, 1420 MB), and a first build peaked at 1.4 GB, not 1.6.
-SESSION_SETTINGS = {"database_atomic_wait_for_drop_and_detach_synchronously": 1}
+# Embedded, that memory is our process's, and every drop is made synchronous. A server's user may
+# not be allowed to change the setting (readonly), and a synchronous DROP there waits for the
+# table's running queries (on a cluster, for every host): there, the scratch tables' own drops
+# say SYNC.
+SESSION_SETTINGS = {"database_atomic_wait_for_drop_and_detach_synchronously": 1}  # embedded only
 _open_lock = threading.Lock()
 _held_locks: dict[Path, int] = {}  # embedded dirs this process holds, and the lock file descriptor
 
@@ -36,7 +40,7 @@ def connect(settings: Settings) -> Client:
             _hold(Path(url[len("chdb://"):]))
             return clickhouse_connect.get_client(dsn=url, settings=SESSION_SETTINGS)
         # No session: one client is shared by the writer and request threads.
-        client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False, settings=SESSION_SETTINGS)
+        client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
         client.crumb_cluster = settings.clickhouse_cluster  # type: ignore[attr-defined]
         return client
 

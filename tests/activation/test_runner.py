@@ -228,11 +228,12 @@ def test_deltas_are_paged_whole_whatever_the_chunk_and_an_ids_rows(warehouse: Cl
     build_id = random.randint(10**15, 2 * 10**15)
     mapped, other = random.sample(range(1_000_000, 2_000_000_000), 3), 7
     a, b, c = (f"page-{uuid.uuid4().hex[:8]}" for _ in range(3))
+    now = int(time.time() * 1000)  # deltas of 1970 are past the table's TTL
     warehouse.insert("crumb.id_deltas", [
-        [build_id, 0, a, "cookie", [mapped[0], mapped[1], other], [mapped[2]]],
-        [build_id, 0, b, "cookie", [mapped[1]], []],
-        [build_id, 0, b, "cookie", [mapped[2]], [mapped[0]]],
-        [build_id, 0, c, "cookie", [other], []],
+        [build_id, now, a, "cookie", [mapped[0], mapped[1], other], [mapped[2]]],
+        [build_id, now, b, "cookie", [mapped[1]], []],
+        [build_id, now, b, "cookie", [mapped[2]], [mapped[0]]],
+        [build_id, now, c, "cookie", [other], []],
     ], column_names=["build_id", "built_at", "id", "id_type", "entered", "exited"])
     expected = sorted([(mapped[0], a, "enter"), (mapped[1], a, "enter"), (mapped[2], a, "exit"),
                        (mapped[1], b, "enter"), (mapped[2], b, "enter"), (mapped[0], b, "exit")],
@@ -261,14 +262,14 @@ def test_every_page_joins_the_matches_and_erasures_of_its_own_ids(warehouse: Cli
     segments = sorted(random.sample(range(1_000_000, 2_000_000_000), 2))
     ids = sorted(f"join-{uuid.uuid4().hex[:12]}" for _ in range(6))
     unmatched, erased = ids[2], ids[4]
-    warehouse.insert("crumb.id_deltas", [[build_id, 0, i, "cookie", segments, []] for i in ids],
+    now = int(time.time() * 1000)  # a match or a delta of 1970 is past its table's TTL
+    warehouse.insert("crumb.id_deltas", [[build_id, now, i, "cookie", segments, []] for i in ids],
                      column_names=["build_id", "built_at", "id", "id_type", "entered", "exited"])
     neighbours = [f"{i}~" for i in ids]  # each sorts right after an ID of the build, in its page's range
-    now = int(time.time() * 1000)  # a match of 1970 is past the table's TTL
     warehouse.insert("crumb.id_matches", [["join-partner", i, f"uid-{i}", now, 1] for i in ids + neighbours
                                           if i != unmatched],
                      column_names=["partner", "id", "partner_uid", "matched_at", "version"])
-    warehouse.insert("crumb.erasures", [[uuid.uuid4(), erased, "test", 1000, 1000, []]],
+    warehouse.insert("crumb.erasures", [[uuid.uuid4(), erased, "test", now + 1000, now + 1000, []]],  # after it
                      column_names=["erasure_id", "id", "reason", "requested_at", "completed_at", "tables"])
     expected = [(s, i, "enter", "" if i == unmatched else f"uid-{i}") for i in ids if i != erased for s in segments]
     for chunk_rows in (1, 3, 100):

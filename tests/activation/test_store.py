@@ -39,6 +39,9 @@ def new_id() -> str:
     return secrets.token_hex(16)
 
 
+NOW_MS = int(time.time() * 1000)  # deltas are kept for CRUMB_HISTORY_TTL_DAYS from their build's time
+
+
 class Builds:
     """Writes builds, deltas and members into a test's own database."""
 
@@ -56,7 +59,7 @@ class Builds:
         for seg, i, change in changes:
             moved.setdefault(i, ([], []))[0 if change == "enter" else 1].append(seg)
         self.client.insert(f"{self.db}.id_deltas",
-                           [[build_id, 0, i, id_type, entered, exited] for i, (entered, exited) in moved.items()],
+                           [[build_id, NOW_MS, i, id_type, entered, exited] for i, (entered, exited) in moved.items()],
                            column_names=["build_id", "built_at", "id", "id_type", "entered", "exited"])
 
     def members(self, build_id: int, members: list[tuple[int, str]], id_type: str = "cookie") -> None:

@@ -443,7 +443,7 @@ def test_scratch_tables_a_stopped_build_left_are_dropped_by_the_next(warehouse: 
 
 def test_days_a_cookie_shares_with_a_first_party_id_that_opts_out_later_are_rolled_up_again(
         warehouse: Client) -> None:
-    at = T0 + 520 * DAY
+    at = T0 + 600 * DAY  # days of its own: with no record, every opt-out of the warehouse is looked for
     shared, other, fp = cookie(), cookie(), f"fp-{cookie()}"
     insert(warehouse, [{"ts": at - 2 * DAY, "cookie_id": shared, "fp_id": fp, "path": "/sports/1"},
                        {"ts": at - DAY, "cookie_id": other, "path": "/sports/2"}])
@@ -461,7 +461,21 @@ def test_days_a_cookie_shares_with_a_first_party_id_that_opts_out_later_are_roll
     assert build(warehouse, SPORTS, as_of_ms=at + 4 * 3_600_000).rolled_days == 0
 
 
-def test_the_tables_a_build_drops_are_gone_at_once_with_their_memory(warehouse: Client) -> None:
+def test_a_build_as_of_an_earlier_day_leaves_the_record_of_opt_outs_to_the_later_days(warehouse: Client) -> None:
+    # It does not look at the rolled-up days after its window: had it recorded the new opt-out,
+    # the next build as of the later day would have taken the cookie's day as checked.
+    at = T0 + 700 * DAY
+    shared, fp = cookie(), f"fp-{cookie()}"
+    insert(warehouse, [{"ts": at - DAY, "cookie_id": shared, "fp_id": fp, "path": "/sports/1"}])
+    build(warehouse, SPORTS, as_of_ms=at)
+    assert (1, shared, "cookie") in members(warehouse)
+    opt_out_after_the_latest(warehouse, fp)
+    build(warehouse, SPORTS, as_of_ms=at - 2 * DAY)  # its window ends before the shared day
+    assert build(warehouse, SPORTS, as_of_ms=at + 3_600_000).rolled_days == 1
+    assert (1, shared, "cookie") not in members(warehouse)
+
+
+def test_the_scratch_tables_a_build_drops_are_gone_at_once(warehouse: Client) -> None:
     # An Atomic database keeps a dropped table for minutes, and a Join table its memory with it.
     at = T0 + 515 * DAY
     first, second = cookie(), cookie()
@@ -469,7 +483,8 @@ def test_the_tables_a_build_drops_are_gone_at_once_with_their_memory(warehouse: 
                        {"ts": at - 900, "cookie_id": second, "fp_id": f"fp-{first}", "path": "/news"}])
     result = build(warehouse, SPORTS, as_of_ms=at)
     assert result.profiles >= 1 and result.link_rounds > 0  # it made and dropped its link tables
-    assert warehouse.query("SELECT count() FROM system.dropped_tables WHERE database = 'crumb'").result_rows == [(0,)]
+    assert warehouse.query("SELECT count() FROM system.dropped_tables WHERE database = 'crumb' "
+                           "AND startsWith(table, '_build_')").result_rows == [(0,)]
 
 
 def test_a_following_build_through_link_rounds_agrees_with_a_full_one(warehouse: Client) -> None:

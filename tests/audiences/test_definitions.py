@@ -36,10 +36,10 @@ def test_a_directory_loads_single_segments_and_lists(tmp_path: Path) -> None:
     (RULE + "{all: [{where: [{field: host, op: regex, value: 'a{2000}'}]}]}\n",
      "rule.all.0.where.0", "invalid regex (RE2"),
     (RULE + "{where: [{field: url, op: regex, value: 'a*+'}]}\n", "rule.where.0", "bad repetition"),
-    (RULE + "{where: [{field: url, op: regex, value: '(?=a)'}]}\n", "rule.where.0", "look-arounds"),
+    (RULE + "{where: [{field: url, op: regex, value: '(?=a)'}]}\n", "rule.where.0", "no look-arounds"),
     (RULE + "{not: {where: [{field: host, op: gt, value: a}]}}\n", "rule.not.where.0.op", "Input should be 'eq'"),
     ("id: 1\nname: x\nttl_days: -1\nrule: " + HOST + "\n", "ttl_days", "greater than"),
-    (RULE + "{where: [], within_days: 7, min_days: 8}\n", "rule", "could never hold"),
+    (RULE + "{where: [], within_days: 7, min_days: 9}\n", "rule", "more than the 8 dates"),
 ])
 def test_an_invalid_definition_names_its_file_the_path_and_the_problem(
         tmp_path: Path, text: str, where: str, problem: str) -> None:
@@ -51,9 +51,16 @@ def test_an_invalid_definition_names_its_file_the_path_and_the_problem(
     assert problem in message
 
 
-def test_re2_syntax_python_lacks_is_accepted(tmp_path: Path) -> None:
-    write(tmp_path, "greek.yaml", RULE + "{where: [{field: path, op: regex, value: '^/\\p{Greek}+/'}]}\n")
-    assert load_segments(tmp_path).by_id[1].name == "x"
+@pytest.mark.parametrize("pattern", ["^/\\p{Greek}+/", "(?<y>\\d{4})", "^C:\\\\1"])
+def test_what_re2_takes_is_accepted(tmp_path: Path, pattern: str) -> None:
+    # A Unicode class Python's re lacks, a named group, an escaped backslash before a digit.
+    write(tmp_path, "s.yaml", RULE + f"{{where: [{{field: path, op: regex, value: '{pattern}'}}]}}\n")
+    assert load_segments(tmp_path).by_id[1].rule.where[0].value == pattern
+
+
+def test_a_window_of_n_days_takes_min_days_up_to_n_plus_1(tmp_path: Path) -> None:
+    write(tmp_path, "s.yaml", RULE + "{where: [], within_days: 1, min_days: 2}\n")  # yesterday and today
+    assert load_segments(tmp_path).by_id[1].rule.min_days == 2
 
 
 def test_a_segment_of_a_list_is_named_by_its_index(tmp_path: Path) -> None:
@@ -97,6 +104,7 @@ def test_a_missing_or_empty_directory_is_an_error_not_zero_segments(tmp_path: Pa
     write(tmp_path, "README.md", "segments go here")
     with pytest.raises(DefinitionError, match="no segment definitions"):
         load_segments(tmp_path)
+    assert load_segments(tmp_path, allow_empty=True).by_id == {}  # what reads pass: nothing to lose
 
 
 def test_iab_audience_ids_are_checked_against_the_taxonomy(tmp_path: Path) -> None:

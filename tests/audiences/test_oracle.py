@@ -290,7 +290,8 @@ def conditions(draw: st.DrawFn, probe: bool = False) -> dict[str, Any]:
     if draw(st.integers(0, 3)) == 0:
         condition["min_engaged_ms"] = draw(st.sampled_from([1, 500, 1000, 2500, 6000]))
     if draw(st.booleans()):
-        condition["within_days"] = draw(st.integers(condition.get("min_days", 1), 10))  # more days never hold
+        # A window of N days spans N + 1 dates: a min_days past that is refused at load.
+        condition["within_days"] = draw(st.integers(max(1, condition.get("min_days", 1) - 1), 10))
     return condition
 
 

@@ -92,6 +92,13 @@ def test_a_report_of_an_undefined_segment_is_refused(
         report(live_server, segments_dir, **args)
 
 
+def test_reads_take_an_empty_segments_directory(live_server: LiveServer, tmp_path: Path) -> None:
+    # Only a build refuses one: a build of none would exit every member.
+    assert report(live_server, tmp_path)["sizes"] == []
+    args = {"segments_dir": str(tmp_path), "definition": {"id": 46010, "name": "x", "rule": {"where": []}}}
+    assert commands.preview(live_server.crumb.commands, args, SILENT)["estimate"] >= 0
+
+
 def test_a_segment_retired_from_the_definitions_keeps_its_trend(live_server: LiveServer, segments_dir: Path) -> None:
     live_server.client.insert("crumb.segment_sizes", [[46998, 1_800_000_000_000, 46998, 7, 9]],
                               column_names=["build_id", "built_at", "segment_id", "profiles", "ids"])
