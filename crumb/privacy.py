@@ -87,11 +87,16 @@ def _erase_memberships(client: Client, _redis: redis.Redis, ids: list[str]) -> N
     for table in ("id_segments", "id_segments_next", "id_deltas", "segment_history_closed"):
         client.command(f"DELETE FROM crumb.{table} {on_cluster(client)} WHERE id IN {{ids:Array(String)}}",
                        parameters={"ids": ids})
-    # The last build's profiles, by typed ID. (The events this erases make the next build a full one,
-    # as do any events it removes from hours a build compares: `audiences.incremental`.)
+    # The last build's profiles, by typed ID.
     for table in ("segment_profiles", "segment_profiles_next"):
         client.command(f"DELETE FROM crumb.{table} {on_cluster(client)} WHERE id IN {{typed:Array(String)}}",
                        parameters={"typed": [f"{kind}:{i}" for i in ids for kind in ("c", "f")]})
+    # And what the next build would follow: it recomputes everything. The events this erases leave
+    # some hour with fewer events than the last build counted, which makes it a full one too,
+    # unless events that arrived late in that hour make up the count: it then recomputed only
+    # the IDs of the hour's events now, not the erased ID's profile partners, whose rows it
+    # counted (`audiences.incremental`).
+    client.command(f"TRUNCATE TABLE crumb.segment_build_state {on_cluster(client)}")
 
 
 def _erase_rollup(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
@@ -126,8 +131,8 @@ ERASERS: list[Eraser] = [
     Eraser("crumb.id_matches", _erase_matches),
     Eraser("redis segment store", _erase_from_store),
     Eraser("crumb.lookalike_scores", _erase_scores),
-    Eraser("crumb.id_segments(_next), segment_profiles(_next), id_deltas, segment_history_closed",
-           _erase_memberships),
+    Eraser("crumb.id_segments(_next), segment_profiles(_next), id_deltas, segment_history_closed, "
+           "segment_build_state", _erase_memberships),
     Eraser("crumb.segment_rollup, segment_rollup_totals", _erase_rollup),
     # What destinations received moves to the removals the next `crumb activate sync` sends.
     Eraser("crumb.delivered (removals queued for destinations)", _queue_removals),

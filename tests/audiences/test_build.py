@@ -210,7 +210,8 @@ def test_erasure_removes_the_id_from_members_deltas_and_history(warehouse: Clien
         running_build.release()
     names = erase(warehouse, redis_client, gone, "test")
 
-    assert "crumb.id_segments(_next), segment_profiles(_next), id_deltas, segment_history_closed" in names
+    assert ("crumb.id_segments(_next), segment_profiles(_next), id_deltas, segment_history_closed, "
+            "segment_build_state") in names
     assert warehouse.query(next_rows, parameters={"ids": gone}).result_rows[0][0] == 0
     # The cookie's rolled-up hour it shared with the first-party ID goes (the next build rolls its
     # day up again: the erased events changed it).
@@ -870,12 +871,32 @@ def test_an_erasure_between_two_builds_makes_the_next_a_full_one_with_every_row_
     # has fewer events than that build counted, so the next build cannot tell which IDs lost rows.
     erase(warehouse, live_server.crumb.runtime.redis, [gone], "test")
     later = build(warehouse, SPORTS, as_of_ms=at + hour)
-    assert not later.followed and later.changes["events_removed"]
+    assert not later.followed and not later.changes  # the erasure left it nothing to follow
     assert {m for m in members(warehouse) if m[1] in (gone, kept)} == {(1, kept, "cookie")}
     assert warehouse.query(
         "SELECT segment_id, profiles, ids FROM crumb.segment_sizes WHERE build_id = {b:UInt64}",
         parameters={"b": later.build_id}).result_rows == warehouse.query(
         "SELECT segment_id, uniqExact(profile_id), count() FROM crumb.segment_members GROUP BY segment_id").result_rows
+
+
+def test_an_erasure_makes_the_next_build_a_full_one_when_late_events_make_up_the_hours_count(
+        warehouse: Client, live_server: LiveServer) -> None:
+    # The cookie is a member through the first-party ID's own event: once that ID is erased, it is
+    # not. Late events in the hours the erasure emptied keep their counts: only their digests
+    # show a change, and a following build would recompute the late events' IDs alone.
+    hour = 3_600_000
+    at = T0 // hour * hour + 560 * DAY + 12 * hour
+    linked, fp, late = cookie(), f"fp-{cookie()}", cookie()
+    insert(warehouse, [{"ts": at - DAY, "cookie_id": linked, "fp_id": fp, "path": "/news"},
+                       {"ts": at - DAY + 1000, "fp_id": fp, "path": "/sports/1"}])
+    build(warehouse, SPORTS, as_of_ms=at)
+    assert (1, linked, "cookie") in members(warehouse)
+    erase(warehouse, live_server.crumb.runtime.redis, [fp], "test")
+    insert(warehouse, [{"ts": at - DAY + 2000, "cookie_id": late, "path": "/news"},
+                       {"ts": at - DAY + 3000, "cookie_id": late, "path": "/news"}])
+    later = build(warehouse, SPORTS, as_of_ms=at + hour)
+    assert not later.followed
+    assert (1, linked, "cookie") not in members(warehouse)
 
 
 def test_the_plan_key_changes_with_what_members_mean(monkeypatch: pytest.MonkeyPatch) -> None:
