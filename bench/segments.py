@@ -81,7 +81,6 @@ from audiences.definitions import Segment, SegmentSet, parse_segment  # noqa: E4
 from audiences.rollup import ROLLED_DAYS, ROLLUP  # noqa: E402
 from collector.categories import BUILTIN  # noqa: E402
 from crumb.progress import Progress  # noqa: E402
-from crumb.warehouse import SESSION_SETTINGS  # noqa: E402
 
 RESULTS = BENCH_DIR / "results"
 META = "bench-segments.json"  # in the data dir: what was loaded, and how long it took
@@ -127,7 +126,7 @@ class Sampler:
     """
 
     def __init__(self, dsn: str, every_s: float = 0.2) -> None:
-        self._client = clickhouse_connect.get_client(dsn=dsn, settings=SESSION_SETTINGS)
+        self._client = clickhouse_connect.get_client(dsn=dsn)
         self._every_s = every_s
         self.step = "other"
         self._stop = threading.Event()
@@ -254,7 +253,7 @@ def load_only(data_dir: Path, events: int, cookies: int, days: int) -> None:
     from crumb.simulator import SimulationSpec, load_bulk
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    client = clickhouse_connect.get_client(dsn=f"chdb://{data_dir}", settings=SESSION_SETTINGS)
+    client = clickhouse_connect.get_client(dsn=f"chdb://{data_dir}")
     apply(client, Dialect())
     spec = SimulationSpec(cookies=cookies, events=events, days=days)
     load_avg = os.getloadavg()
@@ -489,7 +488,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> int:
 
     tracemalloc.start()
     dsn = f"chdb://{data_dir}"
-    client = clickhouse_connect.get_client(dsn=dsn, settings=SESSION_SETTINGS)  # as `crumb` connects
+    client = clickhouse_connect.get_client(dsn=dsn)
     from crumb.migrations import Dialect, apply
     apply(client, Dialect())  # a reused data dir may predate the latest migrations
     sampler = Sampler(dsn)

@@ -13,16 +13,6 @@ from clickhouse_connect.driver.client import Client
 from crumb.errors import WarehouseBusy
 from crumb.settings import Settings
 
-# A dropped table lingers for eight minutes (`database_atomic_delay_before_drop_table_sec`), and
-# an in-memory one (Join, Set) keeps its memory until it goes: a build's scratch tables stayed
-# resident after it, 350 MB more after each first build of the 100-segment benchmark, and those it
-# drops as it goes still counted in its peak. Dropped at once, the process went back to 430 MB
-# after each build (from 750, 1090, 1420 MB), and a first build peaked at 1.4 GB, not 1.6.
-# Embedded, that memory is our process's, and every drop is made synchronous. A server's user may
-# not be allowed to change the setting (readonly), and a synchronous DROP there waits for the
-# table's running queries (on a cluster, for every host): there, the scratch tables' own drops
-# say SYNC.
-SESSION_SETTINGS = {"database_atomic_wait_for_drop_and_detach_synchronously": 1}  # embedded only
 _open_lock = threading.Lock()
 _held_locks: dict[Path, int] = {}  # embedded dirs this process holds, and the lock file descriptor
 
@@ -38,7 +28,7 @@ def connect(settings: Settings) -> Client:
     with _open_lock:
         if url.startswith("chdb://"):
             _hold(Path(url[len("chdb://"):]))
-            return clickhouse_connect.get_client(dsn=url, settings=SESSION_SETTINGS)
+            return clickhouse_connect.get_client(dsn=url)
         # No session: one client is shared by the writer and request threads.
         client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
         client.crumb_cluster = settings.clickhouse_cluster  # type: ignore[attr-defined]
