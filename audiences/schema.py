@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from clickhouse_connect.driver.client import Client
 
-from crumb.migrations import Dialect, Migration
+from crumb.migrations import Dialect, Migration, keep_ttl
 
 _MEMBER_COLUMNS = """
     segment_id UInt32,
@@ -336,12 +336,6 @@ HISTORY_RETENTION = {"segment_history_closed": "exited_at", "id_deltas": "built_
 
 
 def apply_history_retention(client: Client, dialect: Dialect, days: int) -> None:
-    """Follow `history_ttl_days` on every migrate, as the events follow theirs. A TTL that is
-    already this one is left alone: modifying it rewrites the table's parts."""
+    """What builds record, kept as `history_ttl_days` says (`migrations.keep_ttl`)."""
     for table, column in HISTORY_RETENTION.items():
-        ttl = f"toDateTime({column}) + toIntervalDay({int(days)})"
-        engine = client.query("SELECT engine_full FROM system.tables WHERE database = 'crumb' AND name = {t:String}",
-                              parameters={"t": table}).result_rows
-        if engine and f"TTL {ttl}" in engine[0][0]:
-            continue
-        client.command(dialect.render(f"ALTER TABLE {{db}}.{table} {{on_cluster}} MODIFY TTL {ttl}"))
+        keep_ttl(client, dialect, table, f"toDateTime({column}) + toIntervalDay({int(days)})")

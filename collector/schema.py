@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from clickhouse_connect.driver.client import Client
 
-from crumb.migrations import Dialect, Migration
+from crumb.migrations import Dialect, Migration, keep_ttl
 
 EVENTS_TABLE = "crumb.events"
 
@@ -91,8 +91,5 @@ MIGRATIONS = [
 
 
 def apply_retention(client: Client, dialect: Dialect, events_ttl_days: int) -> None:
-    """Retention follows the setting on every migrate, so changing it needs no new migration."""
-    client.command(dialect.render(
-        "ALTER TABLE {db}.events {on_cluster} "
-        f"MODIFY TTL toDateTime(ts) + INTERVAL {int(events_ttl_days)} DAY"
-    ))
+    """The events' retention, as the setting says (`migrations.keep_ttl`)."""
+    keep_ttl(client, dialect, "events", f"toDateTime(ts) + toIntervalDay({int(events_ttl_days)})")

@@ -17,7 +17,7 @@ from clickhouse_connect.driver.client import Client
 
 from crumb.progress import Progress
 
-__all__ = ["Dialect", "Migration", "Progress", "apply", "all_migrations"]
+__all__ = ["Dialect", "Migration", "Progress", "apply", "all_migrations", "keep_ttl"]
 
 DATABASE = "crumb"
 
@@ -53,6 +53,17 @@ class Dialect:
             ReplacingMergeTree=self.engine("ReplacingMergeTree"),
             **{"ReplacingMergeTree(at)": self.engine("ReplacingMergeTree", "at")},
         )
+
+
+def keep_ttl(client: Client, dialect: Dialect, table: str, ttl: str) -> None:
+    """Give `crumb.<table>` this TTL (as ClickHouse writes it back: `toIntervalDay(n)`, not
+    `INTERVAL n DAY`), unless it has it already: modifying a TTL rewrites the table's parts. Each
+    package's retention follows its setting on every migrate, so changing it needs no migration."""
+    engine = client.query("SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                          parameters={"db": DATABASE, "t": table}).result_rows
+    if engine and f"TTL {ttl}" in engine[0][0]:
+        return
+    client.command(dialect.render(f"ALTER TABLE {{db}}.{table} {{on_cluster}} MODIFY TTL {ttl}"))
 
 
 def all_migrations() -> list[Migration]:
