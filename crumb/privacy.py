@@ -60,6 +60,11 @@ class Eraser:
     erase: Callable[[Client, redis.Redis, list[str]], None]
 
 
+def _typed(ids: Sequence[str]) -> list[str]:
+    """The IDs as profiles, rolled-up rows and scores key them: each as a cookie and as a first-party ID."""
+    return [f"{kind}:{i}" for i in ids for kind in ("c", "f")]
+
+
 def _erase_events(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
     client.command(
         f"DELETE FROM crumb.events {on_cluster(client)} "
@@ -75,7 +80,7 @@ def _queue_removals(client: Client, _redis: redis.Redis, ids: list[str]) -> None
 
 
 def _erase_scores(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
-    typed = [f"{kind}:{i}" for i in ids for kind in ("c", "f")]
+    typed = _typed(ids)
     client.command("DELETE FROM crumb.lookalike_scores WHERE profile IN {ids:Array(String)}", parameters={"ids": typed})
 
 
@@ -90,7 +95,7 @@ def _erase_memberships(client: Client, _redis: redis.Redis, ids: list[str]) -> N
     # The last build's profiles, by typed ID.
     for table in ("segment_profiles", "segment_profiles_next"):
         client.command(f"DELETE FROM crumb.{table} {on_cluster(client)} WHERE id IN {{typed:Array(String)}}",
-                       parameters={"typed": [f"{kind}:{i}" for i in ids for kind in ("c", "f")]})
+                       parameters={"typed": _typed(ids)})
     # And what the next build would follow: it recomputes everything. The events this erases leave
     # some hour with fewer events than the last build counted, which makes it a full one too,
     # unless events that arrived late in that hour make up the count: it then recomputed only
@@ -108,7 +113,7 @@ def _erase_rollup(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
     if exists.result_rows[0][0]:
         client.command("DELETE FROM crumb.segment_rollup WHERE row_id IN {typed:Array(String)} "
                        "OR hasAny(links, {ids:Array(String)})",
-                       parameters={"typed": [f"{kind}:{i}" for i in ids for kind in ("c", "f")], "ids": ids})
+                       parameters={"typed": _typed(ids), "ids": ids})
     # Their totals per ID hold the erased IDs in other IDs' links too: dropped whole, they are
     # derived, and the next build writes them again (it is a full one: the erased events are gone).
     client.command("DROP TABLE IF EXISTS crumb.segment_rollup_totals")
@@ -176,22 +181,9 @@ def _rows(sql: str) -> Callable[[Client, redis.Redis, str], list[dict[str, Any]]
     """An exporter of the rows `sql` selects, with the ID as `{id:String}` and its typed forms
     (cookie and first-party, as profiles and scores key them) as `{typed:Array(String)}`."""
     def export(client: Client, _redis: redis.Redis, member_id: str) -> list[dict[str, Any]]:
-        result = client.query(sql, parameters={"id": member_id, "typed": [f"c:{member_id}", f"f:{member_id}"]})
-        return [dict(zip(result.column_names, map(_plain, row), strict=True)) for row in result.result_rows]
+        result = client.query(sql, parameters={"id": member_id, "typed": _typed([member_id])})
+        return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
     return export
-
-
-def _plain(value: Any) -> Any:
-    """A value as JSON can hold it: times in ISO 8601, UUIDs as text."""
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
 
 
 def _export_from_store(_client: Client, redis_client: redis.Redis, member_id: str) -> list[dict[str, Any]]:
@@ -226,8 +218,10 @@ EXPORTERS: list[Exporter] = [
 
 
 def export(client: Client, redis_client: redis.Redis, member_id: str) -> dict[str, Any]:
-    """Everything Crumb holds about the ID (as a cookie or a first-party ID), by where it is held."""
-    return {"id": member_id, "exported_at": dt.datetime.now(dt.UTC).isoformat(),
+    """Everything Crumb holds about the ID (as a cookie or a first-party ID), by where it is held:
+    rows as the warehouse returns them (the CLI and the control endpoint write times and UUIDs as
+    text, as for every command)."""
+    return {"id": member_id, "exported_at": dt.datetime.now(dt.UTC),
             "held": {exporter.name: exporter.export(client, redis_client, member_id) for exporter in EXPORTERS}}
 
 
