@@ -332,6 +332,20 @@ def parse_segment(data: Any, source: str = "<definition>") -> Segment:
         raise DefinitionError(f"{source}: {_describe(exc)}") from None
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file's documents; a DefinitionError naming the file when it cannot be read or parsed."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        raise DefinitionError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    except OSError as exc:
+        raise DefinitionError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DefinitionError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
 def load_segments(directory: Path, audience_ids: frozenset[str] | None = None, allow_empty: bool = False) -> SegmentSet:
     """Every `*.yaml` / `*.yml` file of the directory: one segment, or a list of segments.
 
@@ -347,12 +361,7 @@ def load_segments(directory: Path, audience_ids: frozenset[str] | None = None, a
                               "to build none, pause them (status: paused)")
     segments, sources = [], {}
     for path in paths:
-        try:
-            documents = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise DefinitionError(f"{path}: not valid YAML: {exc}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DefinitionError(f"{path}: cannot be read as UTF-8 text: {exc}") from None
+        documents = read_yaml(path)
         for index, item in enumerate(documents if isinstance(documents, list) else [documents]):
             source = f"{path}" + (f"[{index}]" if isinstance(documents, list) else "")
             segment = parse_segment(item, source)

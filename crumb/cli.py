@@ -212,26 +212,11 @@ def _lookalike(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _preview(settings: Settings, args: argparse.Namespace) -> int:
-    definition = _read_definition(args.file)
+    from audiences.definitions import read_yaml
+
+    definition = read_yaml(Path(args.file))
     return _print(_run_command(settings, "preview", {"segments_dir": _abs(args.segments), "definition": definition,
                                                      "source": args.file, "sample": args.sample}))
-
-
-def _read_definition(file: str) -> Any:
-    import yaml
-
-    from audiences.errors import DefinitionError
-
-    try:
-        return yaml.safe_load(Path(file).read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-        raise DefinitionError(f"{file}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
-    except OSError as exc:
-        raise DefinitionError(f"{file}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise DefinitionError(f"{file}: not UTF-8 text (byte {exc.start})") from None
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:

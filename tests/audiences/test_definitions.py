@@ -75,7 +75,7 @@ def test_yaml_and_encoding_errors_name_the_file(tmp_path: Path) -> None:
         load_segments(tmp_path)
     (tmp_path / "broken.yaml").unlink()
     (tmp_path / "latin.yaml").write_bytes("id: 1\nname: caf\xe9\nrule: {}\n".encode("latin-1"))
-    with pytest.raises(DefinitionError, match=r"latin\.yaml: cannot be read as UTF-8"):
+    with pytest.raises(DefinitionError, match=r"latin\.yaml: not UTF-8 text"):
         load_segments(tmp_path)
 
 
