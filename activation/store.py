@@ -53,6 +53,8 @@ DAY_S = 86_400
 CATALOG_CHECK_S = 1.0  # how often the definitions dir is looked at for changes
 CATALOG_RELOAD_S = 60.0  # and reloaded regardless
 ID_TYPES = {"cookie": "c", "fp": "f"}
+LOAD_LOCK_S = 3600  # the store's lock: held by a load (a full reload of millions takes minutes)
+ERASE_WAIT_S = 600.0  # how long an erasure waits for a running load to end
 MARKER_FIELD = b"0"
 
 # One ID's key. ARGV: now, mode ('d' apply deltas, 'r' replace), marker ('' none), then
@@ -224,7 +226,7 @@ class SegmentStore:
         started = time.monotonic()
         if self._status(client, build_id) != "succeeded":
             return LoadStats(build_id, "skipped", reason="build did not succeed").as_dict()
-        with self._redis.lock(self._lock_key, timeout=3600, blocking_timeout=3600):
+        with self._redis.lock(self._lock_key, timeout=LOAD_LOCK_S, blocking_timeout=LOAD_LOCK_S):
             stats = self._load_locked(client, build_id, force_full)
         stats.seconds = time.monotonic() - started
         log.info("segment store: %s", stats.as_dict())
@@ -249,7 +251,7 @@ class SegmentStore:
     def full_reload(self, client: Client) -> dict[str, Any]:
         """Rebuild every key from `segment_members`: recovers an empty or stale Redis."""
         started = time.monotonic()
-        with self._redis.lock(self._lock_key, timeout=3600, blocking_timeout=3600):
+        with self._redis.lock(self._lock_key, timeout=LOAD_LOCK_S, blocking_timeout=LOAD_LOCK_S):
             stats = self._reload_locked(client, "requested")
         stats.seconds = time.monotonic() - started
         return stats.as_dict()
@@ -263,13 +265,22 @@ class SegmentStore:
             self._write(batch, int(time.time()), "r", "", stats)
         return stats.ids
 
-    def erase(self, ids: Iterable[str]) -> None:
-        """Forget IDs (erasure): both kinds, since an ID's form does not say which it is."""
+    def erase(self, ids: Iterable[str], wait_s: float = ERASE_WAIT_S) -> None:
+        """Forget IDs (erasure): both kinds, since an ID's form does not say which it is. Between
+        loads: a load that read the IDs' rows before they were erased from the warehouse would
+        write their keys again after this deleted them. The warehouse's rows go first
+        (`crumb.privacy.ERASERS`), so a load that starts after this reads none."""
         keys = [self.key(i, t) for i in ids for t in ID_TYPES]
-        with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.delete(key)  # one key per command: keys of different IDs sit on different slots
-            pipe.execute()
+        lock = self._redis.lock(self._lock_key, timeout=LOAD_LOCK_S, blocking_timeout=wait_s)
+        if not lock.acquire():
+            raise StoreError(f"a segment store load kept running for {wait_s:.0f}s; erase again later")
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.delete(key)  # one key per command: keys of different IDs sit on different slots
+                pipe.execute()
+        finally:
+            lock.release()
 
     def _apply_deltas(self, client: Client, build_id: int) -> LoadStats:
         stats = LoadStats(build_id, "deltas")

@@ -134,10 +134,12 @@ def _erase_from_store(_client: Client, redis_client: redis.Redis, ids: list[str]
 ERASERS: list[Eraser] = [
     Eraser("crumb.events", _erase_events),
     Eraser("crumb.id_matches", _erase_matches),
-    Eraser("redis segment store", _erase_from_store),
     Eraser("crumb.lookalike_scores", _erase_scores),
     Eraser("crumb.id_segments(_next), segment_profiles(_next), id_deltas, segment_history_closed, "
            "segment_build_state", _erase_memberships),
+    # After the memberships and deltas it loads from: a load that starts later finds none of the
+    # IDs, and one that is running ends before the store forgets them (`SegmentStore.erase`).
+    Eraser("redis segment store", _erase_from_store),
     Eraser("crumb.segment_rollup, segment_rollup_totals", _erase_rollup),
     # What destinations received moves to the removals the next `crumb activate sync` sends.
     Eraser("crumb.delivered (removals queued for destinations)", _queue_removals),

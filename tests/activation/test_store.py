@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import redis
 from clickhouse_connect.driver.client import Client
+from redis.lock import Lock
 
-from activation.store import DAY_S, SegmentCatalog, SegmentStore
+from activation.store import DAY_S, SegmentCatalog, SegmentStore, StoreError
 from audiences.definitions import Segment, parse_segment
 from audiences.schema import DELTAS_VIEW
 from crumb.migrations import Dialect
@@ -239,6 +240,63 @@ def test_erase_removes_both_kinds_of_key(store: SegmentStore, builds: Builds, wa
     store.load_build(warehouse, 1)
     store.erase([a])
     assert store.segments_of(a) == []
+
+
+class ProbedLocks(redis.Redis):
+    """The same Redis, whose locks tell when an attempt to take one found it held."""
+
+    def __init__(self, client: redis.Redis, found_held: threading.Event) -> None:
+        super().__init__(connection_pool=client.connection_pool)
+        self.found_held = found_held
+
+    def lock(self, name: Any, *args: Any, **kwargs: Any) -> Any:
+        probe = self.found_held
+
+        class Probed(Lock):
+            def do_acquire(self, token: Any) -> bool:
+                acquired = super().do_acquire(token)
+                if not acquired:
+                    probe.set()
+                return acquired
+
+        return super().lock(name, *args, lock_class=Probed, **kwargs)
+
+
+def test_an_erasure_waits_for_a_running_load_instead_of_being_undone_by_it(
+        store: SegmentStore, builds: Builds, warehouse: Client, redis_client: redis.Redis) -> None:
+    a = new_id()
+    builds.succeeded(1, [(101, a, "enter")], [(101, a)])
+    read, erasing = threading.Event(), threading.Event()
+    write = store._write
+
+    def write_after_the_erasure_started(*args: Any) -> None:
+        read.set()  # the load has read the ID's rows
+        assert erasing.wait(30)  # the erasure found the store's lock held, or (without it) is done
+        write(*args)
+
+    store._write = write_after_the_erasure_started  # type: ignore[method-assign]
+    loading = threading.Thread(target=store.full_reload, args=(warehouse,))
+    loading.start()
+    assert read.wait(30)
+    eraser = SegmentStore(ProbedLocks(redis_client, erasing), prefix=store._prefix, database=builds.db)
+    erasure = threading.Thread(target=lambda: (eraser.erase([a]), erasing.set()))
+    erasure.start()
+    loading.join()
+    erasure.join()
+    assert store.segments_of(a) == []  # the load's write came first, then the erasure
+
+
+def test_an_erasure_gives_up_when_a_load_keeps_running(store: SegmentStore, redis_client: redis.Redis) -> None:
+    a = new_id()
+    store.put([(a, [101])])
+    running_load = redis_client.lock(store._lock_key, timeout=60)
+    assert running_load.acquire(blocking=False)
+    try:
+        with pytest.raises(StoreError, match="erase again later"):
+            store.erase([a], wait_s=0)
+    finally:
+        running_load.release()
+    assert store.segments_of(a) == [101]
 
 
 def test_bytes_per_membership(store: SegmentStore, builds: Builds, warehouse: Client) -> None:

@@ -939,3 +939,25 @@ def test_an_export_holds_what_crumb_keeps_about_an_id_and_an_erasure_leaves_only
     after = export(member)
     assert [e["reason"] for e in after.pop("crumb.erasures")] == ["test"]
     assert not any(after.values()), {name: rows for name, rows in after.items() if rows}
+
+
+def test_a_store_load_right_after_an_erasure_reached_the_store_does_not_bring_the_id_back(
+        warehouse: Client, live_server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from activation.store import SegmentStore
+    from crumb import privacy
+
+    at = T0 + 800 * DAY
+    member = cookie()
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": member, "path": "/sports/1"}])
+    build(warehouse, SPORTS, as_of_ms=at)
+    redis_client = live_server.crumb.runtime.redis
+    store = SegmentStore(redis_client)
+    store.full_reload(warehouse)
+    assert store.segments_of(member) == [1]
+    # The scheduler loads the store after each build, and an erasure may come at any moment: here
+    # a full reload starts just after the store forgot the ID. It reads what the erasure left.
+    position = [e.name for e in privacy.ERASERS].index("redis segment store")
+    reload = privacy.Eraser("a store load", lambda client, _redis, _ids: store.full_reload(client))
+    monkeypatch.setattr(privacy, "ERASERS", [*privacy.ERASERS[:position + 1], reload, *privacy.ERASERS[position + 1:]])
+    erase(warehouse, redis_client, [member], "test")
+    assert store.segments_of(member) == []
