@@ -36,7 +36,7 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import roc_auc_score
 
 from audiences.compiler import MEMBERS_NEXT, PROFILE_IDS, member_rows
-from audiences.definitions import Lookalike, Segment, SegmentSet
+from audiences.definitions import MAX_WINDOW_DAYS, Lookalike, Segment, SegmentSet
 from audiences.errors import InvalidRequest
 from audiences.features import BUILD_PROFILES, IDENTITY, FeatureTable, Profiles, Window
 from collector.categories import BUILTIN, ContentTaxonomy
@@ -316,6 +316,8 @@ def run_lookalike(
     Each typed ID is its own profile here (no build is running to link them); the scores stay in
     `crumb.lookalike_scores` under segment 0 until the next ad-hoc run.
     """
+    if not 1 <= lookback_days <= MAX_WINDOW_DAYS:  # as a lookalike segment's `lookback_days`
+        raise InvalidRequest(f"lookalike --lookback-days: 1 to {MAX_WINDOW_DAYS} days, not {lookback_days}")
     spec = _ad_hoc_spec(seed=seed_id, reach=reach if size is None else None, size=size, exclude_seed=exclude_seed,
                         min_similarity=min_similarity)
     seed = Seed(seed_id, "SELECT DISTINCT concat(if(id_type = 'cookie', 'c:', 'f:'), id) FROM crumb.segment_members "

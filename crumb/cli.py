@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--overlap", type=_segment_ids, metavar="ID,ID,...",
                         help="segments to cross: intersections and Jaccard")
     report.add_argument("--segment", type=int, metavar="ID", help="its daily trend and composition")
-    report.add_argument("--days", type=_trend_days, default=30, help="days of the trend (1 to 3650)")
+    report.add_argument("--days", type=_days("audiences.reports", "MAX_TREND_DAYS"), default=30,
+                        help="days of the trend")
     report.set_defaults(run=_report)
     explain = audience_commands.add_parser("explain", help="why a cookie is in or out of a segment")
     explain.add_argument("segment", type=int)
@@ -93,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     lookalike.add_argument("--no-exclude-seed", dest="exclude_seed", action="store_false",
                            help="keep the seed's own members in the audience")
     lookalike.add_argument("--min-similarity", type=float, default=0.0)
-    lookalike.add_argument("--lookback-days", type=int, default=30)
+    lookalike.add_argument("--lookback-days", type=_days("audiences.definitions", "MAX_WINDOW_DAYS"),
+                           default=30, help="days of events the features cover")
     lookalike.add_argument("--json", action="store_true")
     lookalike.set_defaults(run=_lookalike)
     preview = audience_commands.add_parser("preview", help="estimate the size of an unsaved definition")
@@ -107,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     sync = activate_commands.add_parser("sync", help="push pending deltas to every configured destination")
     sync.set_defaults(run=lambda s, a: _print(_run_command(s, "sync", {})))
     matches = activate_commands.add_parser("matches", help="ID sync match rate per partner")
-    matches.add_argument("--days", type=int, default=30)
+    matches.add_argument("--days", type=_days("activation.idsync", "MAX_MATCH_DAYS"), default=30,
+                         help="days of cookies seen")
     matches.set_defaults(run=lambda s, a: _print(_run_command(s, "match_rates", {"days": a.days})))
 
     privacy = commands.add_parser("privacy", help="erasure and export of one ID").add_subparsers(required=True)
@@ -170,15 +175,18 @@ def _segment_ids(text: str) -> list[int]:
     return ids
 
 
-def _trend_days(text: str) -> int:
-    from audiences.reports import MAX_TREND_DAYS
-
-    try:
-        days = int(text)
-    except ValueError:
-        days = 0
-    if not 1 <= days <= MAX_TREND_DAYS:
-        raise argparse.ArgumentTypeError(f"a number of days from 1 to {MAX_TREND_DAYS}, not {text!r}")
+def _days(module: str, limit: str) -> Callable[[str], int]:
+    """An argument type: a whole number of days from 1 to the limit `module` names (imported when
+    an argument is read: each of those modules costs a quarter of a second, and `--help` none)."""
+    def days(text: str) -> int:
+        maximum = getattr(importlib.import_module(module), limit)
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if not 1 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"a number of days from 1 to {maximum}, not {text!r}")
+        return value
     return days
 
 

@@ -135,7 +135,8 @@ def lookalike(ctx: CommandContext, args: dict[str, Any], progress: Progress) -> 
     result = run_lookalike(
         ctx.runtime.client, int(args["seed"]), reach=args.get("reach"), size=args.get("size"),
         exclude_seed=bool(args.get("exclude_seed", True)), min_similarity=float(args.get("min_similarity") or 0.0),
-        lookback_days=int(args.get("lookback_days") or 30), taxonomy=content_taxonomy(ctx.runtime.settings),
+        lookback_days=30 if args.get("lookback_days") is None else int(args["lookback_days"]),
+        taxonomy=content_taxonomy(ctx.runtime.settings),
         progress=progress,
     )
     return {**result, "text": render_table(result)}
@@ -151,7 +152,7 @@ def match_rates(ctx: CommandContext, args: dict[str, Any], progress: Progress) -
     from activation.partners import load_partners
 
     partners = load_partners(ctx.runtime.settings.partners_dir)
-    return {"partners": rates(ctx.runtime.client, since_days=int(args.get("days") or 30),
+    return {"partners": rates(ctx.runtime.client, since_days=30 if args.get("days") is None else int(args["days"]),
                               partners=[name for name, p in partners.items() if p.enabled])}
 
 

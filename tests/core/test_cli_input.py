@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from activation.errors import ActivationError
 from audiences.errors import InvalidRequest, UnknownSegment
 from crumb import commands
 from crumb.cli import _parser, main
@@ -50,6 +51,29 @@ def test_the_parser_refuses_bad_options(argv: list[str], error: str, capsys: pyt
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert error in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("argv", "error"), [
+    (["audiences", "lookalike", "--seed", "1", "--size", "9", "--lookback-days", "0"],
+     "argument --lookback-days: a number of days from 1 to 366, not '0'"),
+    (["audiences", "lookalike", "--seed", "1", "--size", "9", "--lookback-days", "367"], "argument --lookback-days"),
+    (["activate", "matches", "--days", "0"], "argument --days: a number of days from 1 to 3650, not '0'"),
+    (["activate", "matches", "--days", "x"], "argument --days"),
+])
+def test_the_parser_refuses_days_out_of_range(argv: list[str], error: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # 0 used to read as the default, 30.
+    with pytest.raises(SystemExit) as exited:
+        _parser().parse_args(argv)
+    assert exited.value.code == 2
+    assert error in capsys.readouterr().err
+
+
+def test_commands_refuse_days_out_of_range(live_server: LiveServer) -> None:
+    with pytest.raises(ActivationError, match="1 to 3650 days, not 0"):
+        commands.match_rates(live_server.crumb.commands, {"days": 0}, SILENT)
+    with pytest.raises(InvalidRequest, match="1 to 366 days, not 0"):
+        commands.lookalike(live_server.crumb.commands, {"seed": 46001, "size": 5, "lookback_days": 0}, SILENT)
+    assert commands.match_rates(live_server.crumb.commands, {"days": 1}, SILENT)["partners"] is not None
 
 
 def test_the_parser_reads_good_options() -> None:
