@@ -18,9 +18,9 @@ statement (text and parameters), and a plan with another one starts a new table.
 again when its events changed since (late arrivals, a spool replayed, an erasure): each rolled
 day records the count and an order-free digest of its event IDs, compared before each build,
 and the table it went into (its UUID). So is a day where a first-party ID that opted out since
-shared events with a cookie (`ROLLED_OPTOUTS`). On a cluster the rollup is the node's own, made by the
-builds that talk to it, while the record is replicated: a build on another node rolls its window
-up there before it reads it.
+shared events with a cookie: each day's record also holds the opt-outs its rows leave out. On a
+cluster the rollup is the node's own, made by the builds that talk to it, while the record is
+replicated: a build on another node rolls its window up there before it reads it.
 """
 
 from __future__ import annotations
@@ -54,11 +54,12 @@ ROLLED_DAYS = "crumb.segment_rollup_days"  # migration audiences_0006
 # the first build of the day that finds them missing (or keyed otherwise), read by every build
 # that day. Its comment says for which rollup, plan and day; rolling a day up again drops it.
 TOTALS = "crumb.segment_rollup_totals"
-# The opt-outs the rolled rows left out, as a build's snapshot said (`Optouts`): one row, of this
-# node's rollup. A rolled row is a cookie's hour, and holds the events it shared with first-party
-# IDs. When one of those opts out later, the totals leave out its own rows, but its events stay
-# in the cookie's: those days are rolled up again (a cookie that opts out is a row of its own).
-ROLLED_OPTOUTS = "crumb.segment_rollup_optouts"
+# Each rolled day's record also holds the opt-outs its rows leave out (`Optouts`), as the build's
+# snapshot that rolled it said, or that found it needs no rolling for those since (migration
+# audiences_0016). A rolled row is a cookie's hour, and holds the events it shared with
+# first-party IDs. When one of those opts out later, the totals leave out its own rows, but its
+# events stay in the cookie's: those days are rolled up again (a cookie that opts out is a row of
+# its own).
 # The day's first build reads the rollup whole, to total it per ID. Its counts and bit words
 # compress 3-10x, but decompressing them was much of that read: stored plain (its hours too), the
 # hourly build of bench/segments, which read the rollup whole then, took a tenth less CPU (3.10 s
@@ -136,50 +137,63 @@ def days_to_roll(client: Client, plan: Plan, as_of_ms: int, now: DayDigests, tab
         # A new table has a new UUID: the days recorded for the old one do not read as its own.
         client.command(f"DROP TABLE IF EXISTS {TOTALS}")
         client.command(f"DROP TABLE IF EXISTS {ROLLUP}")
-        client.command(f"DROP TABLE IF EXISTS {ROLLED_OPTOUTS}")
         columns = _definitions(rollup_columns(plan))
         client.command(f"CREATE TABLE {ROLLUP} ({columns}) ENGINE = MergeTree "
                        f"PARTITION BY toYYYYMMDD(hour) ORDER BY tuple() COMMENT '{key}'")
-    client.command(f"CREATE TABLE IF NOT EXISTS {ROLLED_OPTOUTS} (count UInt64, digest UInt64, through_ms Int64) "
-                   "ENGINE = MergeTree ORDER BY tuple()")
     first = first_day(plan, as_of_ms)
     last = _day(as_of_ms) - dt.timedelta(days=1)
     if last < first:
         return {}
-    bounds = {"first": first, "last": last, "rollup": _rollup_uuid(client)}
-    rolled = {day: (events, digest) for day, events, digest in client.query(
-        f"SELECT day, argMax(events, rolled_at), argMax(digest, rolled_at) FROM {ROLLED_DAYS} "
-        "WHERE rollup = {rollup:UUID} AND day >= {first:Date} AND day <= {last:Date} GROUP BY day",
-        parameters=bounds).result_rows}
+    rolled = _rolled_days(client, first, last)
     _forget_days_before(client, first)
     for (partition,) in client.query(
             "SELECT DISTINCT partition_id FROM system.parts WHERE database = 'crumb' AND table = 'segment_rollup' "
             "AND active AND partition_id < {first:String}", parameters={"first": first.strftime("%Y%m%d")}).result_rows:
         client.command(f"ALTER TABLE {ROLLUP} DROP PARTITION ID '{int(partition)}'")
     days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
-    changed = [day for day in days if now.get(day, (0, 0)) != rolled.get(day, (0, 0))]
-    kept = [day for day in days if day not in changed]
-    if kept:
-        changed += sorted(_days_of_new_optouts(client, kept, tables) & set(kept))
+    never = RolledDay((0, 0), Optouts())  # a day never rolled up: no events then
+    changed = [day for day in days if now.get(day, (0, 0)) != rolled.get(day, never).events]
+    kept = {day: rolled.get(day, never).optouts for day in days if day not in changed}
+    changed += sorted(_days_of_new_optouts(client, kept, tables))
     return {day: now.get(day, (0, 0)) for day in sorted(changed)}
 
 
-def _days_of_new_optouts(client: Client, days: list[dt.date], tables: Tables) -> set[dt.date]:
-    """The days with events a cookie shared with a first-party ID opted out since the rolled rows'
-    record: those recorded after its latest, when they account for the whole change (count and
-    digest); else, or with no record (a rollup from before the record existed), every opted-out ID."""
-    before = _recorded_optouts(client)
-    now, added = optout_digest(client, tables.optouts, before.through_ms if before else 0)
-    if before is not None and now.same(before):
-        return set()
-    new = f"SELECT id FROM {tables.optouts}"
-    if before is not None and before.only_added(added, now):
-        new += " WHERE opted_out_at > fromUnixTimestamp64Milli({after:Int64}, 'UTC')"
+@dataclass(frozen=True)
+class RolledDay:
+    events: tuple[int, int]  # (count, digest) of its events when rolled
+    optouts: Optouts  # those its rows leave out
+
+
+def _rolled_days(client: Client, first: dt.date, last: dt.date) -> dict[dt.date, RolledDay]:
+    """The latest record of each day from `first` to `last` rolled into this node's table."""
     rows = client.query(
-        f"SELECT DISTINCT toDate(ts) FROM {tables.events} WHERE toDate(ts) IN {{days:Array(Date)}} "
-        f"AND cookie_id != '' AND fp_id IN ({new})",
-        parameters={"days": days, "after": before.through_ms if before else 0}).result_rows
-    return {day for (day,) in rows}
+        "SELECT day, argMax((events, digest, optouts, optout_digest, optouts_through_ms), rolled_at) "
+        f"FROM {ROLLED_DAYS} WHERE rollup = {{rollup:UUID}} AND day >= {{first:Date}} AND day <= {{last:Date}} "
+        "GROUP BY day", parameters={"first": first, "last": last, "rollup": _rollup_uuid(client)}).result_rows
+    return {day: RolledDay((int(events), int(digest)), Optouts(int(count), int(optouts), int(through)))
+            for day, (events, digest, count, optouts, through) in rows}
+
+
+def _days_of_new_optouts(client: Client, kept: dict[dt.date, Optouts], tables: Tables) -> set[dt.date]:
+    """Of the days `kept` (each with the opt-outs its rows leave out), those with events a cookie
+    shared with a first-party ID of the snapshot's opt-outs not among them. Per record: those
+    recorded after its latest, when they account for the whole change (count and digest); else
+    every opted-out ID. (Rows recorded before the days held their opt-outs hold none: every one
+    is new to them.)"""
+    found: set[dt.date] = set()
+    for before in set(kept.values()):
+        now, added = optout_digest(client, tables.optouts, before.through_ms)
+        if now.same(before):
+            continue
+        new = f"SELECT id FROM {tables.optouts}"
+        if before.only_added(added, now):
+            new += " WHERE opted_out_at > fromUnixTimestamp64Milli({after:Int64}, 'UTC')"
+        days = sorted(day for day, optouts in kept.items() if optouts == before)
+        rows = client.query(
+            f"SELECT DISTINCT toDate(ts) FROM {tables.events} WHERE toDate(ts) IN {{days:Array(Date)}} "
+            f"AND cookie_id != '' AND fp_id IN ({new})", parameters={"days": days, "after": before.through_ms})
+        found |= {day for (day,) in rows.result_rows}
+    return found
 
 
 def first_day(plan: Plan, as_of_ms: int) -> dt.date:
@@ -193,8 +207,10 @@ def roll(client: Client, plan: Plan, digests: DayDigests, as_of_ms: int, tables:
     digests `days_to_roll` read, and the opt-outs of the build's snapshot as those the rows left
     out. Events that arrived since make the record older than the rows, so the next build rolls
     the day again: never the other way round. Returns the rows written. Needs the build's value
-    lookups filled for these days."""
+    lookups filled for these days, and `days_to_roll` to have looked at the window's days with
+    this build's snapshot of the opt-outs."""
     days = sorted(digests)
+    optouts, _ = optout_digest(client, tables.optouts)
     written = 0
     if days:
         client.command(f"DROP TABLE IF EXISTS {TOTALS}")  # of the rows about to change
@@ -206,29 +222,22 @@ def roll(client: Client, plan: Plan, digests: DayDigests, as_of_ms: int, tables:
             summary = client.command(sql, parameters={**params, "roll_days": chunk}, settings=settings)
             written += int(getattr(summary, "written_rows", 0) or 0)
             note(f"rolled up {chunk[0]} .. {chunk[-1]}")
-        rollup = _rollup_uuid(client)
-        client.insert(ROLLED_DAYS, [[day, rollup, *digests[day]] for day in days],
-                      column_names=["day", "rollup", "events", "digest"])
-    # Every day of the window now leaves out the snapshot's opt-outs: those `days_to_roll` found
-    # new were rolled again, and no other day holds a cookie's event shared with one of them.
-    # Days after the window (rolled by a build as of a later day) were not looked at: the record
-    # stays as it was, and a build whose window holds them looks.
-    last = _day(as_of_ms) - dt.timedelta(days=1)
-    later = client.query(
-        "SELECT count() FROM system.parts WHERE database = 'crumb' AND table = 'segment_rollup' AND active "
-        "AND partition_id > {last:String}", parameters={"last": last.strftime("%Y%m%d")}).result_rows[0][0]
-    optouts, _ = optout_digest(client, tables.optouts)
-    if not later and _recorded_optouts(client) != optouts:
-        client.command(f"TRUNCATE TABLE {ROLLED_OPTOUTS}")
-        client.insert(ROLLED_OPTOUTS, [[optouts.count, optouts.digest, optouts.through_ms]],
-                      column_names=["count", "digest", "through_ms"])
+        _record_days(client, {day: (*digests[day], optouts) for day in days})
+    # The other days of the window leave out the snapshot's opt-outs too: `days_to_roll` found
+    # those where a new one shared an event with a cookie, and they were rolled again.
+    first, last = first_day(plan, as_of_ms), _day(as_of_ms) - dt.timedelta(days=1)
+    behind = {day: (*record.events, optouts) for day, record in _rolled_days(client, first, last).items()
+              if record.optouts != optouts}
+    if behind:
+        _record_days(client, behind)
     return written
 
 
-def _recorded_optouts(client: Client) -> Optouts | None:
-    """The opt-outs the rolled rows left out, as recorded; None without a record."""
-    rows = client.query(f"SELECT count, digest, through_ms FROM {ROLLED_OPTOUTS} LIMIT 1").result_rows
-    return Optouts(*map(int, rows[0])) if rows else None
+def _record_days(client: Client, days: dict[dt.date, tuple[int, int, Optouts]]) -> None:
+    rollup = _rollup_uuid(client)
+    client.insert(ROLLED_DAYS, [[day, rollup, events, digest, o.count, o.digest, o.through_ms]
+                                for day, (events, digest, o) in days.items()],
+                  column_names=["day", "rollup", "events", "digest", "optouts", "optout_digest", "optouts_through_ms"])
 
 
 def _rollup_uuid(client: Client) -> str:

@@ -298,6 +298,16 @@ _ROLLED_INTO = """
 ALTER TABLE {db}.segment_rollup_days {on_cluster} ADD COLUMN IF NOT EXISTS rollup UUID AFTER day
 """
 
+# The opt-outs each rolled day's rows leave out (`audiences.rollup`), where one row per node held
+# them for all its days: a build as of an earlier day looked at fewer days than it would have
+# recorded. Days recorded before read as leaving out none: every opt-out is new to them.
+_ROLLED_OPTOUTS = """
+ALTER TABLE {db}.segment_rollup_days {on_cluster}
+    ADD COLUMN IF NOT EXISTS optouts UInt64 AFTER digest,
+    ADD COLUMN IF NOT EXISTS optout_digest UInt64 AFTER optouts,
+    ADD COLUMN IF NOT EXISTS optouts_through_ms Int64 AFTER optout_digest
+"""
+
 MIGRATIONS = [
     Migration("audiences_0001_members", [_MEMBERS, _MEMBERS_NEXT]),
     Migration("audiences_0002_deltas_history", [_DELTAS, _HISTORY]),
@@ -327,6 +337,9 @@ MIGRATIONS = [
         "DROP TABLE IF EXISTS {db}.segment_deltas {on_cluster} SYNC", DELTAS_VIEW,
     ]),
     Migration("audiences_0015_rolled_into", [_ROLLED_INTO]),
+    Migration("audiences_0016_rolled_optouts", [
+        _ROLLED_OPTOUTS, "DROP TABLE IF EXISTS {db}.segment_rollup_optouts {on_cluster} SYNC",
+    ]),
 ]
 
 

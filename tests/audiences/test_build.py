@@ -454,9 +454,12 @@ def test_days_a_cookie_shares_with_a_first_party_id_that_opts_out_later_are_roll
     # Its own rows are left out where the totals are read; the cookie's day holds its event.
     assert build(warehouse, SPORTS, as_of_ms=at + 2 * 3_600_000).rolled_days == 1
     assert {row[1] for row in members(warehouse)} & {shared, fp, other} == {other}
-    # A rollup with no record of the opt-outs it left out (one rolled before the record existed)
-    # takes every opt-out as new.
-    warehouse.command(f"TRUNCATE TABLE {rollup.ROLLED_OPTOUTS}")
+    # Days rolled up before their record held opt-outs (before audiences_0016) take every
+    # opt-out as new: the cookie's day, rolled again above, leaves out the first-party ID anyway.
+    warehouse.command(f"ALTER TABLE {rollup.ROLLED_DAYS} UPDATE optouts = 0, optout_digest = 0, "
+                      "optouts_through_ms = 0 WHERE day >= {first:Date}",
+                      parameters={"first": rollup.first_day(compile_segments(SPORTS.rule_segments()), at)},
+                      settings={"mutations_sync": 2})
     assert build(warehouse, SPORTS, as_of_ms=at + 3 * 3_600_000).rolled_days == 1
     assert build(warehouse, SPORTS, as_of_ms=at + 4 * 3_600_000).rolled_days == 0
 
