@@ -90,8 +90,10 @@ from audiences.rollup import (
     days_to_roll,
     first_day,
     optout_digest,
+    pending_days,
     read_plan,
     roll,
+    roll_pending,
     totals_written,
     write_totals,
 )
@@ -189,6 +191,7 @@ def build(
             result.rolled_days = len(roll_days)
             steps.run("rollup", lambda: roll(client, plan, roll_days, as_of_ms, note=progress.note,
                                              settings=AGGREGATION_SETTINGS))
+            steps.run("pending", lambda: roll_pending(client, plan, as_of_ms, roll_days, settings=AGGREGATION_SETTINGS))
             if not totals_written(client, plan, as_of_ms):  # the day's first build, or a day rolled again
                 steps.run("totals", lambda: write_totals(client, plan, as_of_ms, settings=AGGREGATION_SETTINGS,
                                                              note=progress.note))
@@ -253,7 +256,8 @@ def _values(client: Client, plan: Plan, as_of_ms: int, rollup: RollupRead,
     hours = hour_digests(client, first_day(plan, as_of_ms), as_of_ms,
                          following.as_of_ms if following else as_of_ms)
     roll_days = days_to_roll(client, plan, as_of_ms, day_digests(hours, rollup.raw_from_ms))
-    _run(client, values_statements(plan, as_of_ms, rollup=rollup, roll_days=sorted(roll_days)), VALUES_SETTINGS)
+    lookup_days = sorted({*roll_days, *pending_days(client, plan, as_of_ms)})
+    _run(client, values_statements(plan, as_of_ms, rollup=rollup, roll_days=lookup_days), VALUES_SETTINGS)
     return hours, roll_days
 
 

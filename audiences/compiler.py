@@ -568,10 +568,16 @@ def rollup_columns(plan: Plan) -> list[tuple[str, str]]:
             *((name, kind) for name, kind, _how in _Layout.of(plan).hour_columns())]
 
 
-def roll_statement(plan: Plan, table: str, tables: Tables = BUILD) -> Statement:
+def roll_statement(plan: Plan, table: str, tables: Tables = BUILD, id_days: str | None = None) -> Statement:
     """Whole days of events (parameter `roll_days`), rolled up per ID and hour into `table`. The
-    statement's text and parameters, but for the days, are what the rolled rows depend on."""
-    return _roll(plan, table, tables, f"{ELIGIBLE} AND {ROLL_DAYS} AND {opted_in(tables.optouts)}", {})
+    statement's text and parameters, but for the days, are what the rolled rows depend on. With
+    `id_days` (a table of cookies' `row_id` and a `day`), only those cookies' days: found by the
+    events' key (a day, then the cookie), not by reading the days whole."""
+    where = f"{ELIGIBLE} AND {ROLL_DAYS} AND {opted_in(tables.optouts)}"
+    if id_days:
+        where += (f" AND cookie_id IN (SELECT substring(row_id, 3) FROM {id_days} WHERE startsWith(row_id, 'c:'))"
+                  f" AND ({ROW_ID}, toDate(ts)) IN (SELECT row_id, day FROM {id_days})")
+    return _roll(plan, table, tables, where, {})
 
 
 def today_statement(plan: Plan, as_of_ms: int, rollup: RollupRead, tables: Tables = BUILD,
@@ -589,12 +595,14 @@ def today_statement(plan: Plan, as_of_ms: int, rollup: RollupRead, tables: Table
     return _roll(plan, HOURS, tables, rows, params)
 
 
-def totals_statement(plan: Plan, as_of_ms: int, rollup: RollupRead, part: tuple[int, int] | None = None) -> Statement:
+def totals_statement(plan: Plan, as_of_ms: int, rollup: RollupRead, part: tuple[int, int] | None = None,
+                     only: str | None = None) -> Statement:
     """Per ID, the aggregates of its rolled-up hours of the window, as the membership statement
     takes them per ID (`_aggregates`), with the first-party IDs it was seen with: the SELECT of
     `rollup.totals` (of every ID: opted-out IDs are left out where it is read). It holds for
     as_of's day: its windows and day bits are that day's. With `part` (k, n), of the IDs whose
-    hash is k modulo n only (parameters `part`, `parts`)."""
+    hash is k modulo n only (parameters `part`, `parts`); with `only` (a subquery of typed IDs),
+    of those."""
     params: dict[str, Any] = {**window_params(plan, as_of_ms), **rollup.params()}
     layout = _Layout.of(plan)
     hours = ", ".join(["row_id", "toDateTime64(hour, 3, 'UTC') AS t", "links", *layout.hour_names()])
@@ -603,6 +611,8 @@ def totals_statement(plan: Plan, as_of_ms: int, rollup: RollupRead, part: tuple[
     if part:
         params["part"], params["parts"] = part
         window = f"cityHash64(row_id) % {{parts:UInt32}} = {{part:UInt32}} AND {window}"
+    if only:
+        window = f"row_id IN {only} AND {window}"
     per_id, _names = _per_id(plan, layout, as_of_ms, params, f"SELECT {hours} FROM {rollup.table} WHERE {window}",
                              links=True)
     return per_id, params

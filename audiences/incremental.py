@@ -23,10 +23,14 @@ that set is closed under the links as they are now, so its profiles are resolved
 links alone, and no profile outside it can differ. All other IDs keep their rows of the last
 build as they are.
 
-An hour with fewer events than the last build counted (an erasure, the events TTL, a DELETE)
-means IDs whose rows are gone, which the events no longer name: that build recomputes everything.
-So does a build on another UTC day than the last (the first build of a day is a full one, which
-bounds what any miss could cost to a day), one with another plan, or one without state.
+  erasures      an erasure deletes an ID's events and its profile's rows: before, it takes its
+                 events out of the state's hour digests and records the ID and those that
+                 shared its profile as touched (`note_erasure`)
+
+An hour with fewer events than the last build counted, but for erasures (the events TTL, a
+DELETE), means IDs whose rows are gone, which the events no longer name: that build recomputes
+everything. So does a build on another UTC day than the last (the first build of a day is a full
+one, which bounds what any miss could cost to a day), one with another plan, or one without state.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class BuildState:
     plan: str
     optouts: Optouts
     hours: dict[int, tuple[int, int]] = field(default_factory=dict)  # hour → (events, digest) up to as_of
+    touched: list[str] = field(default_factory=list)  # typed IDs erasures left to recompute since
 
 
 def plan_key(plan: Plan, lookalike_ids: list[int]) -> str:
@@ -89,13 +94,14 @@ def read_state(client: Client) -> BuildState | None:
     rows = client.query(
         f"SELECT build_id, toUnixTimestamp64Milli(as_of), plan, optouts, optouts_digest, "
         "toUnixTimestamp64Milli(optouts_through), "
-        f"arrayMap(h -> toUnixTimestamp(h), hours), hour_events, hour_digests FROM {STATE} "
+        f"arrayMap(h -> toUnixTimestamp(h), hours), hour_events, hour_digests, touched FROM {STATE} "
         "WHERE build_id = (SELECT max(build_id) FROM crumb.builds FINAL WHERE status = 'succeeded')").result_rows
     if not rows:
         return None
-    build_id, as_of_ms, plan, optouts, optouts_digest, through_ms, hours, events, digests = rows[0]
+    build_id, as_of_ms, plan, optouts, optouts_digest, through_ms, hours, events, digests, touched = rows[0]
     return BuildState(int(build_id), int(as_of_ms), plan, Optouts(int(optouts), int(optouts_digest), int(through_ms)),
-                      {int(h): (int(n), int(d)) for h, n, d in zip(hours, events, digests, strict=True)})
+                      {int(h): (int(n), int(d)) for h, n, d in zip(hours, events, digests, strict=True)},
+                      list(touched))
 
 
 def write_state(client: Client, state: BuildState) -> None:
@@ -107,9 +113,39 @@ def write_state(client: Client, state: BuildState) -> None:
         state.build_id, state.as_of_ms, state.plan, state.optouts.count, state.optouts.digest,
         state.optouts.through_ms,
         [dt.datetime.fromtimestamp(h, dt.UTC) for h in hours], [state.hours[h][0] for h in hours],
-        [state.hours[h][1] for h in hours],
+        [state.hours[h][1] for h in hours], state.touched,
     ]], column_names=["build_id", "as_of", "plan", "optouts", "optouts_digest", "optouts_through", "hours",
-                      "hour_events", "hour_digests"])
+                      "hour_events", "hour_digests", "touched"])
+
+
+def note_erasure(client: Client, ids: list[str]) -> None:
+    """Before an erasure deletes the IDs' events and profile rows: take their events out of the
+    state's hour digests, as if the last build had never counted them, and record as touched the
+    IDs' typed forms and every ID that shared a profile with one. The next build then follows the
+    last one (recomputing those), where fewer events in an hour would have made it a full one.
+    Run again (an erasure asked again), it finds no events left to take out, and touches the IDs
+    once more."""
+    state = read_state(client)
+    if state is None or not state.hours:
+        return
+    typed = [f"{kind}:{i}" for i in ids for kind in ("c", "f")]
+    params = {"ids": ids, "typed": typed, "first": min(state.hours), "as_of": state.as_of_ms}
+    erased = client.query(
+        f"SELECT toUnixTimestamp({_HOUR}) AS hour, count(), groupBitXor(cityHash64(event_id)) FROM {EVENTS} "
+        "WHERE (cookie_id IN {ids:Array(String)} OR fp_id IN {ids:Array(String)}) "
+        "AND ts >= toDateTime({first:UInt32}, 'UTC') AND ts <= fromUnixTimestamp64Milli({as_of:Int64}, 'UTC') "
+        "GROUP BY hour", parameters=params).result_rows
+    hours = dict(state.hours)
+    for hour, count, digest in erased:
+        if int(hour) in hours:
+            events, xor = hours[int(hour)]
+            hours[int(hour)] = (events - int(count), xor ^ int(digest))
+    partners = [row[0] for row in client.query(
+        "SELECT id FROM crumb.segment_profiles WHERE profile IN "
+        "(SELECT profile FROM crumb.segment_profiles WHERE id IN {typed:Array(String)})",
+        parameters=params).result_rows]
+    touched = sorted({*state.touched, *typed, *partners})
+    write_state(client, BuildState(state.build_id, state.as_of_ms, state.plan, state.optouts, hours, touched))
 
 
 def can_follow(previous: BuildState | None, key: str, as_of_ms: int) -> bool:
@@ -164,14 +200,15 @@ class Changes:
     # When the opt-outs that changed are exactly those recorded after this time (epoch ms), only
     # they are touched; None: every opted-out ID is.
     optouts_after_ms: int | None = None
-    # Events the last build counted are gone (an erasure, the events TTL, a DELETE): their IDs
-    # cannot be read from the events any more, so the build does not follow.
+    # Events the last build counted are gone, but for erasures' (the events TTL, a DELETE): their
+    # IDs cannot be read from the events any more, so the build does not follow.
     events_removed: bool = False
+    erased: list[str] = field(default_factory=list)  # typed IDs erasures touched (`note_erasure`)
 
     def summary(self) -> dict[str, Any]:
         optouts = False if not self.optouts else "new" if self.optouts_after_ms is not None else "all"
         return {"late_hours": len(self.late_hours), "optouts": optouts,
-                "events_removed": self.events_removed}
+                "events_removed": self.events_removed, "erased": len(self.erased)}
 
 
 def changes(plan: Plan, previous: BuildState, as_of_ms: int, hours: HourDigests, optouts: Optouts,
@@ -187,7 +224,7 @@ def changes(plan: Plan, previous: BuildState, as_of_ms: int, hours: HourDigests,
     fewer = any(hours.get(hour, (0, 0, 0, 0))[2] < previous.hours[hour][0] for hour in late if hour in previous.hours)
     only_added = added is not None and previous.optouts.only_added(added, optouts)
     return Changes(late, not optouts.same(previous.optouts),
-                   previous.optouts.through_ms if only_added else None, events_removed=fewer)
+                   previous.optouts.through_ms if only_added else None, events_removed=fewer, erased=previous.touched)
 
 
 def touched_statements(changes: Changes, previous_as_of_ms: int, as_of_ms: int) -> list[tuple[str, dict[str, Any]]]:
@@ -208,10 +245,12 @@ def touched_statements(changes: Changes, previous_as_of_ms: int, as_of_ms: int) 
     # A new opt-out's own IDs. The IDs linked to it were in its profile at the last build, which
     # read it as opted in (it was not in that build's snapshot: `compiler.BUILD_OPTOUTS`), so the
     # recompute step takes them in; an ID linked to it since is touched by the event that links them.
-    # That profile is gone only if the ID was erased, and an erasure deletes the events that linked
-    # it too: the next build is then a full one (fewer events in an hour of the window, which it
-    # compares whole). No erasure runs during a build, between its hour digests and its recompute
-    # step (`crumb.privacy.erase`).
+    # That profile is gone only if the ID was erased, and an erasure records the IDs that were in
+    # it (`note_erasure`). No erasure runs during a build, between its hour digests and its
+    # recompute step (`crumb.privacy.erase`).
+    if changes.erased:
+        statements.append((f"INSERT INTO {TOUCHED} SELECT arrayJoin({{erased:Array(String)}})",
+                           {"erased": changes.erased}))
     if changes.optouts:  # the new opted-out IDs (or all)
         opted = f"SELECT id FROM {BUILD.optouts}"
         if changes.optouts_after_ms is not None:

@@ -37,6 +37,7 @@ from clickhouse_connect.driver.client import Client
 from audiences.compiler import (
     BUILD,
     DAY_MS,
+    EVENTS,
     Plan,
     RollupRead,
     Tables,
@@ -60,6 +61,12 @@ TOTALS = "crumb.segment_rollup_totals"
 # first-party IDs. When one of those opts out later, the totals leave out its own rows, but its
 # events stay in the cookie's: those days are rolled up again (a cookie that opts out is a row of
 # its own).
+# IDs' days to roll up again, left by erasures (`note_erasure`), node-local as the rollup: the
+# days a cookie shared events with an erased first-party ID (always a cookie's: a row holds links
+# only when it is a cookie's). The erasure deletes the cookie's rows
+# of those days, and takes the erased events out of the days' records, so that the next build
+# rolls up those rows (`roll_pending`), not the whole days.
+PENDING = "crumb.segment_rollup_pending"
 # The day's first build reads the rollup whole, to total it per ID. Its counts and bit words
 # compress 3-10x, but decompressing them was much of that read: stored plain (its hours too), the
 # hourly build of bench/segments, which read the rollup whole then, took a tenth less CPU (3.10 s
@@ -240,6 +247,102 @@ def _record_days(client: Client, days: dict[dt.date, tuple[int, int, Optouts]]) 
                   column_names=["day", "rollup", "events", "digest", "optouts", "optout_digest", "optouts_through_ms"])
 
 
+def note_erasure(client: Client, ids: list[str]) -> None:
+    """Before an erasure deletes the IDs' events: take them out of the records of the days rolled
+    up into this node's table, and record as pending the days where a cookie shared events with
+    one of them (its rows of those days are what changes besides the IDs' own, `forget_ids`).
+    The next build then rolls up those rows, not the days whole."""
+    if not _exists(client, ROLLUP):
+        return
+    client.command(f"CREATE TABLE IF NOT EXISTS {PENDING} (row_id String, day Date) "
+                   "ENGINE = MergeTree ORDER BY tuple()")
+    recorded = client.query(
+        f"SELECT day, argMax((events, digest, optouts, optout_digest, optouts_through_ms), rolled_at) "
+        f"FROM {ROLLED_DAYS} WHERE rollup = {{rollup:UUID}} GROUP BY day",
+        parameters={"rollup": _rollup_uuid(client)}).result_rows
+    if not recorded:
+        return
+    params = {"ids": ids, "days": [day for day, _ in recorded]}
+    of_ids = "(cookie_id IN {ids:Array(String)} OR fp_id IN {ids:Array(String)}) AND toDate(ts) IN {days:Array(Date)}"
+    erased = {day: (int(count), int(digest)) for day, count, digest in client.query(
+        f"SELECT toDate(ts) AS day, count(), groupBitXor(cityHash64(event_id)) FROM {EVENTS} "
+        f"WHERE {of_ids} GROUP BY day", parameters=params).result_rows}
+    # The rows that hold them are the rows of those events; read from the rollup too, in case.
+    client.command(
+        f"INSERT INTO {PENDING} SELECT DISTINCT concat('c:', cookie_id), toDate(ts) FROM {EVENTS} "
+        "WHERE fp_id IN {ids:Array(String)} AND cookie_id != '' AND cookie_id NOT IN {ids:Array(String)} "
+        f"AND toDate(ts) IN {{days:Array(Date)}} UNION DISTINCT SELECT row_id, toDate(hour) FROM {ROLLUP} "
+        "WHERE hasAny(links, {ids:Array(String)}) AND substring(row_id, 3) NOT IN {ids:Array(String)}",
+        parameters=params)
+    adjusted = {day: (int(events) - erased[day][0], int(digest) ^ erased[day][1],
+                      Optouts(int(count), int(optouts), int(through)))
+                for day, (events, digest, count, optouts, through) in recorded if day in erased}
+    if adjusted:
+        _record_days(client, adjusted)
+
+
+def forget_ids(client: Client, ids: list[str], typed: list[str]) -> None:
+    """Erasure: the IDs' rolled-up rows, the rows of the cookies' days `note_erasure` left
+    pending (they hold the erased first-party IDs in their links and counts), and their totals.
+    Any other rolled-up row or total that holds one of the IDs in its links goes too, and then
+    the next build writes the totals whole."""
+    if not _exists(client, ROLLUP):
+        return
+    pending = f"SELECT row_id, day FROM {PENDING}" if _exists(client, PENDING) else "SELECT '', toDate(0)"
+    params = {"typed": typed, "ids": ids}
+    client.command(f"DELETE FROM {ROLLUP} WHERE row_id IN {{typed:Array(String)}} "
+                   f"OR (row_id, toDate(hour)) IN ({pending}) OR hasAny(links, {{ids:Array(String)}})",
+                   parameters=params)
+    if not _exists(client, TOTALS):
+        return
+    unlisted = client.query(
+        f"SELECT count() FROM {TOTALS} WHERE hasAny(links, {{ids:Array(String)}}) "
+        f"AND row_id NOT IN (SELECT row_id FROM ({pending}))", parameters=params).result_rows[0][0]
+    if unlisted:  # not from the pending days: which rolled-up rows to total again is not known
+        client.command(f"DROP TABLE IF EXISTS {TOTALS}")
+        return
+    client.command(f"DELETE FROM {TOTALS} WHERE row_id IN {{typed:Array(String)}} "
+                   f"OR row_id IN (SELECT row_id FROM ({pending}))", parameters=params)
+
+
+def pending_days(client: Client, plan: Plan, as_of_ms: int) -> list[dt.date]:
+    """The window's whole days with rows erasures left to roll up again (`note_erasure`)."""
+    if not _exists(client, PENDING):
+        return []
+    first, last = first_day(plan, as_of_ms), _day(as_of_ms) - dt.timedelta(days=1)
+    return [day for (day,) in client.query(
+        f"SELECT DISTINCT day FROM {PENDING} WHERE day >= {{first:Date}} AND day <= {{last:Date}} ORDER BY day",
+        parameters={"first": first, "last": last}).result_rows]
+
+
+def roll_pending(client: Client, plan: Plan, as_of_ms: int, rolled: DayDigests, tables: Tables = BUILD,
+                 settings: dict[str, Any] | None = None) -> int:
+    """Roll up the IDs' days erasures left pending (`note_erasure`), but on days `roll` just rolled
+    whole, and total those IDs again when the day's totals are written; forget those up to the
+    window's last day. Returns the rows written. Needs the build's value lookups filled for
+    these days (`pending_days`)."""
+    days = [day for day in pending_days(client, plan, as_of_ms) if day not in rolled]
+    written = 0
+    if days:
+        # Their rows are gone unless a build stopped after rolling them, before forgetting them. A
+        # DELETE of none costs what one of some does (~5 s on the benchmark's 3M rows): counted first.
+        pairs = f"(row_id, toDate(hour)) IN (SELECT row_id, day FROM {PENDING})"
+        if client.query(f"SELECT count() FROM {ROLLUP} WHERE {pairs}").result_rows[0][0]:
+            client.command(f"DELETE FROM {ROLLUP} WHERE {pairs}")
+        sql, params = roll_statement(plan, ROLLUP, tables, id_days=PENDING)
+        summary = client.command(sql, parameters={**params, "roll_days": days}, settings=settings)
+        written = int(getattr(summary, "written_rows", 0) or 0)
+        if totals_written(client, plan, as_of_ms):
+            only = f"(SELECT row_id FROM {PENDING})"
+            client.command(f"DELETE FROM {TOTALS} WHERE row_id IN {only}")
+            select, params = totals_statement(plan, as_of_ms, read_plan(plan, as_of_ms), only=only)
+            client.command(f"INSERT INTO {TOTALS} {select}", parameters=params, settings=settings)
+    if _exists(client, PENDING):  # a day after this window is a later build's to roll
+        last = _day(as_of_ms) - dt.timedelta(days=1)
+        client.command(f"DELETE FROM {PENDING} WHERE day <= {{last:Date}}", parameters={"last": last})
+    return written
+
+
 def _rollup_uuid(client: Client) -> str:
     """The UUID of this node's rollup table: which table a record of rolled days is about."""
     return str(client.query("SELECT uuid FROM system.tables WHERE database = 'crumb' AND name = 'segment_rollup'")
@@ -311,6 +414,10 @@ def _totals_key(plan: Plan, as_of_ms: int) -> str:
 
 def _definitions(columns: list[tuple[str, str]]) -> str:
     return ", ".join(f"{name} {kind}" + ("" if kind in COMPRESSED_KINDS else " CODEC(NONE)") for name, kind in columns)
+
+
+def _exists(client: Client, table: str) -> bool:
+    return _comment(client, table) is not None
 
 
 def _comment(client: Client, table: str) -> str | None:

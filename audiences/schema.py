@@ -308,6 +308,12 @@ ALTER TABLE {db}.segment_rollup_days {on_cluster}
     ADD COLUMN IF NOT EXISTS optouts_through_ms Int64 AFTER optout_digest
 """
 
+# IDs an erasure left for the next build to recompute (`incremental.note_erasure`): the erased
+# IDs and those that shared a profile with them, whose profile rows the erasure deletes.
+_STATE_TOUCHED = """
+ALTER TABLE {db}.segment_build_state {on_cluster} ADD COLUMN IF NOT EXISTS touched Array(String)
+"""
+
 MIGRATIONS = [
     Migration("audiences_0001_members", [_MEMBERS, _MEMBERS_NEXT]),
     Migration("audiences_0002_deltas_history", [_DELTAS, _HISTORY]),
@@ -340,6 +346,7 @@ MIGRATIONS = [
     Migration("audiences_0016_rolled_optouts", [
         _ROLLED_OPTOUTS, "DROP TABLE IF EXISTS {db}.segment_rollup_optouts {on_cluster} SYNC",
     ]),
+    Migration("audiences_0017_state_touched", [_STATE_TOUCHED]),
 ]
 
 

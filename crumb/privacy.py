@@ -65,6 +65,16 @@ def _typed(ids: Sequence[str]) -> list[str]:
     return [f"{kind}:{i}" for i in ids for kind in ("c", "f")]
 
 
+def _note_in_builds(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
+    # First, while the events and profiles they read are still there: the next build recomputes
+    # the IDs' profiles, instead of every profile, and rolls up again the rows that held them,
+    # instead of every day they had events on.
+    from audiences import incremental, rollup
+
+    incremental.note_erasure(client, ids)
+    rollup.note_erasure(client, ids)
+
+
 def _erase_events(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
     client.command(
         f"DELETE FROM crumb.events {on_cluster(client)} "
@@ -96,27 +106,14 @@ def _erase_memberships(client: Client, _redis: redis.Redis, ids: list[str]) -> N
     for table in ("segment_profiles", "segment_profiles_next"):
         client.command(f"DELETE FROM crumb.{table} {on_cluster(client)} WHERE id IN {{typed:Array(String)}}",
                        parameters={"typed": _typed(ids)})
-    # And what the next build would follow: it recomputes everything. The events this erases leave
-    # some hour with fewer events than the last build counted, which makes it a full one too,
-    # unless events that arrived late in that hour make up the count: it then recomputed only
-    # the IDs of the hour's events now, not the erased ID's profile partners, whose rows it
-    # counted (`audiences.incremental`).
-    client.command(f"TRUNCATE TABLE crumb.segment_build_state {on_cluster(client)}")
 
 
 def _erase_rollup(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
-    # The build's rolled-up hours (audiences.rollup): the IDs' own, and the cookies' hours they
-    # shared events with (a first-party ID is in their links, and in their counts). The next build
-    # rolls those days up again: the events this erases change their digests. The table exists
-    # once a build ran.
-    exists = client.query("SELECT count() FROM system.tables WHERE database = 'crumb' AND name = 'segment_rollup'")
-    if exists.result_rows[0][0]:
-        client.command("DELETE FROM crumb.segment_rollup WHERE row_id IN {typed:Array(String)} "
-                       "OR hasAny(links, {ids:Array(String)})",
-                       parameters={"typed": _typed(ids), "ids": ids})
-    # Their totals per ID hold the erased IDs in other IDs' links too: dropped whole, they are
-    # derived, and the next build writes them again (it is a full one: the erased events are gone).
-    client.command("DROP TABLE IF EXISTS crumb.segment_rollup_totals")
+    # The build's rolled-up hours and their totals per ID (audiences.rollup): the IDs' own, and
+    # the cookies' that held a first-party ID among them (in their links, and in their counts).
+    from audiences.rollup import forget_ids
+
+    forget_ids(client, ids, _typed(ids))
 
 
 def _erase_matches(client: Client, redis_client: redis.Redis, ids: list[str]) -> None:
@@ -132,11 +129,13 @@ def _erase_from_store(_client: Client, redis_client: redis.Redis, ids: list[str]
 
 
 ERASERS: list[Eraser] = [
+    Eraser("crumb.segment_build_state, segment_rollup_days (the next build recomputes the IDs' profiles)",
+           _note_in_builds),
     Eraser("crumb.events", _erase_events),
     Eraser("crumb.id_matches", _erase_matches),
     Eraser("crumb.lookalike_scores", _erase_scores),
-    Eraser("crumb.id_segments(_next), segment_profiles(_next), id_deltas, segment_history_closed, "
-           "segment_build_state", _erase_memberships),
+    Eraser("crumb.id_segments(_next), segment_profiles(_next), id_deltas, segment_history_closed",
+           _erase_memberships),
     # After the memberships and deltas it loads from: a load that starts later finds none of the
     # IDs, and one that is running ends before the store forgets them (`SegmentStore.erase`).
     Eraser("redis segment store", _erase_from_store),

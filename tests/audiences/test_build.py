@@ -209,8 +209,7 @@ def test_erasure_removes_the_id_from_members_deltas_and_history(warehouse: Clien
         running_build.release()
     names = erase(warehouse, redis_client, gone, "test")
 
-    assert ("crumb.id_segments(_next), segment_profiles(_next), id_deltas, segment_history_closed, "
-            "segment_build_state") in names
+    assert "crumb.id_segments(_next), segment_profiles(_next), id_deltas, segment_history_closed" in names
     assert warehouse.query(next_rows, parameters={"ids": gone}).result_rows[0][0] == 0
     # The cookie's rolled-up hour it shared with the first-party ID goes (the next build rolls its
     # day up again: the erased events changed it).
@@ -222,8 +221,11 @@ def test_erasure_removes_the_id_from_members_deltas_and_history(warehouse: Clien
             parameters={"ids": [kept, erased]}).result_rows}
         assert held == {kept}, table
     assert rolled_ids(warehouse, [kept, erased]) == {f"c:{kept}"}
-    # The totals per ID are derived, and hold IDs in other IDs' links too: dropped whole.
-    assert not warehouse.query("EXISTS TABLE crumb.segment_rollup_totals").result_rows[0][0]
+    # The totals per ID: the IDs' own, and those that held one in their links (the next build
+    # totals them again).
+    assert rolled_ids(warehouse, [kept, erased, sharer], "segment_rollup_totals") == {f"c:{kept}"}
+    assert warehouse.query("SELECT count() FROM crumb.segment_rollup_totals WHERE has(links, {fp:String})",
+                           parameters={"fp": shared_fp}).result_rows[0][0] == 0
 
 
 def rolled_ids(client: Client, ids: list[str], table: str = "segment_rollup") -> set[str]:
@@ -861,31 +863,42 @@ def test_hour_digests_read_whole_hours_from_the_events_projection_and_follow_an_
     assert [after[h][0] for h in sorted(after)][-5:] == [before[h][0] - 1 for h in sorted(before)][-5:]
 
 
-def test_an_erasure_between_two_builds_makes_the_next_a_full_one_with_every_row_counted(
+def build_state(client: Client) -> tuple[set[tuple[int, str, str]], set[tuple[str, str]], list[tuple[Any, ...]]]:
+    """Members, profiles and the sizes of the last build: what a following and a full build agree on."""
+    sizes = client.query("SELECT segment_id, profiles, ids FROM crumb.segment_sizes WHERE build_id = "
+                         "(SELECT max(build_id) FROM crumb.builds FINAL WHERE status = 'succeeded') "
+                         "ORDER BY segment_id").result_rows
+    return members(client), set(client.query("SELECT id, profile FROM crumb.segment_profiles").result_rows), sizes
+
+
+def test_the_build_after_an_erasure_follows_the_last_and_agrees_with_a_full_one(
         warehouse: Client, live_server: LiveServer) -> None:
+    # The opt-out worker erases every opted-out ID: were each erasure to make the next build a
+    # full one, the scheduler's hourly builds would be first builds wherever people opt out.
     gone, kept = cookie(), cookie()
     hour = 3_600_000
     at = T0 // hour * hour + 400 * DAY + 6 * hour
     insert(warehouse, [{"ts": at - 2 * DAY, "cookie_id": gone, "path": "/sports/1"},
                        {"ts": at - DAY, "cookie_id": kept, "path": "/sports/2"}])
     build(warehouse, SPORTS, as_of_ms=at)
-    # The erasure deletes `gone`'s rows of the last build, and its event: an hour of the window
-    # has fewer events than that build counted, so the next build cannot tell which IDs lost rows.
     erase(warehouse, live_server.crumb.runtime.redis, [gone], "test")
     later = build(warehouse, SPORTS, as_of_ms=at + hour)
-    assert not later.followed and not later.changes  # the erasure left it nothing to follow
+    assert later.followed and later.changes["erased"] == 2  # its typed IDs: as a cookie and as a first-party ID
     assert {m for m in members(warehouse) if m[1] in (gone, kept)} == {(1, kept, "cookie")}
-    assert warehouse.query(
-        "SELECT segment_id, profiles, ids FROM crumb.segment_sizes WHERE build_id = {b:UInt64}",
-        parameters={"b": later.build_id}).result_rows == warehouse.query(
-        "SELECT segment_id, uniqExact(profile_id), count() FROM crumb.segment_members GROUP BY segment_id").result_rows
+    followed = build_state(warehouse)
+    assert followed[2] == warehouse.query(
+        "SELECT segment_id, uniqExact(profile_id), count() FROM crumb.segment_members GROUP BY segment_id "
+        "ORDER BY segment_id").result_rows
+    full = build(warehouse, SPORTS, as_of_ms=at + hour, follow=False)
+    assert full.entered == full.exited == 0 and build_state(warehouse) == followed
+    assert build(warehouse, SPORTS, as_of_ms=at + 2 * hour).changes["erased"] == 0  # recomputed once
 
 
-def test_an_erasure_makes_the_next_build_a_full_one_when_late_events_make_up_the_hours_count(
+def test_the_build_after_an_erasure_recomputes_the_ids_that_shared_its_profile(
         warehouse: Client, live_server: LiveServer) -> None:
     # The cookie is a member through the first-party ID's own event: once that ID is erased, it is
-    # not. Late events in the hours the erasure emptied keep their counts: only their digests
-    # show a change, and a following build would recompute the late events' IDs alone.
+    # not, though none of its own events went. Late events in the hours the erasure emptied make
+    # up their counts: the erasure, not the counts, says which IDs to recompute.
     hour = 3_600_000
     at = T0 // hour * hour + 560 * DAY + 12 * hour
     linked, fp, late = cookie(), f"fp-{cookie()}", cookie()
@@ -895,10 +908,13 @@ def test_an_erasure_makes_the_next_build_a_full_one_when_late_events_make_up_the
     assert (1, linked, "cookie") in members(warehouse)
     erase(warehouse, live_server.crumb.runtime.redis, [fp], "test")
     insert(warehouse, [{"ts": at - DAY + 2000, "cookie_id": late, "path": "/news"},
-                       {"ts": at - DAY + 3000, "cookie_id": late, "path": "/news"}])
+                       {"ts": at - DAY + 3000, "cookie_id": late, "path": "/sports/3"}])
     later = build(warehouse, SPORTS, as_of_ms=at + hour)
-    assert not later.followed
-    assert (1, linked, "cookie") not in members(warehouse)
+    assert later.followed and later.changes["erased"] > 2  # the fp's typed IDs and its profile's cookie
+    assert (1, linked, "cookie") not in members(warehouse) and (1, late, "cookie") in members(warehouse)
+    followed = build_state(warehouse)
+    build(warehouse, SPORTS, as_of_ms=at + hour, follow=False)
+    assert build_state(warehouse) == followed
 
 
 def test_the_plan_key_changes_with_what_members_mean(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -964,3 +980,38 @@ def test_a_store_load_right_after_an_erasure_reached_the_store_does_not_bring_th
     monkeypatch.setattr(privacy, "ERASERS", [*privacy.ERASERS[:position + 1], reload, *privacy.ERASERS[position + 1:]])
     erase(warehouse, redis_client, [member], "test")
     assert store.segments_of(member) == []
+
+
+def test_an_erasure_leaves_the_next_build_the_rows_that_held_the_ids_to_roll_up_not_whole_days(
+        warehouse: Client, live_server: LiveServer) -> None:
+    # A cookie's day holds its events shared with an erased first-party ID: that cookie's rows of
+    # that day are rolled up again (its other hours too, never twice), and totalled again.
+    hour = 3_600_000
+    at = T0 // hour * hour + 900 * DAY + 6 * hour
+    twice = SegmentSet([*SPORTS.by_id.values(), parse_segment({
+        "id": 2, "name": "sports twice", "lookback_days": 3,  # no more: a row rolled up twice counts twice
+        "rule": {"where": [{"field": "path", "op": "prefix", "value": "/sports"}], "min_count": 2, "max_count": 2}})])
+    linked, fp, gone, kept = cookie(), f"fp-{cookie()}", cookie(), cookie()
+    insert(warehouse, [
+        {"ts": at - DAY - 3 * hour, "cookie_id": linked, "fp_id": fp, "path": "/sports/1"},
+        {"ts": at - DAY, "cookie_id": linked, "path": "/sports/2"},
+        {"ts": at - DAY + hour, "cookie_id": linked, "path": "/sports/3"},
+        {"ts": at - 2 * DAY, "cookie_id": gone, "path": "/sports/4"},
+        {"ts": at - 2 * DAY, "cookie_id": kept, "path": "/sports/5"},
+    ])
+    build(warehouse, twice, as_of_ms=at)
+    assert {(1, linked, "cookie"), (1, fp, "fp"), (1, gone, "cookie")} <= members(warehouse)
+    assert (2, linked, "cookie") not in members(warehouse)  # three times, one of them with the first-party ID
+    erase(warehouse, live_server.crumb.runtime.redis, [fp, gone], "test")
+    later = build(warehouse, twice, as_of_ms=at + hour)
+    assert later.followed and later.rolled_days == 0 and later.timings["pending"] > 0
+    mine = {m for m in members(warehouse) if m[1] in (linked, fp, gone, kept)}
+    assert mine == {(1, linked, "cookie"), (2, linked, "cookie"), (1, kept, "cookie")}
+    pending = warehouse.query(f"SELECT count() FROM {rollup.PENDING}").result_rows[0][0]
+    assert pending == 0
+    followed = build_state(warehouse)
+    # The same as rolling every day up anew, and totalling every ID.
+    warehouse.command(f"DROP TABLE {rollup.ROLLUP}")
+    full = build(warehouse, twice, as_of_ms=at + hour, follow=False)
+    assert full.rolled_days > 0 and full.entered == full.exited == 0
+    assert build_state(warehouse) == followed

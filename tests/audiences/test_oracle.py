@@ -32,6 +32,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+import redis
 from clickhouse_connect.driver.client import Client
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -40,7 +41,9 @@ from audiences import rollup
 from audiences.builder import build
 from audiences.definitions import FIELDS, STRING_OPS, SegmentSet, parse_segment
 from collector.categories import ContentTaxonomy
+from crumb.privacy import erase
 from tests.audiences import oracle
+from tests.conftest import LiveServer
 
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -113,6 +116,10 @@ class Case:
     late_events: list[dict[str, Any]] = field(default_factory=list)
     late_optout_cookies: Sequence[int] = ()  # opted out between the two builds
     late_optout_fps: Sequence[int] = ()
+    # Erased between the two builds, after the late events (`crumb.privacy.erase`: as the opt-out
+    # worker erases each opted-out ID). The oracle reads the events that are left.
+    erased_cookies: Sequence[int] = ()
+    erased_fps: Sequence[int] = ()
     # The rolled-up rows a part of the totals takes (`rollup.ROWS_PER_TOTALS_PART`): 1 splits
     # them into up to `rollup.MAX_TOTALS_PARTS` parts of the IDs, as a large warehouse would.
     rows_per_totals_part: int = rollup.ROWS_PER_TOTALS_PART
@@ -122,6 +129,7 @@ class Case:
                 f"late_events={self.late_events!r}, taxonomy={'TAXONOMY' if self.taxonomy else None}, "
                 f"optout_cookies={list(self.optout_cookies)}, optout_fps={list(self.optout_fps)}, "
                 f"late_optout_cookies={list(self.late_optout_cookies)}, late_optout_fps={list(self.late_optout_fps)}, "
+                f"erased_cookies={list(self.erased_cookies)}, erased_fps={list(self.erased_fps)}, "
                 f"rows_per_totals_part={self.rows_per_totals_part},\n"
                 f"  segments={json.dumps(self.segments)},\n  events=[\n"
                 + "".join(f"    {e!r},\n" for e in self.events) + "  ])")
@@ -155,13 +163,14 @@ class Outcome:
         return {(segment_id, self.labels.get(i, i)) for segment_id, i, _type in rows}
 
 
-def run_case(warehouse: Client, case: Case) -> Outcome:
-    """Write the case's events (at an as-of of its own), build, and read members and the oracle."""
+def run_case(warehouse: Client, case: Case, redis_client: redis.Redis | None = None) -> Outcome:
+    """Write the case's events (at an as-of of its own), build, and read members and the oracle.
+    Erasures need `redis_client` (they take the builds' lock)."""
     with mock.patch.object(rollup, "ROWS_PER_TOTALS_PART", case.rows_per_totals_part):
-        return _run_case(warehouse, case)
+        return _run_case(warehouse, case, redis_client)
 
 
-def _run_case(warehouse: Client, case: Case) -> Outcome:
+def _run_case(warehouse: Client, case: Case, redis_client: redis.Redis | None) -> Outcome:
     example = next(_COUNTER)
     slot_start = BASE_AS_OF + (example % EXAMPLE_SLOTS) * EXAMPLE_SPACING
     if example >= EXAMPLE_SLOTS:  # a slot used before in this session: clear it first
@@ -213,6 +222,11 @@ def _run_case(warehouse: Client, case: Case) -> Outcome:
         insert(late)
         opt_out(case.late_optout_cookies, case.late_optout_fps, after_the_build=True)
         events += late
+        erased = {real("c", i) for i in case.erased_cookies} | {real("f", i) for i in case.erased_fps}
+        if erased:
+            assert redis_client is not None, "erasures need Redis"
+            erase(warehouse, redis_client, sorted(erased), "oracle")
+            events = [e for e in events if e["cookie_id"] not in erased and e["fp_id"] not in erased]
         as_of += case.later
         result = build(warehouse, segments, case.taxonomy, as_of_ms=as_of)
         assert result.status == "succeeded", result.error
@@ -360,6 +374,8 @@ def cases(draw: st.DrawFn) -> Case:
         late_events=draw(st.lists(events(cookies, fps), max_size=3)),
         late_optout_cookies=draw(st.lists(st.integers(0, cookies - 1), max_size=1)),
         late_optout_fps=draw(st.lists(st.integers(0, fps - 1), max_size=1)),
+        erased_cookies=draw(st.lists(st.integers(0, cookies - 1), max_size=1)),
+        erased_fps=draw(st.lists(st.integers(0, fps - 1), max_size=1)),
         rows_per_totals_part=draw(st.sampled_from([rollup.ROWS_PER_TOTALS_PART, 1, 3])),
     )
 
@@ -369,12 +385,14 @@ def cases(draw: st.DrawFn) -> Case:
 @settings(max_examples=int(os.environ.get("ORACLE_EXAMPLES", "60")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=cases())
-def test_builder_members_equal_the_oracle(warehouse: Client, case: Case) -> None:
-    outcome = run_case(warehouse, case)
+def test_builder_members_equal_the_oracle(warehouse: Client, live_server: LiveServer, case: Case) -> None:
+    outcome = run_case(warehouse, case, live_server.crumb.runtime.redis)
     event("members: " + ("none" if not outcome.expected else "some"))
     first_as_of = BASE_AS_OF + case.as_of_offset  # slots start at midnight UTC
     same_day = case.later and (first_as_of // DAY == (first_as_of + case.later) // DAY)
     event("second build: " + ("none" if not case.later else "followed the first" if same_day else "full"))
+    if case.later:
+        event("erased between the builds: " + ("yes" if case.erased_cookies or case.erased_fps else "no"))
     assert outcome.followed == bool(same_day), "a second build the same day follows the first; others do not"
     for segment in case.segments:
         if segment["status"] == "active":
@@ -536,6 +554,13 @@ def _edges_of_following() -> list[Any]:
         pytest.param(Case([event_row(fp=0, dt=-HOUR, host="a.com"), event_row(cookie=1, dt=-DAY)],
                           [seg(host)], **later, late_events=[event_row(cookie=1, fp=0, dt=-2 * HOUR)]),
                      {(S1, "c1"), (S1, "f0")}, id="following: a link that arrived late joins a profile"),
+        pytest.param(Case([event_row(cookie=0, fp=0, dt=-2 * DAY), event_row(fp=0, dt=-2 * HOUR, host="a.com"),
+                           event_row(cookie=1, dt=-DAY, host="a.com")], [seg(host)], **later, erased_fps=[0]),
+                     {(S1, "c1")}, id="following: an erased first-party ID leaves the cookie it was linked to"),
+        pytest.param(Case([event_row(cookie=0, fp=0, dt=-2 * DAY, host="a.com"),
+                           event_row(cookie=0, dt=-2 * DAY + HOUR, host="a.com"), event_row(cookie=1, dt=-DAY)],
+                          [seg({**host, "min_count": 1, "max_count": 1})], **later, erased_fps=[0]),
+                     {(S1, "c0")}, id="following: a cookie's day rolled up again without an erased ID's event"),
         pytest.param(Case([event_row(cookie=2, fp=0, dt=-DAY), event_row(fp=0, dt=-HOUR, host="a.com"),
                            event_row(cookie=2, dt=-2 * HOUR, host="a.com")],
                           [seg({**host, "min_count": 2})], **later,
@@ -545,8 +570,9 @@ def _edges_of_following() -> list[Any]:
 
 
 @pytest.mark.parametrize(("case", "members"), _edges_of_following())
-def test_a_following_build_finds_what_changed(warehouse: Client, case: Case, members: set[tuple[int, str]]) -> None:
-    outcome = run_case(warehouse, case)
+def test_a_following_build_finds_what_changed(warehouse: Client, live_server: LiveServer, case: Case,
+                                              members: set[tuple[int, str]]) -> None:
+    outcome = run_case(warehouse, case, live_server.crumb.runtime.redis)
     assert outcome.followed
     assert outcome.named(outcome.expected) == members, "the oracle is wrong"
     assert_agrees(outcome)
