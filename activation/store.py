@@ -54,7 +54,9 @@ CATALOG_CHECK_S = 1.0  # how often the definitions dir is looked at for changes
 CATALOG_RELOAD_S = 60.0  # and reloaded regardless
 ID_TYPES = {"cookie": "c", "fp": "f"}
 LOAD_LOCK_S = 3600  # the store's lock: held by a load (a full reload of millions takes minutes)
-ERASE_WAIT_S = 600.0  # how long an erasure waits for a running load to end
+# How long an erasure waits for a running load to end: well within the builds' lock it holds
+# (`crumb.privacy.erase`, 600 s), with its DELETEs.
+ERASE_WAIT_S = 300.0
 MARKER_FIELD = b"0"
 
 # One ID's key. ARGV: now, mode ('d' apply deltas, 'r' replace), marker ('' none), then

@@ -38,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,16 +119,17 @@ def write_state(client: Client, state: BuildState) -> None:
                       "hour_events", "hour_digests", "touched"])
 
 
-def note_erasure(client: Client, ids: list[str]) -> None:
-    """Before an erasure deletes the IDs' events and profile rows: take their events out of the
-    state's hour digests, as if the last build had never counted them, and record as touched the
-    IDs' typed forms and every ID that shared a profile with one. The next build then follows the
-    last one (recomputing those), where fewer events in an hour would have made it a full one.
-    Run again (an erasure asked again), it finds no events left to take out, and touches the IDs
-    once more."""
+def note_erasure(client: Client, ids: list[str]) -> Callable[[], None]:
+    """Before an erasure deletes the IDs' events and profile rows, read what the last build counted
+    of them; returns what to record once every step of the erasure succeeded: the state's hour
+    digests without their events, as if the last build had never counted them, and as touched
+    the IDs' typed forms and every ID that shared a profile with one. The next build then follows
+    the last one (recomputing those), where fewer events in an hour would have made it a full one.
+    An erasure that stops before recording leaves the state as it was: the next build finds fewer
+    events and recomputes everything, as it did before erasures were noted."""
     state = read_state(client)
     if state is None or not state.hours:
-        return
+        return lambda: None
     typed = [f"{kind}:{i}" for i in ids for kind in ("c", "f")]
     params = {"ids": ids, "typed": typed, "first": min(state.hours), "as_of": state.as_of_ms}
     erased = client.query(
@@ -145,7 +147,8 @@ def note_erasure(client: Client, ids: list[str]) -> None:
         "(SELECT profile FROM crumb.segment_profiles WHERE id IN {typed:Array(String)})",
         parameters=params).result_rows]
     touched = sorted({*state.touched, *typed, *partners})
-    write_state(client, BuildState(state.build_id, state.as_of_ms, state.plan, state.optouts, hours, touched))
+    noted = BuildState(state.build_id, state.as_of_ms, state.plan, state.optouts, hours, touched)
+    return lambda: write_state(client, noted)
 
 
 def can_follow(previous: BuildState | None, key: str, as_of_ms: int) -> bool:

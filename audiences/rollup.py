@@ -247,13 +247,16 @@ def _record_days(client: Client, days: dict[dt.date, tuple[int, int, Optouts]]) 
                   column_names=["day", "rollup", "events", "digest", "optouts", "optout_digest", "optouts_through_ms"])
 
 
-def note_erasure(client: Client, ids: list[str]) -> None:
-    """Before an erasure deletes the IDs' events: take them out of the records of the days rolled
-    up into this node's table, and record as pending the days where a cookie shared events with
-    one of them (its rows of those days are what changes besides the IDs' own, `forget_ids`).
-    The next build then rolls up those rows, not the days whole."""
+def note_erasure(client: Client, ids: list[str]) -> Callable[[], None]:
+    """Before an erasure deletes the IDs' events: record as pending the days where a cookie shared
+    events with one of them on this node's rolled-up days (its rows of those days are what changes
+    besides the IDs' own, `forget_ids`), and read what the days' records counted of the IDs'
+    events. Returns what to record once every step of the erasure succeeded: the records without
+    those events. The next build then rolls up the pending rows, not the days whole. An erasure
+    that stops before recording leaves the records as they were: the next build finds the days
+    changed and rolls them up whole, and the pending rows with them."""
     if not _exists(client, ROLLUP):
-        return
+        return lambda: None
     client.command(f"CREATE TABLE IF NOT EXISTS {PENDING} (row_id String, day Date) "
                    "ENGINE = MergeTree ORDER BY tuple()")
     recorded = client.query(
@@ -261,7 +264,7 @@ def note_erasure(client: Client, ids: list[str]) -> None:
         f"FROM {ROLLED_DAYS} WHERE rollup = {{rollup:UUID}} GROUP BY day",
         parameters={"rollup": _rollup_uuid(client)}).result_rows
     if not recorded:
-        return
+        return lambda: None
     params = {"ids": ids, "days": [day for day, _ in recorded]}
     of_ids = "(cookie_id IN {ids:Array(String)} OR fp_id IN {ids:Array(String)}) AND toDate(ts) IN {days:Array(Date)}"
     erased = {day: (int(count), int(digest)) for day, count, digest in client.query(
@@ -277,8 +280,7 @@ def note_erasure(client: Client, ids: list[str]) -> None:
     adjusted = {day: (int(events) - erased[day][0], int(digest) ^ erased[day][1],
                       Optouts(int(count), int(optouts), int(through)))
                 for day, (events, digest, count, optouts, through) in recorded if day in erased}
-    if adjusted:
-        _record_days(client, adjusted)
+    return lambda: _record_days(client, adjusted) if adjusted else None
 
 
 def forget_ids(client: Client, ids: list[str], typed: list[str]) -> None:
@@ -317,29 +319,33 @@ def pending_days(client: Client, plan: Plan, as_of_ms: int) -> list[dt.date]:
 
 def roll_pending(client: Client, plan: Plan, as_of_ms: int, rolled: DayDigests, tables: Tables = BUILD,
                  settings: dict[str, Any] | None = None) -> int:
-    """Roll up the IDs' days erasures left pending (`note_erasure`), but on days `roll` just rolled
-    whole, and total those IDs again when the day's totals are written; forget those up to the
-    window's last day. Returns the rows written. Needs the build's value lookups filled for
+    """Roll up the IDs' days erasures left pending (`note_erasure`) in the window, but on days
+    `roll` just rolled whole, and total every pending ID again when the day's totals are written;
+    forget those up to the window's last day. Returns the rows written. Needs the build's value lookups filled for
     these days (`pending_days`)."""
+    if not _exists(client, PENDING):
+        return 0
     days = [day for day in pending_days(client, plan, as_of_ms) if day not in rolled]
     written = 0
     if days:
         # Their rows are gone unless a build stopped after rolling them, before forgetting them. A
         # DELETE of none costs what one of some does (~5 s on the benchmark's 3M rows): counted first.
-        pairs = f"(row_id, toDate(hour)) IN (SELECT row_id, day FROM {PENDING})"
-        if client.query(f"SELECT count() FROM {ROLLUP} WHERE {pairs}").result_rows[0][0]:
-            client.command(f"DELETE FROM {ROLLUP} WHERE {pairs}")
+        pairs = f"(row_id, toDate(hour)) IN (SELECT row_id, day FROM {PENDING} WHERE day IN {{days:Array(Date)}})"
+        if client.query(f"SELECT count() FROM {ROLLUP} WHERE {pairs}", parameters={"days": days}).result_rows[0][0]:
+            client.command(f"DELETE FROM {ROLLUP} WHERE {pairs}", parameters={"days": days})
         sql, params = roll_statement(plan, ROLLUP, tables, id_days=PENDING)
         summary = client.command(sql, parameters={**params, "roll_days": days}, settings=settings)
         written = int(getattr(summary, "written_rows", 0) or 0)
-        if totals_written(client, plan, as_of_ms):
-            only = f"(SELECT row_id FROM {PENDING})"
-            client.command(f"DELETE FROM {TOTALS} WHERE row_id IN {only}")
-            select, params = totals_statement(plan, as_of_ms, read_plan(plan, as_of_ms), only=only)
-            client.command(f"INSERT INTO {TOTALS} {select}", parameters=params, settings=settings)
-    if _exists(client, PENDING):  # a day after this window is a later build's to roll
-        last = _day(as_of_ms) - dt.timedelta(days=1)
-        client.command(f"DELETE FROM {PENDING} WHERE day <= {{last:Date}}", parameters={"last": last})
+    # Every pending cookie's totals went with the erasure, whichever day it is pending for (one
+    # after this window too: its rows of the window's days are totalled).
+    if totals_written(client, plan, as_of_ms) and client.query(f"SELECT count() FROM {PENDING}").result_rows[0][0]:
+        only = f"(SELECT row_id FROM {PENDING})"
+        client.command(f"DELETE FROM {TOTALS} WHERE row_id IN {only}")
+        select, params = totals_statement(plan, as_of_ms, read_plan(plan, as_of_ms), only=only)
+        client.command(f"INSERT INTO {TOTALS} {select}", parameters=params, settings=settings)
+    # Forgotten up to the window's last day: a day after it is a later build's to roll up.
+    last = _day(as_of_ms) - dt.timedelta(days=1)
+    client.command(f"DELETE FROM {PENDING} WHERE day <= {{last:Date}}", parameters={"last": last})
     return written
 
 

@@ -64,6 +64,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import clickhouse_connect  # noqa: E402
+import redis  # noqa: E402
 from clickhouse_connect.driver.client import Client  # noqa: E402
 
 from audiences.builder import BuildResult, build, discard_build  # noqa: E402
@@ -80,7 +81,9 @@ from audiences.compiler import (  # noqa: E402
 from audiences.definitions import Segment, SegmentSet, parse_segment  # noqa: E402
 from audiences.rollup import ROLLED_DAYS, ROLLUP  # noqa: E402
 from collector.categories import BUILTIN  # noqa: E402
+from crumb.privacy import erase  # noqa: E402
 from crumb.progress import Progress  # noqa: E402
+from crumb.redis_server import EmbeddedRedis  # noqa: E402
 
 RESULTS = BENCH_DIR / "results"
 META = "bench-segments.json"  # in the data dir: what was loaded, and how long it took
@@ -89,8 +92,8 @@ FIRST_SEGMENT_ID = 1000
 TARGET_FLOOR_RATIO = 3.0  # build(100) / floor
 TARGET_GROWTH = 2.0  # build(100) / build(10)
 TARGET_RSS_MB = 500.0
-STEPS = ("values", "rollup", "totals", "touched", "recompute", "hours", "profiles", "entered", "members", "copy",
-         "deltas", "stamp", "swap")
+STEPS = ("values", "rollup", "pending", "totals", "touched", "recompute", "hours", "profiles", "entered", "members",
+         "copy", "deltas", "stamp", "swap")
 OUTPUT_TABLES = ("id_segments", "id_segments_next", "id_deltas", "segment_history_closed", "segment_sizes",
                  "segment_profiles", "segment_profiles_next", "segment_build_state")
 
@@ -582,6 +585,14 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
     later_full, later_full_wall = timed_build(client, sets[big], as_of_ms, sampler,
                                               f"rebuild {big} an hour later, in full", follow=False)
     assert later_full.entered == later_full.exited == 0, "the hourly build and a full one disagree"
+    # and the build after erasures: the opt-out worker erases each opted-out ID, between builds
+    erased = erase_some(client, as_of_ms)
+    after_erasure, after_erasure_wall = timed_build(client, sets[big], as_of_ms, sampler,
+                                                    f"rebuild {big} after erasing {erased['ids']} IDs")
+    assert after_erasure.followed, "the build after an erasure did not follow the last"
+    after_erasure_full, _ = timed_build(client, sets[big], as_of_ms, sampler,
+                                        f"rebuild {big} after the erasures, in full", follow=False)
+    assert after_erasure_full.entered == after_erasure_full.exited == 0, "after erasures: following and full disagree"
     forget_new_optouts(client, as_of_ms)
     sizes = dict(client.query(
         "SELECT segment_id, uniqExact(profile_id) FROM crumb.segment_members GROUP BY segment_id").result_rows)
@@ -597,6 +608,9 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
                                     "entered": later.entered, "exited": later.exited,
                                     "recomputed_ids": later.recomputed, "changes": later.changes,
                                     "in_full_s": round(later_full_wall, 3), "in_full_timings": later_full.timings}
+    result["after_erasure"] = {**erased, "wall_s": round(after_erasure_wall, 3), "timings": after_erasure.timings,
+                               "recomputed_ids": after_erasure.recomputed, "changes": after_erasure.changes,
+                               "rolled_days": after_erasure.rolled_days}
     result["segment_sizes"] = {str(s.id): int(sizes.get(s.id, 0)) for s in all_segments}
     result["segment_names"] = {str(s.id): s.name for s in all_segments}
     result["empty_segments"] = [s.id for s in all_segments if not sizes.get(s.id)]
@@ -614,6 +628,7 @@ def measure(args: argparse.Namespace, client: Client, sampler: Sampler, meta: di
         # The same in CPU time: the work done, whatever else the machine ran meanwhile.
         "hour_later_cpu_over_paired_floor_cpu": round(statistics.median(r.cpu / r.floor_cpu for r in hourly_runs), 2),
         "hourly_growth_10_to_100": round(later_wall / builds["10"]["hour_later_s"], 2),
+        "after_erasure_over_floor": round(after_erasure_wall / floor_s, 2),
     }
 
     # (3) for reference: the direct compile
@@ -723,6 +738,34 @@ def forget_new_optouts(client: Client, as_of_ms: int) -> None:
                    parameters={"t": as_of_ms - NEW_OPTOUT_AGE_MS})
 
 
+ERASED_COOKIES = ERASED_FIRST_PARTY = 10  # per run: each run erases others (those left have events)
+
+
+def erase_some(client: Client, as_of_ms: int) -> dict[str, Any]:
+    """Erase cookies, and first-party IDs seen with cookies (whose cookies' rolled-up days hold
+    their events), none erased before, as the opt-out worker does: through `crumb.privacy.erase`,
+    with a Redis of its own for the lock. Their events are gone from the data dir for good: a few
+    of its million IDs per run."""
+    before = "toDate(ts) < toDate(fromUnixTimestamp64Milli({a:Int64}, 'UTC'))"
+    fresh = "NOT IN (SELECT id FROM crumb.erasures)"
+    ids = [row[0] for row in client.query(
+        f"(SELECT cookie_id AS id FROM crumb.events WHERE cookie_id != '' AND cookie_id {fresh} AND {before} "
+        f"GROUP BY id ORDER BY cityHash64(id) LIMIT {ERASED_COOKIES}) UNION ALL "
+        f"(SELECT fp_id AS id FROM crumb.events WHERE fp_id != '' AND cookie_id != '' AND fp_id {fresh} AND {before} "
+        f"GROUP BY id ORDER BY cityHash64(id) LIMIT {ERASED_FIRST_PARTY})", parameters={"a": as_of_ms}).result_rows]
+    with tempfile.TemporaryDirectory() as directory:
+        server = EmbeddedRedis(Path(directory))
+        server.start()
+        try:
+            started = time.perf_counter()
+            erase(client, redis.Redis.from_url(server.url), ids, "bench")
+            erase_s = time.perf_counter() - started
+        finally:
+            server.stop()
+    print(f"erased {len(ids)} IDs in {erase_s:.2f}s", flush=True)
+    return {"ids": len(ids), "erase_s": round(erase_s, 3)}
+
+
 def median_steps(runs: list[BuildResult]) -> dict[str, float]:
     """Each step's median time over the runs (0 where a run did not have the step)."""
     return {step: round(statistics.median(r.timings.get(step, 0.0) for r in runs), 3) for step in STEPS}
@@ -770,6 +813,11 @@ def report(r: dict[str, Any]) -> None:
           + f"   ({h['entered']:,} entered, {h['exited']:,} exited; {h['recomputed_ids']:,} IDs recomputed)")
     print(f"{'  the same, in full':<22}{h['in_full_s']:>8.2f}"
           + "".join(f"{h['in_full_timings'].get(step, 0):>10.2f}" for step in STEPS))
+    e = r["after_erasure"]
+    print(f"{'after erasing ' + str(e['ids']) + ' IDs':<22}{e['wall_s']:>8.2f}"
+          + "".join(f"{e['timings'].get(step, 0):>10.2f}" for step in STEPS)
+          + f"   ({e['recomputed_ids']:,} IDs recomputed, {e['rolled_days']} days rolled up; "
+            f"erasure {e['erase_s']:.1f}s)")
     if "direct" in r:
         print(f"{'direct compile ' + big:<22}{r['direct']['s']:>8.2f}   ({r['direct']['aggregates']} aggregates, "
               f"one GROUP BY cookie; no members written)")
@@ -787,6 +835,8 @@ def report(r: dict[str, Any]) -> None:
           "finds touched)")
     print(f"hourly {big} / hourly 10  {ratios['hourly_growth_10_to_100']:6.2f}×   same target, hourly: "
           f"{ok(ratios['hourly_growth_10_to_100'] <= TARGET_GROWTH)}")
+    print(f"after erasures / floor  {ratios['after_erasure_over_floor']:6.2f}×   (the hourly build where the opt-out "
+          "worker erased IDs since the last)")
     print(f"  each against the floor run just before it: median {ratios['hour_later_over_paired_floor']:.2f}×  "
           f"(hourly runs {', '.join(f'{w:.2f}' for w in h['runs_s'])}; floor runs "
           f"{', '.join(f'{f:.2f}' for f in h['floor_runs_s'])})")

@@ -60,19 +60,28 @@ class Eraser:
     erase: Callable[[Client, redis.Redis, list[str]], None]
 
 
+# What builds recorded of the IDs' events (their counts and digests per hour and day), taken out.
+BUILDS_RECORDS = "crumb.segment_build_state, segment_rollup_days"
+
+
 def _typed(ids: Sequence[str]) -> list[str]:
     """The IDs as profiles, rolled-up rows and scores key them: each as a cookie and as a first-party ID."""
     return [f"{kind}:{i}" for i in ids for kind in ("c", "f")]
 
 
-def _note_in_builds(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
-    # First, while the events and profiles they read are still there: the next build recomputes
-    # the IDs' profiles, instead of every profile, and rolls up again the rows that held them,
-    # instead of every day they had events on.
+def _note_for_builds(client: Client, ids: list[str]) -> Callable[[], None]:
+    """Before the erasers: read what the builds counted of the IDs; returns what to record once
+    they all succeeded, so that the next build recomputes only the IDs' profiles and rolls up again
+    only the rows that held them (`audiences.incremental`, `audiences.rollup`). Not recorded (an
+    eraser failed), the next build finds events gone and recomputes everything."""
     from audiences import incremental, rollup
 
-    incremental.note_erasure(client, ids)
-    rollup.note_erasure(client, ids)
+    records = [incremental.note_erasure(client, ids), rollup.note_erasure(client, ids)]
+
+    def record() -> None:
+        for each in records:
+            each()
+    return record
 
 
 def _erase_events(client: Client, _redis: redis.Redis, ids: list[str]) -> None:
@@ -129,17 +138,15 @@ def _erase_from_store(_client: Client, redis_client: redis.Redis, ids: list[str]
 
 
 ERASERS: list[Eraser] = [
-    Eraser("crumb.segment_build_state, segment_rollup_days (the next build recomputes the IDs' profiles)",
-           _note_in_builds),
     Eraser("crumb.events", _erase_events),
     Eraser("crumb.id_matches", _erase_matches),
     Eraser("crumb.lookalike_scores", _erase_scores),
     Eraser("crumb.id_segments(_next), segment_profiles(_next), id_deltas, segment_history_closed",
            _erase_memberships),
+    Eraser("crumb.segment_rollup, segment_rollup_totals", _erase_rollup),
     # After the memberships and deltas it loads from: a load that starts later finds none of the
     # IDs, and one that is running ends before the store forgets them (`SegmentStore.erase`).
     Eraser("redis segment store", _erase_from_store),
-    Eraser("crumb.segment_rollup, segment_rollup_totals", _erase_rollup),
     # What destinations received moves to the removals the next `crumb activate sync` sends.
     Eraser("crumb.delivered (removals queued for destinations)", _queue_removals),
 ]
@@ -157,9 +164,11 @@ def erase(client: Client, redis_client: redis.Redis, ids: Sequence[str], reason:
     deferred = ErasureDeferred(f"a segment build is still running after {wait_s:.0f}s; erase again later")
     with build_lock(redis_client, wait_s, hold_s=600, busy=deferred):
         before(ids)
+        record_for_builds = _note_for_builds(client, ids)
         for eraser in ERASERS:
             eraser.erase(client, redis_client, ids)
-    names = [eraser.name for eraser in ERASERS]
+        record_for_builds()
+    names = [eraser.name for eraser in ERASERS] + [BUILDS_RECORDS]
     completed_ms = int(time.time() * 1000)
     client.insert(
         "crumb.erasures",

@@ -1015,3 +1015,66 @@ def test_an_erasure_leaves_the_next_build_the_rows_that_held_the_ids_to_roll_up_
     full = build(warehouse, twice, as_of_ms=at + hour, follow=False)
     assert full.rolled_days > 0 and full.entered == full.exited == 0
     assert build_state(warehouse) == followed
+
+
+def test_an_erasure_pending_cookie_day_that_the_next_build_rolls_up_whole_keeps_its_rows(
+        warehouse: Client, live_server: LiveServer) -> None:
+    # A late event makes the next build roll the day up whole: its rows of the pending cookie stay.
+    hour = 3_600_000
+    at = T0 // DAY * DAY + 1300 * DAY + 6 * hour
+    shared, fp, other = cookie(), f"fp-{cookie()}", cookie()
+    insert(warehouse, [{"ts": at - DAY - 3 * hour, "cookie_id": shared, "fp_id": fp, "path": "/news/1"},
+                       {"ts": at - 2 * DAY - 3 * hour, "cookie_id": shared, "fp_id": fp, "path": "/news/2"},
+                       {"ts": at - DAY, "cookie_id": shared, "path": "/sports/1"}])
+    build(warehouse, SPORTS, as_of_ms=at)
+    erase(warehouse, live_server.crumb.runtime.redis, [fp], "test")
+    insert(warehouse, [{"ts": at - DAY + 5 * hour, "cookie_id": other, "path": "/news/late"}])
+    later = build(warehouse, SPORTS, as_of_ms=at + hour)
+    assert later.rolled_days == 1 and (1, shared, "cookie") in members(warehouse)
+    followed = build_state(warehouse)
+    warehouse.command(f"DROP TABLE {rollup.ROLLUP}")
+    build(warehouse, SPORTS, as_of_ms=at + hour, follow=False)
+    assert build_state(warehouse) == followed
+
+
+def test_an_erasure_that_fails_halfway_leaves_the_next_build_a_full_one(
+        warehouse: Client, live_server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its last step fails (a store load kept the lock): the builds' records are not changed, so the
+    # next build, before the erasure is asked again, reads no rolled-up row of the erased ID.
+    from activation.store import SegmentStore, StoreError
+
+    hour = 3_600_000
+    at = T0 // DAY * DAY + 1400 * DAY + 6 * hour
+    gone = cookie()
+    insert(warehouse, [{"ts": at - DAY, "cookie_id": gone, "path": "/sports/1"}])
+    build(warehouse, SPORTS, as_of_ms=at)
+
+    def busy(self: SegmentStore, ids: list[str], wait_s: float = 0) -> None:
+        raise StoreError("a segment store load kept running; erase again later")
+
+    monkeypatch.setattr(SegmentStore, "erase", busy)
+    with pytest.raises(StoreError):
+        erase(warehouse, live_server.crumb.runtime.redis, [gone], "test")
+    later = build(warehouse, SPORTS, as_of_ms=at + hour)
+    assert not later.followed and (1, gone, "cookie") not in members(warehouse)
+
+
+def test_an_erasure_after_a_build_as_of_an_earlier_day_totals_the_pending_cookie_again(
+        warehouse: Client, live_server: LiveServer) -> None:
+    # The cookie's pending day is after that build's window: its totals are written again anyway.
+    hour = 3_600_000
+    n = T0 // DAY * DAY + 1500 * DAY + 6 * hour
+    shared, fp = cookie(), f"fp-{cookie()}"
+    insert(warehouse, [{"ts": n - 2 * DAY, "cookie_id": shared, "path": "/sports/1"},
+                       {"ts": n - DAY, "cookie_id": shared, "fp_id": fp, "path": "/news/1"}])
+    build(warehouse, SPORTS, as_of_ms=n)
+    build(warehouse, SPORTS, as_of_ms=n - DAY)
+    erase(warehouse, live_server.crumb.runtime.redis, [fp], "test")
+    build(warehouse, SPORTS, as_of_ms=n - DAY + hour)
+    assert (1, shared, "cookie") in members(warehouse)
+    followed = build_state(warehouse)
+    warehouse.command(f"DROP TABLE {rollup.ROLLUP}")
+    build(warehouse, SPORTS, as_of_ms=n - DAY + hour, follow=False)
+    assert build_state(warehouse) == followed
+    later = build(warehouse, SPORTS, as_of_ms=n + hour)  # the pending day is in this window
+    assert (1, shared, "cookie") in members(warehouse) and later.status == "succeeded"
