@@ -14,6 +14,9 @@ this one (as of `as_of`), an ID's rows change when:
                  the last build's. New opt-outs are those recorded after the last build's
                  latest, when they account for the whole change (count and digest); else every
                  opted-out ID is taken as new. Its links left: it is their touched end
+  erasures       it was erased, or shared a profile with an erased ID: the erasure deleted the
+                 events and the profile's rows, so it records them as touched, and takes the
+                 events out of the state's hour digests (`note_erasure`)
 
 Those IDs are *touched*, and so are the first-party IDs on their rows: both ends of a link that
 appeared or left. A profile whose IDs changed holds a touched ID (walk any path that changed up
@@ -22,10 +25,6 @@ touched IDs and every ID that shared a profile with one in the last build (`segm
 that set is closed under the links as they are now, so its profiles are resolved from its own
 links alone, and no profile outside it can differ. All other IDs keep their rows of the last
 build as they are.
-
-  erasures      an erasure deletes an ID's events and its profile's rows: before, it takes its
-                 events out of the state's hour digests and records the ID and those that
-                 shared its profile as touched (`note_erasure`)
 
 An hour with fewer events than the last build counted, but for erasures (the events TTL, a
 DELETE), means IDs whose rows are gone, which the events no longer name: that build recomputes
