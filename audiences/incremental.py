@@ -118,18 +118,17 @@ def write_state(client: Client, state: BuildState) -> None:
                       "hour_events", "hour_digests", "touched"])
 
 
-def note_erasure(client: Client, ids: list[str]) -> Callable[[], None]:
+def note_erasure(client: Client, ids: list[str], typed: list[str]) -> Callable[[], None]:
     """Before an erasure deletes the IDs' events and profile rows, read what the last build counted
     of them; returns what to record once every step of the erasure succeeded: the state's hour
     digests without their events, as if the last build had never counted them, and as touched
-    the IDs' typed forms and every ID that shared a profile with one. The next build then follows
+    the IDs' `typed` forms and every ID that shared a profile with one. The next build then follows
     the last one (recomputing those), where fewer events in an hour would have made it a full one.
     An erasure that stops before recording leaves the state as it was: the next build finds fewer
     events and recomputes everything, as it did before erasures were noted."""
     state = read_state(client)
     if state is None or not state.hours:
         return lambda: None
-    typed = [f"{kind}:{i}" for i in ids for kind in ("c", "f")]
     params = {"ids": ids, "typed": typed, "first": min(state.hours), "as_of": state.as_of_ms}
     erased = client.query(
         f"SELECT toUnixTimestamp({_HOUR}) AS hour, count(), groupBitXor(cityHash64(event_id)) FROM {EVENTS} "

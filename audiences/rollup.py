@@ -171,12 +171,16 @@ class RolledDay:
     optouts: Optouts  # those its rows leave out
 
 
-def _rolled_days(client: Client, first: dt.date, last: dt.date) -> dict[dt.date, RolledDay]:
-    """The latest record of each day from `first` to `last` rolled into this node's table."""
+def _rolled_days(client: Client, first: dt.date | None = None, last: dt.date | None = None) -> dict[dt.date, RolledDay]:
+    """The latest record of each day from `first` to `last` (without them: of every day) rolled
+    into this node's table."""
+    params: dict[str, Any] = {"rollup": _rollup_uuid(client)}
+    days = ""
+    if first is not None and last is not None:
+        days, params["first"], params["last"] = " AND day >= {first:Date} AND day <= {last:Date}", first, last
     rows = client.query(
         "SELECT day, argMax((events, digest, optouts, optout_digest, optouts_through_ms), rolled_at) "
-        f"FROM {ROLLED_DAYS} WHERE rollup = {{rollup:UUID}} AND day >= {{first:Date}} AND day <= {{last:Date}} "
-        "GROUP BY day", parameters={"first": first, "last": last, "rollup": _rollup_uuid(client)}).result_rows
+        f"FROM {ROLLED_DAYS} WHERE rollup = {{rollup:UUID}}{days} GROUP BY day", parameters=params).result_rows
     return {day: RolledDay((int(events), int(digest)), Optouts(int(count), int(optouts), int(through)))
             for day, (events, digest, count, optouts, through) in rows}
 
@@ -229,21 +233,21 @@ def roll(client: Client, plan: Plan, digests: DayDigests, as_of_ms: int, tables:
             summary = client.command(sql, parameters={**params, "roll_days": chunk}, settings=settings)
             written += int(getattr(summary, "written_rows", 0) or 0)
             note(f"rolled up {chunk[0]} .. {chunk[-1]}")
-        _record_days(client, {day: (*digests[day], optouts) for day in days})
+        _record_days(client, {day: RolledDay(digests[day], optouts) for day in days})
     # The other days of the window leave out the snapshot's opt-outs too: `days_to_roll` found
     # those where a new one shared an event with a cookie, and they were rolled again.
     first, last = first_day(plan, as_of_ms), _day(as_of_ms) - dt.timedelta(days=1)
-    behind = {day: (*record.events, optouts) for day, record in _rolled_days(client, first, last).items()
+    behind = {day: RolledDay(record.events, optouts) for day, record in _rolled_days(client, first, last).items()
               if record.optouts != optouts}
     if behind:
         _record_days(client, behind)
     return written
 
 
-def _record_days(client: Client, days: dict[dt.date, tuple[int, int, Optouts]]) -> None:
+def _record_days(client: Client, days: dict[dt.date, RolledDay]) -> None:
     rollup = _rollup_uuid(client)
-    client.insert(ROLLED_DAYS, [[day, rollup, events, digest, o.count, o.digest, o.through_ms]
-                                for day, (events, digest, o) in days.items()],
+    client.insert(ROLLED_DAYS, [[day, rollup, *r.events, r.optouts.count, r.optouts.digest, r.optouts.through_ms]
+                                for day, r in days.items()],
                   column_names=["day", "rollup", "events", "digest", "optouts", "optout_digest", "optouts_through_ms"])
 
 
@@ -257,15 +261,11 @@ def note_erasure(client: Client, ids: list[str]) -> Callable[[], None]:
     changed and rolls them up whole, and the pending rows with them."""
     if not _exists(client, ROLLUP):
         return lambda: None
-    client.command(f"CREATE TABLE IF NOT EXISTS {PENDING} (row_id String, day Date) "
-                   "ENGINE = MergeTree ORDER BY tuple()")
-    recorded = client.query(
-        f"SELECT day, argMax((events, digest, optouts, optout_digest, optouts_through_ms), rolled_at) "
-        f"FROM {ROLLED_DAYS} WHERE rollup = {{rollup:UUID}} GROUP BY day",
-        parameters={"rollup": _rollup_uuid(client)}).result_rows
+    _make_pending(client)
+    recorded = _rolled_days(client)
     if not recorded:
         return lambda: None
-    params = {"ids": ids, "days": [day for day, _ in recorded]}
+    params = {"ids": ids, "days": sorted(recorded)}
     of_ids = "(cookie_id IN {ids:Array(String)} OR fp_id IN {ids:Array(String)}) AND toDate(ts) IN {days:Array(Date)}"
     erased = {day: (int(count), int(digest)) for day, count, digest in client.query(
         f"SELECT toDate(ts) AS day, count(), groupBitXor(cityHash64(event_id)) FROM {EVENTS} "
@@ -277,9 +277,8 @@ def note_erasure(client: Client, ids: list[str]) -> Callable[[], None]:
         f"AND toDate(ts) IN {{days:Array(Date)}} UNION DISTINCT SELECT row_id, toDate(hour) FROM {ROLLUP} "
         "WHERE hasAny(links, {ids:Array(String)}) AND substring(row_id, 3) NOT IN {ids:Array(String)}",
         parameters=params)
-    adjusted = {day: (int(events) - erased[day][0], int(digest) ^ erased[day][1],
-                      Optouts(int(count), int(optouts), int(through)))
-                for day, (events, digest, count, optouts, through) in recorded if day in erased}
+    adjusted = {day: RolledDay((r.events[0] - erased[day][0], r.events[1] ^ erased[day][1]), r.optouts)
+                for day, r in recorded.items() if day in erased}
     return lambda: _record_days(client, adjusted) if adjusted else None
 
 
@@ -290,7 +289,8 @@ def forget_ids(client: Client, ids: list[str], typed: list[str]) -> None:
     the next build writes the totals whole."""
     if not _exists(client, ROLLUP):
         return
-    pending = f"SELECT row_id, day FROM {PENDING}" if _exists(client, PENDING) else "SELECT '', toDate(0)"
+    _make_pending(client)
+    pending = f"SELECT row_id, day FROM {PENDING}"
     params = {"typed": typed, "ids": ids}
     client.command(f"DELETE FROM {ROLLUP} WHERE row_id IN {{typed:Array(String)}} "
                    f"OR (row_id, toDate(hour)) IN ({pending}) OR hasAny(links, {{ids:Array(String)}})",
@@ -305,6 +305,11 @@ def forget_ids(client: Client, ids: list[str], typed: list[str]) -> None:
         return
     client.command(f"DELETE FROM {TOTALS} WHERE row_id IN {{typed:Array(String)}} "
                    f"OR row_id IN (SELECT row_id FROM ({pending}))", parameters=params)
+
+
+def _make_pending(client: Client) -> None:
+    client.command(f"CREATE TABLE IF NOT EXISTS {PENDING} (row_id String, day Date) "
+                   "ENGINE = MergeTree ORDER BY tuple()")
 
 
 def pending_days(client: Client, plan: Plan, as_of_ms: int) -> list[dt.date]:

@@ -76,7 +76,7 @@ def _note_for_builds(client: Client, ids: list[str]) -> Callable[[], None]:
     eraser failed), the next build finds events gone and recomputes everything."""
     from audiences import incremental, rollup
 
-    records = [incremental.note_erasure(client, ids), rollup.note_erasure(client, ids)]
+    records = [incremental.note_erasure(client, ids, _typed(ids)), rollup.note_erasure(client, ids)]
 
     def record() -> None:
         for each in records:
