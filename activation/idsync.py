@@ -31,7 +31,7 @@ from activation.partners import Partner, fill, load_partners, macro_values
 from collector.consent import decode_consent
 from collector.identity import CookieSigner
 from crumb.runtime import Runtime
-from crumb.warehouse import on_cluster
+from crumb.warehouse import MAX_DAYS_BACK, on_cluster
 
 log = logging.getLogger("crumb.idsync")
 
@@ -335,7 +335,6 @@ class MatchWriter:
 
 # -- report and erasure ------------------------------------------------------------------------
 
-MAX_MATCH_DAYS = 3650  # ten years; much longer reaches back before 1970, the first day a ClickHouse Date holds
 _SEEN = (
     "SELECT cookie_id FROM crumb.events WHERE toDate(ts) >= today() - {days:UInt32} "
     "AND cookie_id != '' AND is_bot = 0 AND can_share = 1"
@@ -345,8 +344,8 @@ _SEEN = (
 def match_rates(client: Client, since_days: int = 30, partners: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Per partner: cookies seen over the window (shareable, not bots), how many of them are
     matched, and the rate. Partners: those named, and any that has matches."""
-    if not 1 <= since_days <= MAX_MATCH_DAYS:
-        raise ActivationError(f"match rates cover 1 to {MAX_MATCH_DAYS} days, not {since_days}")
+    if not 1 <= since_days <= MAX_DAYS_BACK:
+        raise ActivationError(f"match rates cover 1 to {MAX_DAYS_BACK} days, not {since_days}")
     params = {"days": since_days}
     seen = int(client.query(f"SELECT uniqExact(cookie_id) FROM ({_SEEN})", parameters=params).result_rows[0][0])
     rows = client.query(

@@ -16,9 +16,9 @@ from clickhouse_connect.driver.client import Client
 from audiences.compiler import EVENTS, window_filter, window_start
 from audiences.definitions import SegmentSet
 from audiences.errors import InvalidRequest, UnknownSegment
+from crumb.warehouse import MAX_DAYS_BACK
 
 MEMBERS = "crumb.segment_members"
-MAX_TREND_DAYS = 3650  # ten years; much longer reaches back before 1970, the first day a ClickHouse Date holds
 # Dimensions of composition: what each reads from an events row (one value, or an array of them).
 DIMENSIONS = {"categories": "arrayJoin(categories)", "hosts": "host", "device_types": "device_type"}
 
@@ -70,8 +70,8 @@ def trend(client: Client, segment_id: int, days: int = 30, as_of_ms: int | None 
     """One entry per day of the `days` ending at `as_of_ms` (default now), oldest first: the size at
     the day's last successful build (None on a day without a build), and the IDs that entered and
     exited in that day's builds."""
-    if not 1 <= days <= MAX_TREND_DAYS:
-        raise InvalidRequest(f"a trend covers 1 to {MAX_TREND_DAYS} days, not {days}")
+    if not 1 <= days <= MAX_DAYS_BACK:
+        raise InvalidRequest(f"a trend covers 1 to {MAX_DAYS_BACK} days, not {days}")
     end = _day(as_of_ms)
     first = end - timedelta(days=days - 1)
     params = {"segment_id": segment_id, "first": first, "end": end}

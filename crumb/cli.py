@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--overlap", type=_segment_ids, metavar="ID,ID,...",
                         help="segments to cross: intersections and Jaccard")
     report.add_argument("--segment", type=int, metavar="ID", help="its daily trend and composition")
-    report.add_argument("--days", type=_days("audiences.reports", "MAX_TREND_DAYS"), default=30,
+    report.add_argument("--days", type=_days("crumb.warehouse", "MAX_DAYS_BACK"), default=30,
                         help="days of the trend")
     report.set_defaults(run=_report)
     explain = audience_commands.add_parser("explain", help="why a cookie is in or out of a segment")
@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     sync = activate_commands.add_parser("sync", help="push pending deltas to every configured destination")
     sync.set_defaults(run=lambda s, a: _print(_run_command(s, "sync", {})))
     matches = activate_commands.add_parser("matches", help="ID sync match rate per partner")
-    matches.add_argument("--days", type=_days("activation.idsync", "MAX_MATCH_DAYS"), default=30,
+    matches.add_argument("--days", type=_days("crumb.warehouse", "MAX_DAYS_BACK"), default=30,
                          help="days of cookies seen")
     matches.set_defaults(run=lambda s, a: _print(_run_command(s, "match_rates", {"days": a.days})))
 

@@ -13,6 +13,10 @@ from clickhouse_connect.driver.client import Client
 from crumb.errors import WarehouseBusy
 from crumb.settings import Settings
 
+# How far back a report may reach, in days: ten years; much longer reaches back before 1970, the
+# first day a ClickHouse Date holds.
+MAX_DAYS_BACK = 3650
+
 _open_lock = threading.Lock()
 _held_locks: dict[Path, int] = {}  # embedded dirs this process holds, and the lock file descriptor
 
