@@ -500,14 +500,10 @@ def test_a_following_build_through_link_rounds_agrees_with_a_full_one(warehouse:
     insert(warehouse, [{"ts": at + 1000, "cookie_id": cookies[0], "path": "/x"}])  # the chain's head
     later = build(warehouse, SPORTS, as_of_ms=at + 3_600_000)
     assert later.followed == first.build_id and later.link_rounds > 0
-
-    def state() -> tuple[set[tuple[int, str, str]], set[tuple[str, str]]]:
-        return members(warehouse), set(warehouse.query("SELECT id, profile FROM crumb.segment_profiles").result_rows)
-
-    followed = state()
+    followed = build_state(warehouse)
     full = build(warehouse, SPORTS, as_of_ms=at + 3_600_000, follow=False)
     assert full.followed == 0 and full.entered == full.exited == 0
-    assert state() == followed
+    assert build_state(warehouse) == followed
     assert {(1, c, "cookie") for c in cookies} <= followed[0]  # the whole chain is one profile, a member
 
 
