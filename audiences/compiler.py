@@ -24,7 +24,18 @@ import datetime as dt
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from audiences.definitions import All, Any_, Condition, Not, Op, Predicate, Segment, SegmentRef, SegmentSet
+from audiences.definitions import (
+    All,
+    Any_,
+    Condition,
+    Not,
+    Op,
+    Predicate,
+    Segment,
+    SegmentRef,
+    SegmentSet,
+    references,
+)
 from collector.categories import ContentTaxonomy
 
 EVENTS = "crumb.events"
@@ -111,6 +122,12 @@ class ConditionSpec:
         return self.min_count > 1 or self.max_count is not None
 
 
+@dataclass(frozen=True)
+class Referenced:
+    level: int  # 0 when it refers to no segment; else one more than the deepest it refers to
+    boolean: str  # SQL over `h<condition>` and `seg<id>`
+
+
 @dataclass
 class Plan:
     """Numbered predicates, matchers and conditions, and each segment's boolean over conditions."""
@@ -121,6 +138,10 @@ class Plan:
     matchers: list[Matcher] = field(default_factory=list)  # number = index + 1
     conditions: list[ConditionSpec] = field(default_factory=list)  # number = index + 1
     expressions: dict[int, str] = field(default_factory=dict)  # segment id → SQL over `h<condition>`
+    # A segment another refers to: its boolean, a column `seg<id>` the others read. Pasted in at
+    # each reference instead (or as an alias, which ClickHouse expands), a chain of segments each
+    # referring twice to the last doubled the statement per link, past ClickHouse's limits at 14.
+    referenced: dict[int, Referenced] = field(default_factory=dict)
 
     @property
     def max_window_days(self) -> int:
@@ -178,8 +199,15 @@ def compile_segments(segments: SegmentSet, taxonomy: ContentTaxonomy | None = No
         if isinstance(node, Not):
             return f"(NOT {rule(node.not_, lookback_days)})"
         if isinstance(node, SegmentRef):
-            return expression(segments.by_id[node.segment])
+            if node.segment not in plan.referenced:
+                boolean = expression(segments.by_id[node.segment])
+                plan.referenced[node.segment] = Referenced(level(node.segment), boolean)
+            return f"seg{node.segment}"
         raise TypeError(f"unknown rule node {type(node).__name__}")
+
+    def level(segment_id: int) -> int:  # its references are compiled already
+        refs = [plan.referenced[ref].level for ref in references(segments.by_id[segment_id].rule)]
+        return 1 + max(refs) if refs else 0
 
     for segment in plan.segments:
         plan.expressions[segment.id] = expression(segment)
@@ -801,11 +829,22 @@ def _segment_arrays(plan: Plan, params: dict[str, Any]) -> str:
     """`segments`: the IDs of the segments whose booleans hold, in the plan's order. One array of
     the booleans filtered, not a word of bits per 64 segments: the bits' sums of shifted booleans
     were most of the statement's text. A full build's members step of the 100-segment benchmark
-    took 4.7 s instead of 6.1 s, and a following build's 0.43-0.58 s instead of 0.44-0.73 s."""
+    took 4.7 s instead of 6.1 s, and a following build's 0.43-0.58 s instead of 0.44-0.73 s.
+    A segment another refers to is its column `seg<id>` (`_with_referenced`)."""
     items = list(plan.expressions.items())
     params["segment_ids"] = [segment_id for segment_id, _expr in items]
-    held = ", ".join(expr for _id, expr in items)
+    held = ", ".join(f"seg{segment_id}" if segment_id in plan.referenced else expr for segment_id, expr in items)
     return f"arrayFilter((segment_id, held) -> held, {{segment_ids:Array(UInt32)}}, [{held}]) AS segments"
+
+
+def _with_referenced(plan: Plan, select: str) -> str:
+    """`select` (a row per profile with its `h<condition>` columns) with a column `seg<id>` per
+    segment referred to, a query level per level of references: a column reads those below."""
+    for level in sorted({r.level for r in plan.referenced.values()}):
+        named = ", ".join(f"{r.boolean} AS seg{segment_id}" for segment_id, r in plan.referenced.items()
+                          if r.level == level)
+        select = f"SELECT *, {named} FROM ({select})"
+    return select
 
 
 def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Tables = BUILD,
@@ -835,12 +874,7 @@ def membership_statement(plan: Plan, as_of_ms: int, build_id: int, tables: Table
     # The conditions (`held`) are columns of their own query, not aliases the segments' expressions
     # repeat: the statement planned in 0.42 s, not 0.52 s, and ran in 0.68 s, not 0.81 s, for
     # the 100-segment benchmark's following build (medians of 9).
-    members = f"""
-SELECT typed_id, profile AS profile_id, segments, {{build_id:UInt64}} AS build_id
-FROM (
-    SELECT profile, segments FROM (
-        SELECT profile, {segments}
-        FROM (
+    conditions = f"""
             SELECT profile, {held}
             FROM (
                 SELECT if(linked = '', row_id, linked) AS profile, {', '.join(per_profile)}
@@ -849,7 +883,13 @@ FROM (
                     FROM ({per_id_rows})
                 )
                 GROUP BY profile
-            )
+            )"""
+    members = f"""
+SELECT typed_id, profile AS profile_id, segments, {{build_id:UInt64}} AS build_id
+FROM (
+    SELECT profile, segments FROM (
+        SELECT profile, {segments}
+        FROM ({_with_referenced(plan, conditions)}
         )
     )
     WHERE notEmpty(segments)

@@ -1074,3 +1074,22 @@ def test_an_erasure_after_a_build_as_of_an_earlier_day_totals_the_pending_cookie
     assert build_state(warehouse) == followed
     later = build(warehouse, SPORTS, as_of_ms=n + hour)  # the pending day is in this window
     assert (1, shared, "cookie") in members(warehouse) and later.status == "succeeded"
+
+
+def test_a_long_chain_of_references_builds(warehouse: Client) -> None:
+    # Each segment refers twice to the one before: the build's statement names each referred-to
+    # segment's boolean once (`Plan.referenced`); pasted in at each reference, 14 links made a
+    # statement past ClickHouse's query size, and the build failed.
+    at = T0 + 900 * DAY
+    near, far = cookie(), cookie()
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": near, "host": "chain.example"},
+                       {"ts": at - 1000, "cookie_id": far, "host": "link30.example"}])
+    chain = [parse_segment({"id": 1, "name": "s1", "rule": {"where": [
+        {"field": "host", "op": "eq", "value": "chain.example"}]}})]
+    chain += [parse_segment({"id": n, "name": f"s{n}", "rule": {"all": [
+        {"segment": n - 1},
+        {"any": [{"segment": n - 1}, {"where": [{"field": "host", "op": "eq", "value": f"link{n}.example"}]}]}]}})
+        for n in range(2, 31)]
+    result = build(warehouse, SegmentSet(chain), as_of_ms=at, follow=False)
+    assert result.status == "succeeded"
+    assert {(s, i) for s, i, _type in members(warehouse) if i in (near, far)} == {(n, near) for n in range(1, 31)}
