@@ -51,6 +51,8 @@ from pydantic import (
 from audiences.errors import DefinitionError
 
 MAX_WINDOW_DAYS = 366
+MAX_COUNT = 1_000_000  # of a condition's events; bounds are bound as UInt64, which wraps past 2^64
+MAX_RULE_DEPTH = 32  # rules nested deeper reached ClickHouse's parser depth (1000) near 190
 _PROP_FIELD = re.compile(r"prop\.[A-Za-z0-9_.:\-]{1,64}")
 
 
@@ -88,6 +90,19 @@ FIELDS: dict[str, frozenset[Op]] = {
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _encodable(cls, value: Any) -> Any:
+        # A lone surrogate ("\ud800" in YAML or JSON) is a Python string no UTF-8 encodes: it
+        # failed the build's statement, and the JSON of any answer naming it.
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("text holds a lone surrogate (\\ud800-\\udfff): not encodable as UTF-8") from None
+        return value
 
 
 class Predicate(_Model):
@@ -133,10 +148,10 @@ def _check_regex(pattern: str) -> None:
 class Condition(_Model):
     where: list[Predicate] = Field(default_factory=list, max_length=20)
     within_days: int | None = Field(None, ge=1, le=MAX_WINDOW_DAYS)
-    min_count: int = Field(1, ge=1)
-    max_count: int | None = Field(None, ge=1)
-    min_days: int | None = Field(None, ge=1)
-    min_engaged_ms: int | None = Field(None, ge=1)
+    min_count: int = Field(1, ge=1, le=MAX_COUNT)
+    max_count: int | None = Field(None, ge=1, le=MAX_COUNT)
+    min_days: int | None = Field(None, ge=1, le=MAX_WINDOW_DAYS + 1)
+    min_engaged_ms: int | None = Field(None, ge=1, le=MAX_WINDOW_DAYS * 86_400_000)
 
     @model_validator(mode="after")
     def _bounds(self) -> Condition:
@@ -235,12 +250,38 @@ class Segment(_Model):
             raise ValueError("a lookalike segment takes `lookalike: {seed: ..., reach: ...}` and no rule")
         return self
 
+    @model_validator(mode="after")
+    def _rule_fits(self) -> Segment:
+        for path, node, depth in _walk(self.rule, "rule", 1):
+            if depth > MAX_RULE_DEPTH:
+                raise ValueError(f"at {path}: rules nest {MAX_RULE_DEPTH} deep at most; "
+                                 "refer to another segment instead")
+            # A condition without a window of its own has the segment's (`Condition._bounds`).
+            if isinstance(node, Condition) and node.within_days is None and node.min_days is not None \
+                    and node.min_days > self.lookback_days + 1:
+                raise ValueError(f"at {path}: min_days {node.min_days} is more than the {self.lookback_days + 1} "
+                                 f"dates a lookback of {self.lookback_days} days spans: the condition could never hold")
+        return self
+
     @field_validator("iab_audience_id")
     @classmethod
     def _iab_form(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[0-9]{1,6}", value):
             raise ValueError("an IAB Audience Taxonomy ID is 1-6 digits")
         return value
+
+
+def _walk(rule: Any, path: str, depth: int) -> Iterator[tuple[str, Any, int]]:
+    """Each node of a rule tree with its path (as errors name it) and depth, parents first."""
+    if rule is None:
+        return
+    yield path, rule, depth
+    if isinstance(rule, All | Any_):
+        key = "all" if isinstance(rule, All) else "any"
+        for index, child in enumerate(rule.all if isinstance(rule, All) else rule.any):
+            yield from _walk(child, f"{path}.{key}.{index}", depth + 1)
+    elif isinstance(rule, Not):
+        yield from _walk(rule.not_, f"{path}.not", depth + 1)
 
 
 def references(rule: Any) -> Iterator[int]:
@@ -332,10 +373,35 @@ def parse_segment(data: Any, source: str = "<definition>") -> Segment:
         raise DefinitionError(f"{source}: {_describe(exc)}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML with no key given twice in a mapping, and no aliases. PyYAML keeps the last key:
+    two segments written without their list markers read as the second alone, and a repeated
+    `rule:` replaced the first. An alias is its anchor's node again: a few lines of aliases of
+    aliases make a rule of billions of nodes, which validation walks one by one."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not taken: to reuse a rule, "
+                                              "refer to its segment (segment: ID)", self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value_node in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> Any:
     """A YAML file's documents; a DefinitionError naming the file when it cannot be read or parsed."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        raise DefinitionError(f"{path}: nested too deeply to read") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
@@ -355,10 +421,9 @@ def load_segments(directory: Path, audience_ids: frozenset[str] | None = None, a
     mounted must not do that."""
     if not directory.is_dir():
         raise DefinitionError(f"{directory}: no such directory of segment definitions")
-    paths = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
-    if not paths and not allow_empty:
-        raise DefinitionError(f"{directory}: no segment definitions (*.yaml, *.yml) in the directory; "
-                              "to build none, pause them (status: paused)")
+    # Not hidden files: an editor's lock link (`.#s.yaml`) or backup is no definition.
+    paths = sorted(path for path in [*directory.glob("*.yaml"), *directory.glob("*.yml")]
+                   if not path.name.startswith("."))
     segments, sources = [], {}
     for path in paths:
         documents = read_yaml(path)
@@ -372,12 +437,37 @@ def load_segments(directory: Path, audience_ids: frozenset[str] | None = None, a
                                       f"(also in {sources[segment.id]})")
             sources[segment.id] = source
             segments.append(segment)
+    if not segments and not allow_empty:  # no file, or files of empty lists
+        raise DefinitionError(f"{directory}: no segment definitions (*.yaml, *.yml) in the directory; "
+                              "to build none, pause them (status: paused)")
     return SegmentSet(segments, sources)
 
 
+RULE_TAGS = frozenset({"condition", "all", "any", "not", "segment"})  # the kinds of rule (`_rule_kind`)
+VALUE_BRANCHES = ("str", "list[str]")  # a predicate's value: one string, or a list (`in`)
+
+
 def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    parts = [str(p) for p in first["loc"]]
-    # Drop the union's kind tags ("all.all" → "all", "condition" → ""), so the path is the YAML's.
-    parts = [p for i, p in enumerate(parts) if p != "condition" and (i + 1 == len(parts) or parts[i + 1] != p)]
-    return f"at {'.'.join(parts) or '(top)'}: {first['msg'].removeprefix('Value error, ')}"
+    errors = error.errors()
+    first = errors[0]
+    if VALUE_BRANCHES[0] in first["loc"] and isinstance(first["input"], list):
+        # A list where one string is wrong: the error is the list's, at its item.
+        first = next((e for e in errors if VALUE_BRANCHES[1] in e["loc"]), first)
+    return f"at {_yaml_path(first['loc']) or '(top)'}: {first['msg'].removeprefix('Value error, ')}"
+
+
+def _yaml_path(loc: tuple[Any, ...]) -> str:
+    """Pydantic's location as the YAML's path: without the kind tag it puts after each place a rule
+    sits (`rule`, `not`, an item of `all` / `any`), nor the branch of a value it tried."""
+    parts: list[str] = []
+    rule_here = False
+    for part in loc:
+        if rule_here and part in RULE_TAGS:
+            rule_here = False
+            continue
+        if part in VALUE_BRANCHES and parts and parts[-1] == "value":
+            continue
+        parts.append(str(part))
+        rule_here = (part == "rule" and len(parts) == 1) or part == "not" \
+            or (isinstance(part, int) and len(parts) >= 2 and parts[-2] in ("all", "any"))
+    return ".".join(parts)

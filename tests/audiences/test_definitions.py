@@ -40,6 +40,23 @@ def test_a_directory_loads_single_segments_and_lists(tmp_path: Path) -> None:
     (RULE + "{not: {where: [{field: host, op: gt, value: a}]}}\n", "rule.not.where.0.op", "Input should be 'eq'"),
     ("id: 1\nname: x\nttl_days: -1\nrule: " + HOST + "\n", "ttl_days", "greater than"),
     (RULE + "{where: [], within_days: 7, min_days: 9}\n", "rule", "more than the 8 dates"),
+    # Without a window of its own, a condition has the segment's lookback.
+    ("id: 1\nname: x\nlookback_days: 7\nrule: {all: [{where: [], min_days: 30}]}\n", "(top)",
+     "at rule.all.0: min_days 30 is more than the 8 dates a lookback of 7 days"),
+    # Bounds are bound as UInt64, which wraps: 2^64 + 1 meant 1.
+    (RULE + "{where: [], min_count: 18446744073709551617}\n", "rule.min_count", "less than or equal to 1000000"),
+    (RULE + "{where: [], min_engaged_ms: 99999999999999999999}\n", "rule.min_engaged_ms", "less than or equal"),
+    # Paths without pydantic's tags: within_days sits beside `not`, not in it; an item of a list.
+    (RULE + "{not: " + HOST + ", within_days: 7}\n", "rule.within_days", "Extra inputs are not permitted"),
+    (RULE + "{segment: 2, min_count: 2}\n", "rule.min_count", "Extra inputs are not permitted"),
+    (RULE + "{where: [{field: host, op: eq, value: 533}]}\n", "rule.where.0.value", "a valid string"),
+    (RULE + "{where: [{field: host, op: in, value: [a.com, 7]}]}\n", "rule.where.0.value.1", "a valid string"),
+    # A lone surrogate encodes to no UTF-8: it failed the build's statement.
+    (RULE + '{where: [{field: host, op: eq, value: "x\\ud800"}]}\n', "rule.where.0.value", "lone surrogate"),
+    ('id: 1\nname: "\\udfff"\nrule: ' + HOST + "\n", "name", "valid string"),  # pydantic's own check
+    ('id: 1\nname: x\ndescription: "\\udfff"\nrule: ' + HOST + "\n", "description", "lone surrogate"),
+    # Nested deeper than ClickHouse parses (its depth 1000 was reached near 190 levels).
+    (RULE + "{not: " * 40 + HOST + "}" * 40 + "\n", "(top)", "at rule" + ".not" * 32 + ": rules nest 32 deep"),
 ])
 def test_an_invalid_definition_names_its_file_the_path_and_the_problem(
         tmp_path: Path, text: str, where: str, problem: str) -> None:
@@ -114,3 +131,40 @@ def test_iab_audience_ids_are_checked_against_the_taxonomy(tmp_path: Path) -> No
     write(tmp_path, "s.yaml", f"id: 1\nname: s\niab_audience_id: '999999'\nrule: {HOST}\n")
     with pytest.raises(DefinitionError, match=rf"^{path}: iab_audience_id '999999' is not in the taxonomy"):
         load_segments(tmp_path, audience_ids)
+
+
+def test_a_key_given_twice_is_an_error_not_the_last_one(tmp_path: Path) -> None:
+    # Two segments without their list markers read as one mapping: PyYAML kept the second alone.
+    path = write(tmp_path, "s.yaml", f"id: 1\nname: one\nrule: {HOST}\nid: 2\nname: two\nrule: {HOST}\n")
+    with pytest.raises(DefinitionError, match=f"^{path}: not valid YAML at line 4, column 1: key 'id' given twice"):
+        load_segments(tmp_path)
+
+
+def test_a_file_nested_too_deeply_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.yaml", "[" * 2000 + "]" * 2000 + "\n")
+    with pytest.raises(DefinitionError, match=f"^{path}: nested too deeply"):
+        load_segments(tmp_path)
+
+
+def test_files_of_empty_lists_are_no_definitions(tmp_path: Path) -> None:
+    # A build of none exits every member: only reads may take an empty set.
+    write(tmp_path, "s.yaml", "[]\n")
+    with pytest.raises(DefinitionError, match="no segment definitions"):
+        load_segments(tmp_path)
+    assert not load_segments(tmp_path, allow_empty=True).by_id
+
+
+def test_hidden_files_are_not_read(tmp_path: Path) -> None:
+    # An editor's lock link to a file being edited (Emacs' `.#s.yaml`) is dangling.
+    write(tmp_path, "s.yaml", f"id: 1\nname: one\nrule: {HOST}\n")
+    (tmp_path / ".#s.yaml").symlink_to("user@host.1234:1700000000")
+    assert sorted(load_segments(tmp_path).by_id) == [1]
+
+
+def test_aliases_are_refused(tmp_path: Path) -> None:
+    # Aliases of aliases: a few lines, a rule of 100^4 nodes that validation walked one by one.
+    levels = ["a0: &a0 {where: []}"]
+    levels += [f"a{n}: &a{n} {{all: [{', '.join([f'*a{n - 1}'] * 100)}]}}" for n in (1, 2, 3, 4)]
+    path = write(tmp_path, "s.yaml", "\n".join(levels) + "\n")
+    with pytest.raises(DefinitionError, match=f"^{path}: not valid YAML at line 2, column 16: aliases"):
+        load_segments(tmp_path)
