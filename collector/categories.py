@@ -8,12 +8,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from crumb.errors import CrumbError
+
 MAX_CATEGORIES = 20
 CATEGORY_ID = re.compile(r"[A-Za-z0-9]{1,16}")
 
 
-class TaxonomyError(ValueError):
+class TaxonomyError(CrumbError, ValueError):
     """A taxonomy file that can't be read as one."""
+
+    code = "invalid_taxonomy"
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # eq=False: hashed by identity, usable as a cache key
@@ -39,7 +43,9 @@ class ContentTaxonomy:
         try:
             lines = path.read_text(encoding="utf-8-sig").splitlines()
             return cls.from_rows(_tsv_rows(lines))
-        except (OSError, UnicodeDecodeError, TaxonomyError) as error:
+        except OSError as error:
+            raise TaxonomyError(f"{path}: {error.strerror or error}") from error
+        except (UnicodeDecodeError, TaxonomyError) as error:
             raise TaxonomyError(f"{path}: {error}") from error
 
     def __contains__(self, node_id: object) -> bool:

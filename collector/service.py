@@ -188,6 +188,8 @@ def _parse_json_object(body: bytes) -> dict[str, Any]:
         payload = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise Rejected("bad_json", "body is not valid UTF-8 JSON") from None
+    except RecursionError:  # `[[[[...` within the size limit: deeper than the parser goes
+        raise Rejected("bad_json", "body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise Rejected("bad_json", "body must be a JSON object")
     return payload

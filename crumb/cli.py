@@ -220,9 +220,12 @@ def _lookalike(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _preview(settings: Settings, args: argparse.Namespace) -> int:
-    from audiences.definitions import read_yaml
+    from audiences.definitions import parse_segment, read_yaml
 
     definition = read_yaml(Path(args.file))
+    # Checked here first: a definition the server would refuse may hold YAML's dates, which are not
+    # JSON, and its errors name the file as the user wrote it.
+    parse_segment(definition, args.file)
     return _print(_run_command(settings, "preview", {"segments_dir": _abs(args.segments), "definition": definition,
                                                      "source": args.file, "sample": args.sample}))
 
@@ -236,10 +239,11 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 def _run_command(settings: Settings, name: str, command_args: dict[str, Any]) -> dict[str, Any]:
     """Run in-process, or through the `crumb serve` that holds the embedded warehouse."""
     from crumb import control
-    from crumb.commands import COMMANDS, CommandContext
+    from crumb.commands import COMMANDS, CommandContext, checked_args
     from crumb.runtime import Runtime
     from crumb.warehouse import embedded_warehouse_busy
 
+    checked = checked_args(name, command_args)  # the server checks them again
     progress = Progress()
     if embedded_warehouse_busy(settings):
         server = control.find_server(settings)
@@ -249,7 +253,7 @@ def _run_command(settings: Settings, name: str, command_args: dict[str, Any]) ->
         return control.call(server[0], server[1], name, command_args, progress)
     runtime = Runtime(settings)
     try:
-        return COMMANDS[name](CommandContext(runtime), command_args, progress)
+        return COMMANDS[name](CommandContext(runtime), checked, progress)
     finally:
         runtime.close()
 

@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from crumb.commands import COMMANDS, CommandContext
-from crumb.errors import ControlError
+from crumb.commands import COMMANDS, CommandContext, checked_args
+from crumb.errors import ControlError, InvalidArguments
 from crumb.progress import Progress
 from crumb.runtime import read_secret_file
 from crumb.settings import Settings
@@ -59,10 +59,14 @@ def routes(token: str, ctx: CommandContext) -> list[Route]:
             return JSONResponse({"error": {"code": "unknown_command", "message": "no such command"}}, 404)
         try:
             args = json.loads(await request.body() or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             return JSONResponse({"error": {"code": "bad_json", "message": "body must be JSON"}}, 400)
         if not isinstance(args, dict):
             return JSONResponse({"error": {"code": "bad_json", "message": "body must be an object"}}, 400)
+        try:
+            args = checked_args(request.path_params["command"], args)
+        except InvalidArguments as error:
+            return JSONResponse({"error": {"code": error.code, "message": str(error)}}, 400)
         return StreamingResponse(_stream(command, ctx, args), media_type="application/x-ndjson")
 
     return [Route("/admin/api/control/{command}", run, methods=["POST"])]

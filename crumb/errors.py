@@ -20,3 +20,9 @@ class ControlError(CrumbError):
     """The running server refused or failed a command sent to its control endpoint."""
 
     code = "control_error"
+
+
+class InvalidArguments(CrumbError):
+    """A command's arguments (from the CLI, or a control request's body) are not of its kind."""
+
+    code = "invalid_request"

@@ -96,6 +96,7 @@ def test_malformed_first_party_ids_are_dropped(live_server: LiveServer, http: ht
         (b"{not json", 400, "bad_json"),
         (b"\xff\xfe\x00garbage", 400, "bad_json"),
         (b"[1,2]", 400, "bad_json"),
+        (b'{"site": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", 400, "bad_json"),  # deeper than the parser goes
         (json.dumps({"site": "s", "events": []}).encode(), 400, "bad_field"),
         (json.dumps({"site": "bad site", "events": [{"event_id": str(uuid.uuid4()), "type": "x"}]}).encode(),
          400, "bad_site"),

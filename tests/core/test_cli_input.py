@@ -20,6 +20,8 @@ from activation.errors import ActivationError
 from audiences.errors import InvalidRequest, UnknownSegment
 from crumb import commands
 from crumb.cli import _parser, main
+from crumb.commands import checked_args
+from crumb.errors import InvalidArguments
 from crumb.progress import SILENT
 from tests.conftest import LiveServer
 
@@ -85,6 +87,8 @@ def test_the_parser_reads_good_options() -> None:
 @pytest.mark.parametrize(("content", "error"), [
     (None, "No such file or directory"),
     ("id: 1\nname: [unclosed\n", "not valid YAML at line 3, column 1"),
+    # A YAML date is no JSON: sent to a server as it was, it raised a TypeError's traceback.
+    ("id: 1\nname: x\ndescription: 2024-05-01\nrule: {where: []}\n", "at description: Input should be a valid string"),
     (b"\xff\xfe", "not UTF-8 text"),
 ])
 def test_preview_of_a_file_it_cannot_read_is_a_one_line_error(
@@ -169,3 +173,36 @@ def test_reads_on_a_data_dir_without_a_build_answer(tmp_path: Path, argv: list[s
     assert output in done.stdout
     if output.startswith('"'):
         json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(("name", "args", "error"), [
+    # A string was read a character at a time as segments 4, 7, 3, 0, 1; a float was truncated.
+    ("report", {"overlap": "47301"}, "report: overlap: Input should be a valid list"),
+    ("report", {"segment": 47301.9}, "report: segment: Input should be a valid integer"),
+    ("report", {"segment": "abc"}, "report: segment: Input should be a valid integer"),
+    ("report", {"overlap": [46001, "x"]}, "report: overlap.1: Input should be a valid integer"),
+    ("report", {"overlap": list(range(1, 52))}, "report: overlap: an overlap crosses 50 segments at most, not 51"),
+    ("report", {"days": 0}, "report: days: Input should be greater than or equal to 1"),
+    ("explain", {"segment": 46001}, "explain: cookie_id: Field required"),
+    ("erase", {"ids": []}, "erase: ids: List should have at least 1 item after validation, not 0"),
+    ("build", {"full": "yes"}, "build: full: Input should be a valid boolean"),
+    ("summary", {"colour": 1}, "summary: colour: Extra inputs are not permitted"),
+])
+def test_command_arguments_not_of_their_kind_are_refused(name: str, args: dict[str, Any], error: str) -> None:
+    with pytest.raises(InvalidArguments) as refused:
+        checked_args(name, args)
+    assert str(refused.value) == error
+
+
+def test_an_overlap_crosses_each_segment_once() -> None:
+    assert checked_args("report", {"overlap": [46001, 46002, 46001]}) == {"overlap": [46001, 46002]}
+
+
+def test_a_taxonomy_file_it_cannot_read_is_a_one_line_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRUMB_")}
+    missing = tmp_path / "audience-taxonomy.tsv"
+    done = subprocess.run([*CRUMB, "audiences", "report", "--segments", str(EXAMPLES)], capture_output=True, text=True,
+                          env={**env, "CRUMB_DATA_DIR": str(tmp_path / "data"),
+                               "CRUMB_AUDIENCE_TAXONOMY_FILE": str(missing)}, timeout=180)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == f"crumb: {missing}: No such file or directory"

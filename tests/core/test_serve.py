@@ -96,6 +96,23 @@ def test_the_control_endpoint_needs_the_token(served: Served) -> None:
     assert httpx.post(f"{url}/admin/api/control/migrate", headers={"authorization": "Bearer nope"}).status_code == 401
 
 
+def test_the_control_endpoint_refuses_bodies_it_cannot_parse(served: Served) -> None:
+    _url, data_dir, _process = served
+    found = control.find_server(load_settings({"CRUMB_DATA_DIR": str(data_dir)}))
+    assert found is not None
+    url, token = found
+    for body in (b"{not json", b"[" * 5000 + b"]" * 5000):  # the second: deeper than the parser goes
+        reply = httpx.post(f"{url}/admin/api/control/summary", content=body,
+                           headers={"authorization": f"Bearer {token}"})
+        assert (reply.status_code, reply.json()["error"]["code"]) == (400, "bad_json")
+    # A body of JSON whose arguments are not the command's: a 400 before it runs.
+    reply = httpx.post(f"{url}/admin/api/control/report", json={"overlap": "47301"},
+                       headers={"authorization": f"Bearer {token}"})
+    assert reply.status_code == 400
+    assert reply.json()["error"] == {"code": "invalid_request",
+                                     "message": "report: overlap: Input should be a valid list"}
+
+
 def test_sigterm_flushes_every_accepted_event_and_stops_redis(served: Served) -> None:
     url, data_dir, process = served
     assert redis_children(data_dir), "the embedded redis-server should be running"
