@@ -19,6 +19,7 @@ from audiences.errors import InvalidRequest, UnknownSegment
 from crumb.warehouse import MAX_DAYS_BACK
 
 MEMBERS = "crumb.segment_members"
+SUCCEEDED = "SELECT build_id FROM crumb.builds FINAL WHERE status = 'succeeded'"
 # Dimensions of composition: what each reads from an events row (one value, or an array of them).
 DIMENSIONS = {"categories": "arrayJoin(categories)", "hosts": "host", "device_types": "device_type"}
 
@@ -85,6 +86,8 @@ def trend(client: Client, segment_id: int, days: int = 30, as_of_ms: int | None 
         "SELECT toDate(built_at) AS day, countIf(has(entered, {segment_id:UInt32})), "
         "countIf(has(exited, {segment_id:UInt32})) FROM crumb.id_deltas "
         "WHERE toDate(built_at) BETWEEN {first:Date} AND {end:Date} "
+        # A build writes its deltas before it swaps its members in; one that died kept them.
+        f"AND build_id IN ({SUCCEEDED}) "
         "AND (has(entered, {segment_id:UInt32}) OR has(exited, {segment_id:UInt32})) "
         "GROUP BY day", parameters=params).result_rows
     by_day = {row[0]: row[1:] for row in built}

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from activation.idsync import match_rates
+from audiences.definitions import SegmentSet
 from audiences.jobs import EXAMPLES_DIR, build_once
 from audiences.lookalike import render_table
 from collector.categories import BUILTIN
@@ -160,7 +161,9 @@ def _build_segments(server: CrumbServer, settings: Settings) -> None:
         table.add_row(str(row["segment_id"]), row["name"], f"{row['profiles']:,}", f"{row['cookies']:,}",
                       f"{row['fp_ids']:,}")
     console.print(table)
-    chosen = [101, 102, 106, 111]
+    chosen = _overlap_choice(segments)
+    if len(chosen) < 2:
+        return
     matrix = overlap(server.runtime.client, chosen, segments=segments)
     grid = Table(title="overlap: shared profiles (Jaccard)")
     grid.add_column("")
@@ -170,6 +173,18 @@ def _build_segments(server: CrumbServer, settings: Settings) -> None:
         cells = [f"{matrix['intersection'][i][j]:,} ({matrix['jaccard'][i][j]:.2f})" for j in range(len(chosen))]
         grid.add_row(f"{a} {segments.by_id[a].name}", *cells)
     console.print(grid)
+
+
+# The shipped examples' overlap worth a look: sports fans, their lookalike's seed, shoppers, travellers.
+EXAMPLE_OVERLAP = [101, 102, 106, 111]
+
+
+def _overlap_choice(segments: SegmentSet) -> list[int]:
+    """The examples' four when they are all defined (CRUMB_SEGMENTS_DIR may name one's own), else
+    the first four active segments."""
+    if all(segment_id in segments.by_id for segment_id in EXAMPLE_OVERLAP):
+        return EXAMPLE_OVERLAP
+    return sorted(s.id for s in segments.active())[:4]
 
 
 def _print_summary(summary: dict[str, Any], rejected: dict[str, int], replaced: int) -> None:

@@ -138,3 +138,25 @@ def test_trend_and_history_follow_the_builds(warehouse: Client) -> None:
 def test_a_trend_covers_1_to_3650_days(warehouse: Client, days: int) -> None:
     with pytest.raises(InvalidRequest, match=f"1 to 3650 days, not {days}"):
         reports.trend(warehouse, 45010, days=days, as_of_ms=T)
+
+
+def test_the_trend_counts_the_moves_of_succeeded_builds_only(warehouse: Client) -> None:
+    # A build writes its deltas before it swaps its members in, and one whose process died stays
+    # 'running' with its deltas: their moves are not the day's, whose size is the last success's.
+    at = int(datetime(2046, 5, 10, tzinfo=UTC).timestamp() * 1000)
+    segment = SegmentSet([parse_segment({"id": 45101, "name": "r46", "lookback_days": 1,
+                                         "rule": {"where": [{"field": "path", "op": "prefix", "value": "/r46"}]}})])
+    member = cookie()
+    insert_events(warehouse, [{"ts": at - HOUR, "cookie_id": member, "path": "/r46"}], site="r46")
+    built = build(warehouse, segment, as_of_ms=at)
+    before = reports.trend(warehouse, 45101, days=1, as_of_ms=at)
+    assert (before[0]["build_id"], before[0]["entered"], before[0]["exited"]) == (built.build_id, 1, 0)
+    died = built.build_id + 1000
+    warehouse.command(
+        "INSERT INTO crumb.builds (build_id, started_at, finished_at, as_of, status, version) VALUES "
+        "({b:UInt64}, now64(3), now64(3), fromUnixTimestamp64Milli({at:Int64}, 'UTC'), 'running', 1)",
+        parameters={"b": died, "at": at + HOUR})
+    warehouse.command(
+        "INSERT INTO crumb.id_deltas VALUES ({b:UInt64}, fromUnixTimestamp64Milli({at:Int64}, 'UTC'), "
+        "{c:String}, 'cookie', [], [45101])", parameters={"b": died, "at": at + HOUR, "c": member})
+    assert reports.trend(warehouse, 45101, days=1, as_of_ms=at) == before

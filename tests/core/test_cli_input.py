@@ -206,3 +206,14 @@ def test_a_taxonomy_file_it_cannot_read_is_a_one_line_error(tmp_path: Path) -> N
                                "CRUMB_AUDIENCE_TAXONOMY_FILE": str(missing)}, timeout=180)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == f"crumb: {missing}: No such file or directory"
+
+
+def test_the_demo_crosses_segments_that_are_defined() -> None:
+    # With CRUMB_SEGMENTS_DIR naming one's own definitions, the examples' IDs were looked up: KeyError.
+    from audiences.definitions import SegmentSet, load_segments, parse_segment
+    from crumb.demo import EXAMPLE_OVERLAP, _overlap_choice
+
+    assert _overlap_choice(load_segments(EXAMPLES)) == EXAMPLE_OVERLAP
+    own = SegmentSet([parse_segment({"id": i, "name": f"s{i}", "rule": {"where": []},
+                                     "status": "paused" if i == 7 else "active"}) for i in (9, 3, 7, 5, 1, 8)])
+    assert _overlap_choice(own) == [1, 3, 5, 8]
