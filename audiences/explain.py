@@ -19,16 +19,18 @@ from clickhouse_connect.driver.client import Client
 from audiences.compiler import (
     ELIGIBLE,
     EVENTS,
+    OPTOUTS,
     ConditionSpec,
     Plan,
     compile_segments,
+    opted_in,
     row_predicate_sql,
     window_filter,
     window_params,
     window_start,
 )
 from audiences.definitions import All, Any_, Condition, Not, Op, Predicate, SegmentRef, SegmentSet, Status
-from audiences.errors import UnknownSegment
+from audiences.errors import InvalidRequest, UnknownSegment
 from audiences.schema import OPEN_INTERVAL
 from collector.categories import ContentTaxonomy
 
@@ -56,6 +58,8 @@ def explain(
     as-of time of the last successful build, so the verdict speaks of the current members."""
     if segment_id not in segments.by_id:
         raise UnknownSegment(f"no segment {segment_id} among the definitions")
+    if not cookie_id:  # the profile `c:` would read every event without a cookie as its own
+        raise InvalidRequest("explain needs a cookie ID, not an empty one")
     as_of_ms, as_of_source = _as_of(client, as_of_ms)
     if segments.by_id[segment_id].kind != "rule":
         raise UnknownSegment(f"segment {segment_id} is a lookalike, scored by a model: its evaluation explains it")
@@ -74,7 +78,8 @@ def explain(
         "in_by_rule": tree["held"],
         "member": _membership(client, segment_id, cookie_id),
         "activity": lookback,
-        "excluded": _exclusions(client, profile, lookback, segment.lookback_days),
+        "excluded": _exclusions(client, profile, lookback, segment.lookback_days,
+                                window_start(as_of_ms, segment.lookback_days), as_of_ms),
         "rule": tree,
     }
 
@@ -252,27 +257,40 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+PROFILE_EVENTS = ("ts >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
+                  "AND ts <= fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC') "
+                  "AND (has({cookies:Array(String)}, cookie_id) OR has({fps:Array(String)}, fp_id))")
+
+
 def _activity(client: Client, profile: list[str], since_ms: int, as_of_ms: int) -> dict:
-    """All of the profile's events in the segment's lookback, eligible or not."""
-    count, eligible, bots, refused, first, last = client.query(
-        f"SELECT count(), countIf({ELIGIBLE}), countIf(is_bot = 1), countIf(is_bot = 0 AND can_profile = 0), "
-        f"min(toUnixTimestamp64Milli(ts)), max(toUnixTimestamp64Milli(ts)) FROM {EVENTS} "
-        "WHERE ts >= fromUnixTimestamp64Milli({since_ms:Int64}, 'UTC') "
-        "AND ts <= fromUnixTimestamp64Milli({as_of_ms:Int64}, 'UTC') "
-        "AND (has({cookies:Array(String)}, cookie_id) OR has({fps:Array(String)}, fp_id))",
+    """All of the profile's events in the segment's lookback, eligible or not. Eligible as the
+    build reads them: an event that names an opted-out ID (a first-party ID the profile shared
+    events with, say) counts nowhere."""
+    count, eligible, bots, refused, opted_out, first, last = client.query(
+        f"SELECT count(), countIf({ELIGIBLE} AND {opted_in()}), countIf(is_bot = 1), "
+        f"countIf(is_bot = 0 AND can_profile = 0), countIf({ELIGIBLE} AND NOT ({opted_in()})), "
+        f"min(toUnixTimestamp64Milli(ts)), max(toUnixTimestamp64Milli(ts)) FROM {EVENTS} WHERE {PROFILE_EVENTS}",
         parameters={"since_ms": since_ms, "as_of_ms": as_of_ms, **_split(profile)}).result_rows[0]
     return {"events": int(count), "eligible_events": int(eligible), "bot_events": int(bots),
-            "no_consent_events": int(refused), "first": _iso(int(first)) if count else None,
-            "last": _iso(int(last)) if count else None}
+            "no_consent_events": int(refused), "opted_out_events": int(opted_out),
+            "first": _iso(int(first)) if count else None, "last": _iso(int(last)) if count else None}
 
 
-def _exclusions(client: Client, profile: list[str], activity: dict, lookback_days: int) -> list[dict]:
+def _exclusions(client: Client, profile: list[str], activity: dict, lookback_days: int,
+                since_ms: int, as_of_ms: int) -> list[dict]:
     reasons = []
+    # The profile's own IDs, and those its events name besides (a first-party ID that opted out
+    # is no longer linked to the cookies it was seen with, but its events still name them).
     opted_out = client.query(
-        "SELECT id FROM crumb.optouts FINAL WHERE has({ids:Array(String)}, id)",
-        parameters={"ids": sorted({i[2:] for i in profile})}).result_rows
+        f"SELECT id FROM {OPTOUTS} FINAL WHERE id != '' AND (has({{ids:Array(String)}}, id) OR id IN ("
+        f"SELECT arrayJoin([cookie_id, fp_id]) FROM {EVENTS} WHERE {PROFILE_EVENTS})) ORDER BY id",
+        parameters={"ids": sorted({i[2:] for i in profile}), "since_ms": since_ms, "as_of_ms": as_of_ms,
+                    **_split(profile)}).result_rows
     if opted_out:
-        reasons.append({"code": "opted_out", "message": f"opted out: {', '.join(r[0] for r in opted_out)}"})
+        left_out = f" ({activity['opted_out_events']} events of the profile's left out)" \
+            if activity["opted_out_events"] else ""
+        reasons.append({"code": "opted_out",
+                        "message": f"opted out: {', '.join(r[0] for r in opted_out)}{left_out}"})
     if activity["events"] == 0:
         reasons.append({"code": "no_events",
                         "message": f"no events in its window (as-of's day and the {lookback_days} days before)"})

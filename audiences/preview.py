@@ -143,9 +143,12 @@ def _method(buckets: int) -> dict:
         "evaluation": "the build's lookup, scan and membership statements, on the sample",
         "scaling": "none: every ID evaluated" if buckets == SAMPLE_BUCKETS else
                    "share of sampled IDs seen in the lookback that qualify × IDs seen in the lookback (uniqCombined)",
-        "interval": "95% Wilson score interval with finite population correction",
+        "interval": "95% Wilson score interval with finite population correction: the error of sampling "
+                    "IDs (none when every ID is evaluated), not the difference linking makes (see note), nor "
+                    "the sketch's (about 0.3%) in the IDs seen",
         "profile_resolution": False,
         "note": "linked IDs are not merged on the sample: each typed ID (the cookie of an event, or its "
-                "first-party ID when it has no cookie) counts as its own profile, so a build, which merges "
-                "them, can count fewer profiles",
+                "first-party ID when it has no cookie) counts as its own profile. A build merges them, so it "
+                "can count fewer profiles (linked IDs that qualify each on its own are one), or more (a "
+                "profile whose IDs meet the rule together, none of them alone)",
     }

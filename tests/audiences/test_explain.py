@@ -15,6 +15,7 @@ from clickhouse_connect.driver.client import Client
 
 from audiences.builder import build
 from audiences.definitions import Predicate, SegmentSet, parse_segment
+from audiences.errors import InvalidRequest
 from audiences.explain import UnknownSegment, describe_predicate, explain, render_text
 from collector.categories import ContentTaxonomy
 from crumb.settings import Settings
@@ -152,3 +153,26 @@ def test_predicates_read_as_written() -> None:
 def test_an_unknown_segment_is_refused(warehouse: Client) -> None:
     with pytest.raises(UnknownSegment):
         explain(warehouse, 48999, cookie(), SEGMENTS, as_of_ms=T)
+
+
+def test_an_empty_cookie_id_is_refused(warehouse: Client) -> None:
+    # Its profile `c:` read every event without a cookie as its own: strangers' first-party IDs'.
+    with pytest.raises(InvalidRequest, match="needs a cookie ID"):
+        explain(warehouse, 48001, "", SEGMENTS, as_of_ms=T)
+
+
+def test_events_shared_with_an_opted_out_first_party_id_are_named_as_the_reason(warehouse: Client) -> None:
+    # The opted-out ID is no longer linked into the cookie's profile, and its events count nowhere:
+    # the cookie is out with its events left out, and says so.
+    at = T + 40 * DAY
+    member, opted_out = cookie(), cookie()
+    insert_events(warehouse, [{"ts": at - DAY - i * HOUR, "cookie_id": member, "fp_id": opted_out,
+                               "host": "optout.r48.example"} for i in range(3)], site="r48")
+    warehouse.insert("crumb.optouts", [[opted_out, at - 3 * DAY]], column_names=["id", "opted_out_at"])
+    segments = SegmentSet([parse_segment({"id": 48401, "name": "z", "lookback_days": 7, "rule": {
+        "where": [{"field": "host", "op": "eq", "value": "optout.r48.example"}]}})])
+    result = explain(warehouse, 48401, member, segments, as_of_ms=at)
+    assert result["in_by_rule"] is False
+    assert (result["activity"]["events"], result["activity"]["eligible_events"]) == (3, 0)
+    assert result["excluded"] == [{"code": "opted_out",
+                                   "message": f"opted out: {opted_out} (3 events of the profile's left out)"}]
