@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import redis
@@ -46,5 +47,24 @@ def build_once(
     segments = load_definitions(directory or settings.segments_dir, settings, building=True)
     # Erasures take the lock too: a build waits for one to end.
     busy = BuildBusy("another build (or an erasure) is running; one build at a time")
-    with build_lock(redis_client, BUILD_LOCK_WAIT_S, hold_s=6 * 3600, busy=busy):
+    with build_lock(redis_client, BUILD_LOCK_WAIT_S, busy=busy):
         return build(client, segments, content_taxonomy(settings), progress, as_of_ms=as_of_ms, follow=follow)
+
+
+def build_due_in(client: Client, interval_s: float, now_ms: int | None = None) -> float:
+    """Seconds until the scheduler's next build: an interval after the last successful build
+    ended (`due_in`). Counted from each start of the server instead, one restarted more often
+    than the interval (daily builds, daily deploys) never built."""
+    (last_ms, succeeded), = client.query(
+        "SELECT toUnixTimestamp64Milli(max(finished_at)), count() FROM crumb.builds FINAL "
+        "WHERE status = 'succeeded'").result_rows
+    return due_in(int(last_ms) if succeeded else None, now_ms if now_ms is not None else int(time.time() * 1000),
+                  interval_s)
+
+
+def due_in(last_finished_ms: int | None, now_ms: int, interval_s: float) -> float:
+    """An interval after the last build, at once when that is past; a whole interval without one
+    (a new install builds when asked, or an interval after it starts)."""
+    if last_finished_ms is None:
+        return interval_s
+    return max(0.0, interval_s - (now_ms - last_finished_ms) / 1000)

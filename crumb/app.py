@@ -79,8 +79,13 @@ class CrumbServer:
         )
         self.commands = CommandContext(runtime, flush_events=self.writer.flush)
         self.scheduler = Scheduler()
-        self.scheduler.every(settings.build_interval_s, "build", self._scheduled_build)
+        self.scheduler.every(settings.build_interval_s, "build", self._scheduled_build, first_in=self._build_due_in)
         self.scheduler.every(settings.sync_interval_s, "sync", self.activation.sync)
+
+    def _build_due_in(self) -> float:
+        from audiences.jobs import build_due_in
+
+        return build_due_in(self.runtime.client, self.runtime.settings.build_interval_s)
 
     def _scheduled_build(self) -> None:
         from audiences.jobs import BuildBusy, build_once

@@ -33,19 +33,45 @@ ERASE_LOCK_KEY = "crumb:{privacy}:erase-lock"  # one worker at a time, across re
 # build's swap.
 BUILD_LOCK_KEY = "crumb:{audiences}:build-lock"
 BUILD_WAIT_S = 600.0  # how long a requested erasure waits for a running build to end
+# The lock's lease: renewed by its holder every third of it. A holder that stops without releasing
+# it (kill -9, out of memory, a server stopped mid-build) frees it within a lease. Held for a
+# build's longest run instead (6 h), it kept every build and erasure out for that long, and an
+# embedded Redis saved it across the restart.
+BUILD_LOCK_LEASE_S = 60.0
 
 
 @contextmanager
-def build_lock(redis_client: redis.Redis, wait_s: float, hold_s: float, busy: CrumbError) -> Iterator[None]:
+def build_lock(redis_client: redis.Redis, wait_s: float, busy: CrumbError,
+               lease_s: float = BUILD_LOCK_LEASE_S) -> Iterator[None]:
     """Held while nothing else that takes it runs, anywhere: a segment build, an erasure, pending
-    migrations. Waits up to `wait_s` for it, then raises `busy`; it expires after `hold_s`."""
-    lock = redis_client.lock(BUILD_LOCK_KEY, timeout=hold_s, blocking=wait_s > 0, blocking_timeout=wait_s or None)
+    migrations. Waits up to `wait_s` for it, then raises `busy`; renewed while held, it expires
+    `lease_s` after its holder stops renewing it."""
+    # Not thread-local: its token is the renewing thread's too.
+    lock = redis_client.lock(BUILD_LOCK_KEY, timeout=lease_s, blocking=wait_s > 0, blocking_timeout=wait_s or None,
+                             thread_local=False)
     if not lock.acquire():
         raise busy
+    released = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(lock, lease_s / 3, released), name="crumb-build-lock",
+                               daemon=True)
+    renewer.start()
     try:
         yield
     finally:
+        released.set()
+        renewer.join()
         lock.release()
+
+
+def _renew(lock: redis.lock.Lock, every_s: float, released: threading.Event) -> None:
+    while not released.wait(every_s):
+        try:
+            lock.reacquire()  # its time to live back to the whole lease
+        except redis.exceptions.LockNotOwnedError:
+            log.error("the build lock expired while held: another build or erasure may run beside this one")
+            return
+        except redis.RedisError:  # Redis away for a moment: the next renewal may reach it in time
+            log.warning("could not renew the build lock", exc_info=True)
 
 
 class ErasureDeferred(CrumbError):
@@ -162,7 +188,7 @@ def erase(client: Client, redis_client: redis.Redis, ids: Sequence[str], reason:
         return []
     requested_ms = int(time.time() * 1000)
     deferred = ErasureDeferred(f"a segment build is still running after {wait_s:.0f}s; erase again later")
-    with build_lock(redis_client, wait_s, hold_s=600, busy=deferred):
+    with build_lock(redis_client, wait_s, busy=deferred):
         before(ids)
         record_for_builds = _note_for_builds(client, ids)
         for eraser in ERASERS:

@@ -26,7 +26,7 @@ def no_build(redis_client: redis.Redis, wait_s: float = MIGRATION_WAIT_S,
         progress.note("migrations wait for the running segment build to end")
     deferred = MigrationDeferred(
         f"a segment build held the build lock for {wait_s:.0f}s; migrations did not run: start again once it has ended")
-    return build_lock(redis_client, wait_s, hold_s=3600, busy=deferred)
+    return build_lock(redis_client, wait_s, busy=deferred)
 
 
 class MigrationDeferred(CrumbError):

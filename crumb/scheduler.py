@@ -19,8 +19,20 @@ class Job:
     name: str
     interval_s: float
     run: Callable[[], object]
+    # Seconds until the first run, when it depends on the last run before this process (a build's
+    # is in the warehouse); None: a whole interval.
+    first_in: Callable[[], float] | None = None
     runs: int = 0
     failures: int = 0
+
+    def first_delay(self) -> float:
+        if self.first_in is None:
+            return self.interval_s
+        try:
+            return min(max(0.0, self.first_in()), self.interval_s)
+        except Exception:  # the last run could not be read: a whole interval, as without it
+            log.exception("when is %s due? a whole interval from now", self.name)
+            return self.interval_s
 
 
 class Scheduler:
@@ -29,9 +41,10 @@ class Scheduler:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def every(self, interval_s: float, name: str, run: Callable[[], object]) -> None:
+    def every(self, interval_s: float, name: str, run: Callable[[], object],
+              first_in: Callable[[], float] | None = None) -> None:
         if interval_s > 0:
-            self.jobs.append(Job(name, interval_s, run))
+            self.jobs.append(Job(name, interval_s, run, first_in))
 
     def start(self) -> None:
         for job in self.jobs:
@@ -45,7 +58,9 @@ class Scheduler:
             thread.join(60)
 
     def _loop(self, job: Job) -> None:
-        while not self._stop.wait(job.interval_s):
+        delay = job.first_delay()
+        while not self._stop.wait(delay):
+            delay = job.interval_s
             try:
                 job.run()
                 job.runs += 1

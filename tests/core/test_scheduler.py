@@ -1,5 +1,6 @@
 import threading
 
+from audiences.jobs import due_in
 from crumb.scheduler import Scheduler
 
 
@@ -24,3 +25,25 @@ def test_jobs_run_repeatedly_and_survive_failures() -> None:
     assert [j.name for j in scheduler.jobs] == ["flaky"]
     assert scheduler.jobs[0].failures == 1 and scheduler.jobs[0].runs >= 1
     assert "never" not in calls
+
+
+def test_a_job_runs_first_when_it_is_due() -> None:
+    # A build an interval after the last one ended, not after each start of the server: one
+    # restarted more often than its interval never built.
+    ran = threading.Event()
+    scheduler = Scheduler()
+    scheduler.every(3600, "due", ran.set, first_in=lambda: 0.0)
+    scheduler.every(3600, "not yet", lambda: None, first_in=lambda: 1800.0)
+    scheduler.every(3600, "unknown", lambda: None, first_in=lambda: 1 / 0)
+    scheduler.start()
+    try:
+        assert ran.wait(timeout=10)
+    finally:
+        scheduler.stop()
+    assert [job.first_delay() for job in scheduler.jobs] == [0.0, 1800.0, 3600]
+
+
+def test_a_build_is_due_an_interval_after_the_last_one_ended() -> None:
+    assert due_in(None, now_ms=10_000_000, interval_s=3600) == 3600  # none yet: a whole interval
+    assert due_in(10_000_000 - 600_000, now_ms=10_000_000, interval_s=3600) == 3000
+    assert due_in(10_000_000 - 7_200_000, now_ms=10_000_000, interval_s=3600) == 0.0
