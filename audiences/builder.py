@@ -231,6 +231,7 @@ def build(
         if plan.segments:  # before the swap: a state whose build is not the last succeeded one is ignored
             write_state(client, BuildState(result.build_id, as_of_ms, key, optouts,
                                            {hour: digest[:2] for hour, digest in hours.items()}))
+        _record(client, result, started_ms)  # its counts, for a recovery should it stop right after the swap
         steps.run("swap", lambda: _swap(client))
         result.status = "succeeded"
     except Exception as exc:
@@ -608,18 +609,28 @@ def discard_build(client: Client, build_id: int) -> None:
 
 
 def _discard_incomplete_builds(client: Client, current: int) -> None:
-    """A build that died mid-way (the process was killed) left status 'running': clean up after it,
-    once, and mark it failed. (A build that failed in the open cleaned up after itself.)"""
+    """A build whose process stopped mid-way (killed) left status 'running'. One that stopped after
+    its swap succeeded: its rows are the members, so it is recorded so, and its deltas stay for
+    activation (discarded, its entries and exits were never sent, and the next build's deltas
+    were against members no build had published). Any other is cleaned up after, once, and marked
+    failed. (A build that failed in the open cleaned up after itself.)"""
     rows = client.query(
         "SELECT build_id FROM crumb.builds FINAL WHERE status = 'running' AND build_id != {b:UInt64}",
         parameters={"b": current}).result_rows
     for (build_id,) in rows:
-        discard_build(client, int(build_id))
+        params = {"b": int(build_id), "version": time.time_ns()}
+        swapped = client.query("SELECT count() FROM crumb.id_segments WHERE build_id = {b:UInt64}",
+                               parameters=params).result_rows[0][0] > 0
+        if swapped:
+            status, error = "succeeded", "recovered: the process running it stopped after its swap"
+        else:
+            status, error = "failed", "interrupted: the process running it stopped"
+            discard_build(client, int(build_id))
         client.command(
-            "INSERT INTO crumb.builds SELECT build_id, started_at, now64(3), as_of, 'failed', segments, conditions, "
-            "profiles, members, entered, exited, timings, 'interrupted: the process running it stopped', "
-            "{version:UInt64} FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
-            parameters={"b": int(build_id), "version": time.time_ns()})
+            "INSERT INTO crumb.builds SELECT build_id, started_at, now64(3), as_of, {status:String}, segments, "
+            "conditions, profiles, members, entered, exited, timings, {error:String}, {version:UInt64} "
+            "FROM crumb.builds FINAL WHERE build_id = {b:UInt64}", parameters={**params, "status": status,
+                                                                                "error": error})
 
 
 __all__ = ["ELIGIBLE", "BuildResult", "build"]

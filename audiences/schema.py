@@ -282,12 +282,15 @@ FROM {db}.segment_deltas GROUP BY build_id, id, id_type
 -- The table is ordered by build first: grouped a build at a time, not its whole history at once.
 SETTINGS optimize_aggregation_in_order = 1
 """]
+# Of succeeded builds only, as `segment_history`: a build writes its deltas before its swap, and a
+# failed one's stay where its clean-up did not reach (migration audiences_0018).
 DELTAS_VIEW = """
 CREATE VIEW IF NOT EXISTS {db}.segment_deltas {on_cluster} AS
 SELECT build_id, built_at, moved.1 AS segment_id, id, id_type,
        CAST(moved.2 AS Enum8('enter' = 1, 'exit' = 2)) AS change
 FROM {db}.id_deltas
 ARRAY JOIN arrayConcat(arrayMap(s -> (s, 1), entered), arrayMap(s -> (s, 2), exited)) AS moved
+WHERE build_id IN (SELECT build_id FROM {db}.builds FINAL WHERE status = 'succeeded')
 """
 
 # Which rollup table a day was rolled into (its UUID): the rollup is the node's own (a build
@@ -347,6 +350,9 @@ MIGRATIONS = [
         _ROLLED_OPTOUTS, "DROP TABLE IF EXISTS {db}.segment_rollup_optouts {on_cluster} SYNC",
     ]),
     Migration("audiences_0017_state_touched", [_STATE_TOUCHED]),
+    Migration("audiences_0018_succeeded_deltas", [
+        "DROP VIEW IF EXISTS {db}.segment_deltas {on_cluster} SYNC", DELTAS_VIEW,
+    ]),
 ]
 
 

@@ -6,7 +6,6 @@ own events fall inside their windows.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +20,7 @@ from audiences.compiler import compile_segments
 from audiences.definitions import SegmentSet, parse_segment
 from audiences.errors import BuildError
 from audiences.incremental import WHOLE_HOURS, hour_digests, plan_key
+from audiences.jobs import build_due_in
 from audiences.schema import MIGRATIONS, OPEN_INTERVAL
 from crumb.migrations import Dialect
 from crumb.privacy import BUILD_LOCK_KEY, ErasureDeferred, erase
@@ -158,21 +158,92 @@ def test_a_failed_build_leaves_the_previous_one_in_place(warehouse: Client) -> N
                            parameters={"b": latest}).result_rows == [(0,)]
 
 
-def test_a_build_cut_short_is_cleaned_up_once_and_marked_failed(warehouse: Client) -> None:
+class Killed(BaseException):
+    """Stands in for kill -9: no except clause of the build runs, nor its recording of the end."""
+
+
+def test_a_build_cut_short_is_cleaned_up_once_and_marked_failed(
+        warehouse: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     at = T0 + 120 * DAY
     insert(warehouse, [{"ts": at - 1000, "cookie_id": cookie(), "path": "/sports"}])
-    crashed = build(warehouse, SPORTS, as_of_ms=at)
-    # As if the process had died mid-build: the row still says running, and its deltas exist.
-    warehouse.command(
-        "INSERT INTO crumb.builds SELECT build_id, started_at, finished_at, as_of, 'running', segments, conditions, "
-        "profiles, members, entered, exited, timings, error, {v:UInt64} FROM crumb.builds FINAL "
-        "WHERE build_id = {b:UInt64}", parameters={"b": crashed.build_id, "v": time.time_ns()})
+
+    def die(_client: Client) -> None:
+        raise Killed("the process stopped before the exchange")
+
+    monkeypatch.setattr(builder, "_swap", die)
+    with pytest.raises(Killed):
+        build(warehouse, SPORTS, as_of_ms=at)
+    monkeypatch.undo()
+    crashed = warehouse.query("SELECT max(build_id) FROM crumb.builds").result_rows[0][0]
+    # The row still says running, and its deltas exist.
+    assert warehouse.query("SELECT status FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
+                           parameters={"b": crashed}).result_rows == [("running",)]
+    assert warehouse.query("SELECT count() FROM crumb.id_deltas WHERE build_id = {b:UInt64}",
+                           parameters={"b": crashed}).result_rows == [(1,)]
     build(warehouse, SPORTS, as_of_ms=at)
     status, error = warehouse.query("SELECT status, error FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
-                                    parameters={"b": crashed.build_id}).result_rows[0]
+                                    parameters={"b": crashed}).result_rows[0]
     assert status == "failed" and error.startswith("interrupted")
-    assert warehouse.query("SELECT count() FROM crumb.segment_deltas WHERE build_id = {b:UInt64}",
-                           parameters={"b": crashed.build_id}).result_rows == [(0,)]
+    assert warehouse.query("SELECT count() FROM crumb.id_deltas WHERE build_id = {b:UInt64}",
+                           parameters={"b": crashed}).result_rows == [(0,)]
+
+
+def test_a_build_cut_short_after_its_swap_is_recovered_as_succeeded(
+        warehouse: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = T0 + 1000 * DAY
+    leaving, coming = cookie(), cookie()
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": leaving, "path": "/sports/x"},
+                       {"ts": at + 2 * DAY - 1000, "cookie_id": coming, "path": "/sports/y"}])
+    build(warehouse, SPORTS, as_of_ms=at)
+    swap = builder._swap
+
+    def swap_then_die(client: Client) -> None:
+        swap(client)
+        raise Killed("the process stopped right after the exchange")
+
+    monkeypatch.setattr(builder, "_swap", swap_then_die)
+    with pytest.raises(Killed):
+        build(warehouse, SPORTS, as_of_ms=at + 4 * DAY)  # `leaving` exits, `coming` enters
+    monkeypatch.undo()
+    cut_short = warehouse.query("SELECT max(build_id) FROM crumb.builds").result_rows[0][0]
+    assert warehouse.query("SELECT status FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
+                           parameters={"b": cut_short}).result_rows == [("running",)]
+    assert {i for _s, i, _t in members(warehouse)} & {leaving, coming} == {coming}  # its members are live
+    after = build(warehouse, SPORTS, as_of_ms=at + 4 * DAY + 3_600_000)
+    # Its moves stay, for activation and history: marked failed and discarded, they were never sent,
+    # and `leaving` had no interval at all.
+    status, error, entered, exited = warehouse.query(
+        "SELECT status, error, entered, exited FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
+        parameters={"b": cut_short}).result_rows[0]
+    assert (status, error, entered, exited) == ("succeeded", "recovered: the process running it stopped after "
+                                                "its swap", 1, 1)
+    assert warehouse.query(
+        "SELECT build_id, id, change FROM crumb.segment_deltas WHERE id IN {ids:Array(String)} ORDER BY build_id, id",
+        parameters={"ids": [leaving, coming]}).result_rows == sorted(
+        [(cut_short - 1, leaving, "enter"), (cut_short, leaving, "exit"), (cut_short, coming, "enter")])
+    assert (after.entered, after.exited) == (0, 0)
+    assert warehouse.query("SELECT count() FROM crumb.segment_history WHERE id = {i:String}",
+                           parameters={"i": leaving}).result_rows == [(1,)]
+
+
+def test_the_deltas_view_shows_succeeded_builds_only(warehouse: Client) -> None:
+    # A build writes its deltas before its swap; a failed one's stay where its clean-up failed.
+    at = T0 + 1010 * DAY
+    member = cookie()
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": member, "path": "/sports/x"}])
+    seen: list[list[tuple[Any, ...]]] = []
+
+    def at_swap(line: str) -> None:
+        if "swap" in line and not seen:
+            seen.append(warehouse.query("SELECT change FROM crumb.segment_deltas WHERE id = {i:String}",
+                                        parameters={"i": member}).result_rows)
+
+    build(warehouse, SPORTS, as_of_ms=at, progress=Progress(sink=at_swap))
+    assert seen == [[]]  # the build was running
+    assert warehouse.query("SELECT change FROM crumb.segment_deltas WHERE id = {i:String}",
+                           parameters={"i": member}).result_rows == [("enter",)]
+    # The scheduler's next build is an interval after this one ended, not at once.
+    assert 0 < build_due_in(warehouse, 3600) <= 3600
 
 
 def test_erasure_removes_the_id_from_members_deltas_and_history(warehouse: Client, live_server: LiveServer) -> None:

@@ -80,7 +80,7 @@ def test_cluster_dialect_replicates_and_runs_on_the_cluster() -> None:
                 continue
             assert "ON CLUSTER `crumb`" in rendered
             ddl_without_engine = rendered.lstrip().startswith(
-                ("ALTER TABLE", "DROP TABLE", "CREATE VIEW", "DELETE FROM", "TRUNCATE TABLE"))
+                ("ALTER TABLE", "DROP TABLE", "DROP VIEW", "CREATE VIEW", "DELETE FROM", "TRUNCATE TABLE"))
             assert "ENGINE = Replicated" in rendered or ddl_without_engine
 
 
