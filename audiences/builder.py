@@ -36,6 +36,7 @@ Python process holds no members at any point: every step is INSERT ... SELECT.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -100,6 +101,8 @@ from audiences.rollup import (
 from collector.categories import ContentTaxonomy
 from crumb.progress import SILENT, Progress
 from crumb.warehouse import on_cluster, release_memory
+
+log = logging.getLogger("crumb.audiences")
 
 # The scratch tables of a build (or a preview), by their field in `Tables`.
 # A Join table is written to disk too unless told not to: twice the time for a scratch table.
@@ -244,9 +247,14 @@ def build(
             # First: `segment_history` shows the intervals a build closed once it has succeeded
             # (until then they are open in the rows it swapped out).
             _record(client, result, started_ms)
-        drop_scratch(client)
-        _drop_build_tables(client)
-        release_memory(client)
+        try:
+            drop_scratch(client)
+            _drop_build_tables(client)
+            release_memory(client)
+        except Exception:  # the next build drops them first: a build that succeeded stays one, and a
+            # failed one's error is what it reports
+            log.warning("build %s (%s): dropping its scratch tables failed", result.build_id, result.status,
+                        exc_info=True)
     return result
 
 

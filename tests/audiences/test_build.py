@@ -226,6 +226,21 @@ def test_a_build_cut_short_after_its_swap_is_recovered_as_succeeded(
                            parameters={"i": leaving}).result_rows == [(1,)]
 
 
+def test_a_build_that_succeeded_stays_one_when_its_clean_up_fails(
+        warehouse: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = T0 + 1020 * DAY
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": cookie(), "path": "/sports/x"}])
+
+    def fail(_client: Client) -> None:
+        raise RuntimeError("the connection dropped")
+
+    monkeypatch.setattr(builder, "release_memory", fail)
+    result = build(warehouse, SPORTS, as_of_ms=at)  # no exception: the caller loads the store from it
+    assert result.status == "succeeded"
+    assert warehouse.query("SELECT status FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
+                           parameters={"b": result.build_id}).result_rows == [("succeeded",)]
+
+
 def test_the_deltas_view_shows_succeeded_builds_only(warehouse: Client) -> None:
     # A build writes its deltas before its swap; a failed one's stay where its clean-up failed.
     at = T0 + 1010 * DAY
