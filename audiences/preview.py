@@ -55,7 +55,11 @@ def preview(
     plan = compile_segments(preview_set(segment, segments), taxonomy)
     buckets = max(1, round(sample * SAMPLE_BUCKETS))
     sampled, members = _evaluate(client, plan, segment, as_of_ms, buckets)
-    population = sampled if buckets == SAMPLE_BUCKETS else max(sampled, _population(client, segment, as_of_ms))
+    # Not every ID evaluated, the population is more than the sample: the sketch's count, or the
+    # sample scaled up where the sketch counts fewer (at a share near 1, within its error), which
+    # would read as every ID evaluated, and an interval of no width.
+    population = sampled if buckets == SAMPLE_BUCKETS else \
+        max(_population(client, segment, as_of_ms), math.ceil(sampled * SAMPLE_BUCKETS / buckets))
     low, high = wilson_interval(members, sampled, population)
     share = members / sampled if sampled else 0.0
     estimate, margin = round(share * population), math.ceil((high - low) / 2)

@@ -85,6 +85,15 @@ def test_a_tenth_of_the_ids_brackets_the_true_size(warehouse: Client, population
     json.dumps(result)  # the CLI prints it as it is
 
 
+def test_a_sample_short_of_every_id_never_reads_as_exact(warehouse: Client, population: Population) -> None:
+    # The sketch's count of the IDs can fall below the sample's at a share near 1 (within its error):
+    # taken as the population, the sample read as every ID, and the interval as exact.
+    result = preview(warehouse, draft(SPORTS), SAVED, as_of_ms=T, sample=0.9999)
+    assert result["population_profiles"] > result["sampled_profiles"]
+    assert result["interval"]["low"] <= population.sports_fans <= result["interval"]["high"]
+    assert result["interval"]["high"] > result["interval"]["low"]
+
+
 def test_references_to_saved_segments_are_compiled_in(warehouse: Client, population: Population) -> None:
     result = preview(warehouse, draft({"all": [SPORTS, {"segment": 51002}]}), SAVED, as_of_ms=T, sample=1.0)
     assert result["estimate"] == population.desktop_fans
