@@ -235,13 +235,21 @@ def build(
             write_state(client, BuildState(result.build_id, as_of_ms, key, optouts,
                                            {hour: digest[:2] for hour, digest in hours.items()}))
         _record(client, result, started_ms)  # its counts, for a recovery should it stop right after the swap
-        steps.run("swap", lambda: _swap(client))
+        steps.run("swap", lambda: _swap(client, result.build_id))
         result.status = "succeeded"
     except Exception as exc:
-        result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"[:2000]
-        discard_build(client, result.build_id)
-        _record(client, result, started_ms)
-        raise BuildError(f"build {result.build_id} failed, the previous build stays in place: {result.error}") from exc
+        swapped = _swapped_in(client, result.build_id)
+        if swapped:  # it failed after its members went live: they are its, and so are its deltas
+            result.status, result.error = "succeeded", f"after its swap: {type(exc).__name__}: {exc}"[:2000]
+            log.warning("build %s failed after its swap; its members are live, recorded as succeeded",
+                        result.build_id, exc_info=True)
+        else:
+            result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"[:2000]
+            if swapped is False:  # not known: left 'running', for the next build to settle
+                discard_build(client, result.build_id)
+                _record(client, result, started_ms)
+            raise BuildError(f"build {result.build_id} failed, the previous build stays in place: "
+                             f"{result.error}") from exc
     finally:
         if result.status == "succeeded":
             # First: `segment_history` shows the intervals a build closed once it has succeeded
@@ -587,9 +595,27 @@ def _count(client: Client, result: BuildResult, lookalikes: bool) -> None:
         "WHERE build_id = {build_id:UInt64}", parameters=params).result_rows[0]
 
 
-def _swap(client: Client) -> None:
+def _swap(client: Client, build_id: int) -> None:
+    # The members' table carries its build in its comment, through the exchange: whether a build
+    # that stopped or failed around it went live (`_swapped_in`), whatever rows it holds.
+    client.command(f"ALTER TABLE crumb.id_segments_next {on_cluster(client)} "
+                   f"MODIFY COMMENT '{_swap_mark(build_id)}'")
     for statement in swap_statements(on_cluster(client)):
         client.command(statement)
+
+
+def _swap_mark(build_id: int) -> str:
+    return f"build {int(build_id)}"
+
+
+def _swapped_in(client: Client, build_id: int) -> bool | None:
+    """Whether the build's members are the live ones; None when that can't be read."""
+    try:
+        rows = client.query("SELECT comment FROM system.tables WHERE database = 'crumb' AND name = 'id_segments'"
+                            ).result_rows
+    except Exception:
+        return None
+    return bool(rows) and rows[0][0] == _swap_mark(build_id)
 
 
 def swap_statements(on_cluster: str = "") -> list[str]:
@@ -618,18 +644,16 @@ def discard_build(client: Client, build_id: int) -> None:
 
 def _discard_incomplete_builds(client: Client, current: int) -> None:
     """A build whose process stopped mid-way (killed) left status 'running'. One that stopped after
-    its swap succeeded: its rows are the members, so it is recorded so, and its deltas stay for
-    activation (discarded, its entries and exits were never sent, and the next build's deltas
-    were against members no build had published). Any other is cleaned up after, once, and marked
-    failed. (A build that failed in the open cleaned up after itself.)"""
+    its swap succeeded: its members are the live ones (`_swapped_in`), so it is recorded so, and
+    its deltas stay for activation (discarded, its entries and exits were never sent, and the next
+    build's deltas were against members no build had published). Any other is cleaned up after,
+    once, and marked failed. (A build that failed in the open cleaned up after itself.)"""
     rows = client.query(
         "SELECT build_id FROM crumb.builds FINAL WHERE status = 'running' AND build_id != {b:UInt64}",
         parameters={"b": current}).result_rows
     for (build_id,) in rows:
         params = {"b": int(build_id), "version": time.time_ns()}
-        swapped = client.query("SELECT count() FROM crumb.id_segments WHERE build_id = {b:UInt64}",
-                               parameters=params).result_rows[0][0] > 0
-        if swapped:
+        if _swapped_in(client, int(build_id)):
             status, error = "succeeded", "recovered: the process running it stopped after its swap"
         else:
             status, error = "failed", "interrupted: the process running it stopped"

@@ -167,7 +167,7 @@ def test_a_build_cut_short_is_cleaned_up_once_and_marked_failed(
     at = T0 + 120 * DAY
     insert(warehouse, [{"ts": at - 1000, "cookie_id": cookie(), "path": "/sports"}])
 
-    def die(_client: Client) -> None:
+    def die(_client: Client, _build_id: int) -> None:
         raise Killed("the process stopped before the exchange")
 
     monkeypatch.setattr(builder, "_swap", die)
@@ -197,8 +197,8 @@ def test_a_build_cut_short_after_its_swap_is_recovered_as_succeeded(
     build(warehouse, SPORTS, as_of_ms=at)
     swap = builder._swap
 
-    def swap_then_die(client: Client) -> None:
-        swap(client)
+    def swap_then_die(client: Client, build_id: int) -> None:
+        swap(client, build_id)
         raise Killed("the process stopped right after the exchange")
 
     monkeypatch.setattr(builder, "_swap", swap_then_die)
@@ -224,6 +224,52 @@ def test_a_build_cut_short_after_its_swap_is_recovered_as_succeeded(
     assert (after.entered, after.exited) == (0, 0)
     assert warehouse.query("SELECT count() FROM crumb.segment_history WHERE id = {i:String}",
                            parameters={"i": leaving}).result_rows == [(1,)]
+
+
+def test_a_build_that_fails_after_its_swap_succeeded(warehouse: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An error once its members are live (the exchange ran, its answer was lost): marked failed,
+    # its deltas deleted, its moves never reached activation, and the next build's were against them.
+    at = T0 + 1030 * DAY
+    member = cookie()
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": member, "path": "/sports/x"}])
+    swap = builder._swap
+
+    def swap_then_fail(client: Client, build_id: int) -> None:
+        swap(client, build_id)
+        raise RuntimeError("the connection dropped")
+
+    monkeypatch.setattr(builder, "_swap", swap_then_fail)
+    result = build(warehouse, SPORTS, as_of_ms=at)
+    assert (result.status, result.error) == ("succeeded", "after its swap: RuntimeError: the connection dropped")
+    assert warehouse.query("SELECT status FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
+                           parameters={"b": result.build_id}).result_rows == [("succeeded",)]
+    assert warehouse.query("SELECT build_id, change FROM crumb.segment_deltas WHERE id = {i:String}",
+                           parameters={"i": member}).result_rows == [(result.build_id, "enter")]
+
+
+def test_a_build_of_no_members_cut_short_after_its_swap_is_recovered(
+        warehouse: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its members table is empty: which build it holds is in the table's comment, not its rows.
+    at = T0 + 1040 * DAY
+    leaving = cookie()
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": leaving, "path": "/sports/x"}])
+    build(warehouse, SPORTS, as_of_ms=at)
+    swap = builder._swap
+
+    def swap_then_die(client: Client, build_id: int) -> None:
+        swap(client, build_id)
+        raise Killed("the process stopped right after the exchange")
+
+    monkeypatch.setattr(builder, "_swap", swap_then_die)
+    with pytest.raises(Killed):
+        build(warehouse, SPORTS, as_of_ms=at + 10 * DAY)  # `leaving` exits: nobody is left
+    monkeypatch.undo()
+    cut_short = warehouse.query("SELECT max(build_id) FROM crumb.builds").result_rows[0][0]
+    build(warehouse, SPORTS, as_of_ms=at + 10 * DAY + 3_600_000)
+    assert warehouse.query("SELECT status FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
+                           parameters={"b": cut_short}).result_rows == [("succeeded",)]
+    assert warehouse.query("SELECT change FROM crumb.segment_deltas WHERE id = {i:String} AND build_id = {b:UInt64}",
+                           parameters={"i": leaving, "b": cut_short}).result_rows == [("exit",)]
 
 
 def test_a_build_that_succeeded_stays_one_when_its_clean_up_fails(
