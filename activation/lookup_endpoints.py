@@ -62,7 +62,12 @@ class Lookup:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
             raise Denied(401, "unauthorized", "?id= needs Authorization: Bearer <lookup API key>")
 
-    async def segments(self, member_id: str, id_type: str) -> list[SegmentInfo]:
+    async def segments(self, member_id: str, id_type: str, keyed: bool = False) -> list[SegmentInfo]:
+        """`keyed` (a server's `?id=`): an ID in the opt-out set gets none. The browser's opt-out
+        cookie says so at its door, but an opted-out ID keeps its memberships until the privacy
+        worker erases it, which waits for a running build to end."""
+        if keyed and await self.store.opted_out_async(member_id):
+            return []
         ids = await self.store.segments_of_async(member_id, id_type)
         catalog = self.store.catalog or SegmentCatalog.of([])
         return [SegmentInfo(s.id, s.name, s.iab_audience_id) for s in map(catalog.active, ids) if s is not None]
@@ -94,8 +99,9 @@ def routes(store: SegmentStore, runtime: Runtime, signer: CookieSigner) -> list[
             return _error(400, bad.code, str(bad), headers)
         except Denied as denied:
             return _error(denied.status, denied.code, str(denied), headers)
-        found = await lookup.segments(*member) if member else []
-        shown_id = member[0] if member and "id" in request.query_params else None
+        keyed = "id" in request.query_params
+        found = await lookup.segments(*member, keyed=keyed) if member else []
+        shown_id = member[0] if member and keyed else None
         return JSONResponse(render(fmt, shown_id, found, await lookup.build_id()), headers=headers)
 
     async def preflight(request: Request) -> Response:

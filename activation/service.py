@@ -30,7 +30,8 @@ class Activation:
         self.signer = signer
         self.store = SegmentStore(runtime.redis, catalog=SegmentCatalog.from_settings(runtime.settings))
         self.idsync = IdSync(runtime, signer)
-        self.url_destinations = UrlDestinations.from_runtime(runtime, self.store.segments_of)
+        # The segments a lookup answers: a paused one's pixel stops with its lookups.
+        self.url_destinations = UrlDestinations.from_runtime(runtime, self.store.active_segments_of)
 
     def routes(self) -> list[BaseRoute]:
         from activation.idsync_endpoints import routes as idsync_routes

@@ -42,6 +42,7 @@ import redis.asyncio
 from clickhouse_connect.driver.client import Client
 
 from audiences.definitions import Segment, SegmentSet, Status
+from collector.optouts import OPTOUT_KEY
 from crumb.settings import Settings
 
 log = logging.getLogger("crumb.activation.store")
@@ -198,6 +199,12 @@ class SegmentStore:
     def segments_of(self, cookie_id: str, id_type: str = "cookie") -> list[int]:
         return live_segments(self._redis.hgetall(self.key(cookie_id, id_type)), time.time())
 
+    def active_segments_of(self, member_id: str, id_type: str = "cookie") -> list[int]:
+        """Its segments that are active in the catalog: what a lookup answers. A segment paused or
+        removed keeps its memberships until the next build exits them."""
+        catalog = self.catalog or SegmentCatalog.of([])
+        return [s for s in self.segments_of(member_id, id_type) if catalog.active(s) is not None]
+
     def memberships(self, member_id: str, id_type: str = "cookie") -> list[Membership]:
         raw = self._redis.hgetall(self.key(member_id, id_type))
         return sorted(Membership(int(s), int(e)) for s, e in raw.items() if s != MARKER_FIELD)
@@ -206,6 +213,10 @@ class SegmentStore:
         """The same read on the event loop: one HGETALL through redis.asyncio."""
         raw = await self._async_client().hgetall(self.key(member_id, id_type))
         return live_segments(raw, time.time())
+
+    async def opted_out_async(self, member_id: str) -> bool:
+        """Whether the ID is in the collector's opt-out set (`collector.optouts`)."""
+        return bool(await self._async_client().sismember(OPTOUT_KEY, member_id))
 
     def applied_build(self) -> int | None:
         value = self._redis.get(self.build_key)

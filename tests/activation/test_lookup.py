@@ -120,6 +120,13 @@ def member(live_store: SegmentStore, live_server: LiveServer) -> tuple[str, str]
     return cookie_id, live_server.crumb.activation.signer.sign(cookie_id)
 
 
+def test_what_is_activated_is_what_a_lookup_answers(live_store: SegmentStore, member: tuple[str, str]) -> None:
+    # A paused segment keeps its memberships until the next build exits them; URL destinations
+    # fired it meanwhile, while lookups hid it.
+    assert live_store.segments_of(member[0]) == [101, 102, 103]
+    assert live_store.active_segments_of(member[0]) == [101, 102]
+
+
 def get(live_server: LiveServer, cookies: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
     with httpx.Client(base_url=live_server.url, cookies=cookies) as client:
         return client.get("/v1/segments", **kwargs)
@@ -210,6 +217,14 @@ def test_server_lookup_by_id_with_the_key(keyed: httpx.Client, member: tuple[str
     openrtb = keyed.get("/v1/segments", params={"id": member[0], "format": "openrtb"},
                         headers={"authorization": "Bearer k3y"})
     assert openrtb.json()["user"]["data"][0] == {"name": "crumb", "ext": {"segtax": 4}, "segment": [{"id": "663"}]}
+
+
+def test_server_lookup_of_an_opted_out_id_is_empty(keyed: httpx.Client, member: tuple[str, str],
+                                                   live_server: LiveServer) -> None:
+    # Its memberships stay until the privacy worker erases it, which waits for a running build.
+    live_server.crumb.optouts.add([member[0]])
+    response = keyed.get("/v1/segments", params={"id": member[0]}, headers={"authorization": "Bearer k3y"})
+    assert response.status_code == 200 and response.json()["segments"] == []
 
 
 @pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong"}, {"authorization": "Basic k3y"}])

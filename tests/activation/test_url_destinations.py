@@ -16,7 +16,9 @@ import pytest
 
 from activation.destinations.config import DestinationConfigError, UrlConfig, load_destinations
 from activation.idsync import SyncSignals
+from activation.store import SegmentCatalog
 from activation.url_destinations import UrlDestinations, refusal, url_destination_urls
+from audiences.definitions import parse_segment
 from collector.identity import new_cookie_id
 from crumb.privacy import erase
 from tests.conftest import TEST_VENDOR_ID, LiveServer
@@ -149,14 +151,31 @@ def test_each_destination_fires_once_per_interval_per_browser(
 
 
 @contextlib.contextmanager
-def configured(live_server: LiveServer, configs: list[UrlConfig]) -> Iterator[UrlDestinations]:
-    pixels = live_server.crumb.activation.url_destinations
-    before = pixels.configs
+def configured(live_server: LiveServer, configs: list[UrlConfig],
+               paused: tuple[int, ...] = ()) -> Iterator[UrlDestinations]:
+    """The server's URL destinations, and its catalog of segments 101-103 (active unless `paused`):
+    a pixel carries the segments a lookup answers."""
+    pixels, store = live_server.crumb.activation.url_destinations, live_server.crumb.activation.store
+    before, catalog = pixels.configs, store.catalog
     pixels.configure(configs)
+    store.catalog = SegmentCatalog.of([parse_segment({
+        "id": i, "name": f"s{i}", "status": "paused" if i in paused else "active", "rule": {"where": []}})
+        for i in (101, 102, 103)])
     try:
         yield pixels
     finally:
         pixels.configure(before)
+        store.catalog = catalog
+
+
+def test_a_paused_segment_is_not_fired(live_server: LiveServer) -> None:
+    # Its memberships stay until the next build exits them: lookups hid it, pixels fired it.
+    cookie_id = new_cookie_id()
+    live_server.crumb.activation.store.put([(cookie_id, [101, 103])])
+    with configured(live_server, [url_config(template="https://px.example/seg?uid=${CRUMB_ID}&s=${SEGMENTS}&x=1",
+                                             gvl_id=None)], paused=(103,)) as pixels:
+        (url,) = pixels.due(cookie_id, SyncSignals())
+    assert f"uid={cookie_id}&s=soccer&" in url
 
 
 def test_sync_frame_carries_due_pixels(live_server: LiveServer) -> None:
