@@ -332,15 +332,37 @@ class SegmentStore:
         raise StoreError("builds kept replacing segment_members during the full reload")
 
     def _write(self, batch: list[tuple[Any, ...]], now: int, mode: str, marker: str, stats: LoadStats) -> None:
-        with self._redis.pipeline(transaction=False) as pipe:
-            for member_id, id_type, segment_ids, enters in batch:
-                args: list[Any] = [now, mode, marker]
-                for segment_id, enter in zip(segment_ids, enters, strict=True):
-                    args += [segment_id, now + self._ttl_s(segment_id) if enter else 0]
-                self._apply(keys=[self.key(member_id, id_type)], args=args, client=pipe)
-                stats.changes += len(segment_ids)
-            pipe.execute()
+        calls = []
+        for member_id, id_type, segment_ids, enters in batch:
+            args: list[Any] = [now, mode, marker]
+            for segment_id, enter in zip(segment_ids, enters, strict=True):
+                args += [segment_id, now + self._ttl_s(segment_id) if enter else 0]
+            calls.append((self.key(member_id, id_type), args))
+            stats.changes += len(segment_ids)
+        self._scripted(self._apply, calls)
         stats.ids += len(batch)
+
+    def _scripted(self, script: Any, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        """`script` once per (key, args), pipelined; the replies in order. A cluster client's
+        pipeline refuses scripts (EVALSHA), so there each node's own client pipelines the calls
+        of the keys it serves: each call names one key."""
+        if isinstance(self._redis, redis.RedisCluster):
+            by_node: dict[str, tuple[redis.Redis, list[int]]] = {}
+            for index, (key, _args) in enumerate(calls):
+                node = self._redis.get_node_from_key(key)
+                by_node.setdefault(node.name, (node.redis_connection, []))[1].append(index)
+            targets = list(by_node.values())
+        else:
+            targets = [(self._redis, list(range(len(calls))))]
+        replies: list[Any] = [None] * len(calls)
+        for client, indexes in targets:
+            with client.pipeline(transaction=False) as pipe:
+                for index in indexes:
+                    key, args = calls[index]
+                    script(keys=[key], args=args, client=pipe)
+                for index, reply in zip(indexes, pipe.execute(), strict=True):
+                    replies[index] = reply
+        return replies
 
     def _ttl_s(self, segment_id: int) -> int:
         return (self.catalog.ttl_days(segment_id) if self.catalog else DEFAULT_TTL_DAYS) * DAY_S
@@ -350,10 +372,7 @@ class SegmentStore:
         for kind in ID_TYPES.values():
             keys = self._redis.scan_iter(match=f"{self._prefix}:{{{kind}:*}}:s", count=1000)
             for batch in _batches(keys, self._batch_ids):
-                with self._redis.pipeline(transaction=False) as pipe:
-                    for key in batch:
-                        self._sweep(keys=[key], args=[marker], client=pipe)
-                    deleted += sum(pipe.execute())
+                deleted += sum(self._scripted(self._sweep, [(key, [marker]) for key in batch]))
         return deleted
 
     def _refresh_due(self) -> bool:
@@ -406,7 +425,11 @@ def async_twin(client: redis.Redis) -> redis.asyncio.Redis:
     """A redis.asyncio client to the same server as a sync one (same URL, same options)."""
     if isinstance(client, redis.RedisCluster):
         node = client.get_default_node()
-        return redis.asyncio.RedisCluster(host=node.host, port=node.port)  # type: ignore[return-value]
+        pool = node.redis_connection.connection_pool
+        options = pool.connection_kwargs  # a password-protected cluster's credentials, TLS
+        return redis.asyncio.RedisCluster(  # type: ignore[return-value]
+            host=node.host, port=node.port, username=options.get("username"), password=options.get("password"),
+            ssl=issubclass(pool.connection_class, redis.SSLConnection))
     kwargs = dict(client.connection_pool.connection_kwargs)
     if "path" in kwargs:
         kwargs["connection_class"] = redis.asyncio.UnixDomainSocketConnection
