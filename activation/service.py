@@ -11,6 +11,7 @@ Each part lives in its own module; this class only wires them from the runtime:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from starlette.routing import BaseRoute
@@ -18,6 +19,8 @@ from starlette.routing import BaseRoute
 from collector.identity import CookieSigner
 from crumb.progress import SILENT, Progress
 from crumb.runtime import Runtime
+
+log = logging.getLogger("crumb.activation")
 
 
 class Activation:
@@ -40,6 +43,17 @@ class Activation:
         return [
             *lookup_routes(self.store, self.runtime, self.signer), *idsync_routes(self.idsync, self.url_destinations),
         ]
+
+    def restore_store(self) -> None:
+        """Reload the segment store if it lost everything (`SegmentStore.restore`); logged, as it
+        runs beside the server's start."""
+        try:
+            restored = self.store.restore(self.runtime.client)
+        except Exception:
+            log.exception("segment store: reloading it at start failed; the next build loads it")
+            return
+        if restored is not None:
+            log.info("segment store held no build: reloaded %s", restored)
 
     def after_build(self, build_id: int) -> dict[str, Any]:
         """Load a successful build's deltas into the segment store."""

@@ -261,6 +261,14 @@ class SegmentStore:
             return self._reload_locked(client, "kept memberships due for an expiry refresh")
         return self._apply_deltas(client, build_id)
 
+    def restore(self, client: Client) -> dict[str, Any] | None:
+        """At a server's start: a store that holds no build while the warehouse has a successful
+        one (its Redis flushed, or restarted without its data) is reloaded whole. Lookups answered
+        nothing until the next build loaded it, an interval later."""
+        if self.applied_build() is not None or self._latest_succeeded(client) is None:
+            return None
+        return self.full_reload(client)
+
     def full_reload(self, client: Client) -> dict[str, Any]:
         """Rebuild every key from `segment_members`: recovers an empty or stale Redis."""
         started = time.monotonic()

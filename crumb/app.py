@@ -6,6 +6,7 @@ import contextlib
 import gc
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -110,6 +111,7 @@ class CrumbServer:
             self.runtime.client, settings.dedup_window_s, settings.max_event_age_hours * 3_600_000))
         self.erasures.start()
         self.activation.idsync.start()
+        threading.Thread(target=self.activation.restore_store, name="crumb-store-restore", daemon=True).start()
         self.scheduler.start()
 
     def stop(self) -> None:

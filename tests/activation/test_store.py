@@ -187,6 +187,21 @@ def test_full_reload_recovers_an_emptied_redis(store: SegmentStore, builds: Buil
     assert store.segments_of(a) == [101, 102] and store.applied_build() == 2
 
 
+def test_a_server_start_restores_a_store_that_lost_everything(
+        store: SegmentStore, builds: Builds, warehouse: Client) -> None:
+    # Lookups answered nothing until the next build loaded it, an interval later.
+    assert store.restore(warehouse) is None  # no build succeeded yet: nothing to restore
+    a = new_id()
+    builds.succeeded(1, [(101, a, "enter")], [(101, a)])
+    store.load_build(warehouse, 1)
+    assert store.restore(warehouse) is None  # it holds the build
+    for key in store._redis.scan_iter(match=f"{store._prefix}:*"):  # FLUSHDB, for this store's keys only
+        store._redis.delete(key)
+    restored = store.restore(warehouse)
+    assert restored is not None and restored["mode"] == "full"
+    assert store.segments_of(a) == [101] and store.applied_build() == 1
+
+
 def test_kept_memberships_get_fresh_expiries_from_a_periodic_full_reload(
     store: SegmentStore, builds: Builds, warehouse: Client,
 ) -> None:
