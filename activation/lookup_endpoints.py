@@ -69,8 +69,7 @@ class Lookup:
         if keyed and await self.store.opted_out_async(member_id):
             return []
         ids = await self.store.segments_of_async(member_id, id_type)
-        catalog = self.store.catalog or SegmentCatalog.of([])
-        return [SegmentInfo(s.id, s.name, s.iab_audience_id) for s in map(catalog.active, ids) if s is not None]
+        return [SegmentInfo(s.id, s.name, s.iab_audience_id) for s in self.store.active(ids)]
 
     async def build_id(self) -> int | None:
         checked, value = self._build

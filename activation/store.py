@@ -40,9 +40,10 @@ from typing import Any
 import redis
 import redis.asyncio
 from clickhouse_connect.driver.client import Client
+from redis.commands.core import Script
 
 from audiences.definitions import Segment, SegmentSet, Status
-from collector.optouts import OPTOUT_KEY
+from collector.optouts import opted_out_async
 from crumb.settings import Settings
 
 log = logging.getLogger("crumb.activation.store")
@@ -200,10 +201,14 @@ class SegmentStore:
         return live_segments(self._redis.hgetall(self.key(cookie_id, id_type)), time.time())
 
     def active_segments_of(self, member_id: str, id_type: str = "cookie") -> list[int]:
-        """Its segments that are active in the catalog: what a lookup answers. A segment paused or
-        removed keeps its memberships until the next build exits them."""
+        """Its segments that are active in the catalog: what a lookup answers."""
+        return [s.id for s in self.active(self.segments_of(member_id, id_type))]
+
+    def active(self, segment_ids: Iterable[int]) -> list[Segment]:
+        """Those of the segments the catalog has active. A segment paused or removed keeps its
+        memberships until the next build exits them; no catalog, none."""
         catalog = self.catalog or SegmentCatalog.of([])
-        return [s for s in self.segments_of(member_id, id_type) if catalog.active(s) is not None]
+        return [s for s in map(catalog.active, segment_ids) if s is not None]
 
     def memberships(self, member_id: str, id_type: str = "cookie") -> list[Membership]:
         raw = self._redis.hgetall(self.key(member_id, id_type))
@@ -215,8 +220,8 @@ class SegmentStore:
         return live_segments(raw, time.time())
 
     async def opted_out_async(self, member_id: str) -> bool:
-        """Whether the ID is in the collector's opt-out set (`collector.optouts`)."""
-        return bool(await self._async_client().sismember(OPTOUT_KEY, member_id))
+        """Whether the ID is in the collector's opt-out set, through the store's event-loop client."""
+        return await opted_out_async(self._async_client(), member_id)
 
     def applied_build(self) -> int | None:
         value = self._redis.get(self.build_key)
@@ -350,7 +355,7 @@ class SegmentStore:
         self._scripted(self._apply, calls)
         stats.ids += len(batch)
 
-    def _scripted(self, script: Any, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+    def _scripted(self, script: Script, calls: list[tuple[str, list[Any]]]) -> list[Any]:
         """`script` once per (key, args), pipelined; the replies in order. A cluster client's
         pipeline refuses scripts (EVALSHA), so there each node's own client pipelines the calls
         of the keys it serves: each call names one key."""
@@ -430,7 +435,8 @@ def live_segments(raw: Mapping[Any, Any], now: float) -> list[int]:
 
 
 def async_twin(client: redis.Redis) -> redis.asyncio.Redis:
-    """A redis.asyncio client to the same server as a sync one (same URL, same options)."""
+    """A redis.asyncio client to the same server as a sync one: the same options, and for a
+    cluster its credentials and TLS."""
     if isinstance(client, redis.RedisCluster):
         node = client.get_default_node()
         pool = node.redis_connection.connection_pool

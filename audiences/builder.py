@@ -178,7 +178,7 @@ def build(
     started_ms = int(time.time() * 1000)
     _record(client, result, started_ms)
     try:
-        _discard_incomplete_builds(client, result.build_id)
+        _settle_interrupted_builds(client, result.build_id)
         drop_scratch(client)
         _drop_build_tables(client)
         make_scratch(client)
@@ -243,11 +243,14 @@ def build(
             result.status, result.error = "succeeded", f"after its swap: {type(exc).__name__}: {exc}"[:2000]
             log.warning("build %s failed after its swap; its members are live, recorded as succeeded",
                         result.build_id, exc_info=True)
+        elif swapped is None:  # whether it went live can't be read: left 'running', for the next build
+            result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"[:2000]
+            raise BuildError(f"build {result.build_id} failed, and whether its members went live can't be "
+                             f"read now; the next build settles it: {result.error}") from exc
         else:
             result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"[:2000]
-            if swapped is False:  # not known: left 'running', for the next build to settle
-                discard_build(client, result.build_id)
-                _record(client, result, started_ms)
+            discard_build(client, result.build_id)
+            _record(client, result, started_ms)
             raise BuildError(f"build {result.build_id} failed, the previous build stays in place: "
                              f"{result.error}") from exc
     finally:
@@ -642,18 +645,22 @@ def discard_build(client: Client, build_id: int) -> None:
             pass
 
 
-def _discard_incomplete_builds(client: Client, current: int) -> None:
+def _settle_interrupted_builds(client: Client, current: int) -> None:
     """A build whose process stopped mid-way (killed) left status 'running'. One that stopped after
     its swap succeeded: its members are the live ones (`_swapped_in`), so it is recorded so, and
     its deltas stay for activation (discarded, its entries and exits were never sent, and the next
     build's deltas were against members no build had published). Any other is cleaned up after,
-    once, and marked failed. (A build that failed in the open cleaned up after itself.)"""
+    once, and marked failed. (A build that failed in the open cleaned up after itself.) When
+    which it is can't be read, it is left for the next build."""
     rows = client.query(
         "SELECT build_id FROM crumb.builds FINAL WHERE status = 'running' AND build_id != {b:UInt64}",
         parameters={"b": current}).result_rows
     for (build_id,) in rows:
         params = {"b": int(build_id), "version": time.time_ns()}
-        if _swapped_in(client, int(build_id)):
+        swapped = _swapped_in(client, int(build_id))
+        if swapped is None:
+            continue
+        if swapped:
             status, error = "succeeded", "recovered: the process running it stopped after its swap"
         else:
             status, error = "failed", "interrupted: the process running it stopped"

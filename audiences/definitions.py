@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -53,6 +53,9 @@ from audiences.errors import DefinitionError
 MAX_WINDOW_DAYS = 366
 MAX_COUNT = 1_000_000  # of a condition's events; bounds are bound as UInt64, which wraps past 2^64
 MAX_RULE_DEPTH = 32  # rules nested deeper reached ClickHouse's parser depth (1000) near 190
+# Segments referring to segments: each level is a query level of the build's statement
+# (`compiler._with_referenced`), and a chain of 100 reached ClickHouse's parser depth.
+MAX_REFERENCE_DEPTH = 32
 _PROP_FIELD = re.compile(r"prop\.[A-Za-z0-9_.:\-]{1,64}")
 
 
@@ -336,17 +339,26 @@ class SegmentSet:
                                           "rules can't")
             self._check_seed(segment)
         state: dict[int, int] = {}  # 1 = on the current path, 2 = done
+        depth: dict[int, int] = {}  # how many references deep its rule reaches
 
         def visit(segment_id: int, path: list[int]) -> None:
             if state.get(segment_id) == 2:
                 return
+            if len(path) > MAX_REFERENCE_DEPTH:  # said before the walk goes deeper than Python does
+                raise DefinitionError(f"{self._at(path[0])}segment {path[0]} refers to segments more than "
+                                      f"{MAX_REFERENCE_DEPTH} deep")
             if state.get(segment_id) == 1:
                 cycle = path[path.index(segment_id):] + [segment_id]
                 raise DefinitionError(f"{self._at(segment_id)}segment references form a cycle: "
                                       + " -> ".join(map(str, cycle)))
             state[segment_id] = 1
-            for ref in references(self.by_id[segment_id].rule):
+            refs = list(references(self.by_id[segment_id].rule))
+            for ref in refs:
                 visit(ref, [*path, segment_id])
+            depth[segment_id] = 1 + max(depth[ref] for ref in refs) if refs else 0
+            if depth[segment_id] > MAX_REFERENCE_DEPTH:
+                raise DefinitionError(f"{self._at(segment_id)}segment {segment_id} refers to segments "
+                                      f"{depth[segment_id]} deep; at most {MAX_REFERENCE_DEPTH}")
             state[segment_id] = 2
 
         for segment_id in sorted(self.by_id):
@@ -373,6 +385,9 @@ def parse_segment(data: Any, source: str = "<definition>") -> Segment:
         raise DefinitionError(f"{source}: {_describe(exc)}") from None
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """Safe YAML with no key given twice in a mapping, and no aliases. PyYAML keeps the last key:
     two segments written without their list markers read as the second alone, and a repeated
@@ -388,8 +403,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _value_node in node.value:
+            if key_node.tag == MERGE_TAG:  # `<<: {...}`: its keys are defaults, which later ones override
+                continue
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str) and key in seen:
+            if not isinstance(key, Hashable):  # a list or mapping as a key: the base loader refuses it
+                continue
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} given twice in one mapping", key_node.start_mark)
             seen.add(key)
@@ -444,15 +463,16 @@ def load_segments(directory: Path, audience_ids: frozenset[str] | None = None, a
 
 
 RULE_TAGS = frozenset({"condition", "all", "any", "not", "segment"})  # the kinds of rule (`_rule_kind`)
-VALUE_BRANCHES = ("str", "list[str]")  # a predicate's value: one string, or a list (`in`)
+# The branches pydantic tries for a predicate's value, named in its errors' locations.
+ONE_VALUE, VALUE_LIST = "str", "list[str]"
 
 
 def _describe(error: ValidationError) -> str:
     errors = error.errors()
     first = errors[0]
-    if VALUE_BRANCHES[0] in first["loc"] and isinstance(first["input"], list):
+    if ONE_VALUE in first["loc"] and isinstance(first["input"], list):
         # A list where one string is wrong: the error is the list's, at its item.
-        first = next((e for e in errors if VALUE_BRANCHES[1] in e["loc"]), first)
+        first = next((e for e in errors if VALUE_LIST in e["loc"]), first)
     return f"at {_yaml_path(first['loc']) or '(top)'}: {first['msg'].removeprefix('Value error, ')}"
 
 
@@ -465,7 +485,7 @@ def _yaml_path(loc: tuple[Any, ...]) -> str:
         if rule_here and part in RULE_TAGS:
             rule_here = False
             continue
-        if part in VALUE_BRANCHES and parts and parts[-1] == "value":
+        if part in (ONE_VALUE, VALUE_LIST) and parts and parts[-1] == "value":
             continue
         parts.append(str(part))
         rule_here = (part == "rule" and len(parts) == 1) or part == "not" \

@@ -52,19 +52,19 @@ def build_once(
 
 
 def build_due_in(client: Client, interval_s: float, now_ms: int | None = None) -> float:
-    """Seconds until the scheduler's next build: an interval after the last successful build
-    ended (`due_in`). Counted from each start of the server instead, one restarted more often
-    than the interval (daily builds, daily deploys) never built."""
-    (last_ms, succeeded), = client.query(
-        "SELECT toUnixTimestamp64Milli(max(finished_at)), count() FROM crumb.builds FINAL "
-        "WHERE status = 'succeeded'").result_rows
-    return due_in(int(last_ms) if succeeded else None, now_ms if now_ms is not None else int(time.time() * 1000),
+    """Seconds until the scheduler's next build: an interval after the last build started,
+    whatever became of it (`due_in`). Counted from each start of the server instead, one
+    restarted more often than the interval (daily builds, daily deploys) never built; counted from
+    the last success, a build that takes the server down with it would run again at each restart."""
+    (last_ms, builds), = client.query(
+        "SELECT toUnixTimestamp64Milli(max(started_at)), count() FROM crumb.builds FINAL").result_rows
+    return due_in(int(last_ms) if builds else None, now_ms if now_ms is not None else int(time.time() * 1000),
                   interval_s)
 
 
-def due_in(last_finished_ms: int | None, now_ms: int, interval_s: float) -> float:
+def due_in(last_started_ms: int | None, now_ms: int, interval_s: float) -> float:
     """An interval after the last build, at once when that is past; a whole interval without one
     (a new install builds when asked, or an interval after it starts)."""
-    if last_finished_ms is None:
+    if last_started_ms is None:
         return interval_s
-    return max(0.0, interval_s - (now_ms - last_finished_ms) / 1000)
+    return max(0.0, interval_s - (now_ms - last_started_ms) / 1000)

@@ -74,8 +74,9 @@ def preview(
 
 
 def preview_set(segment: Segment, segments: SegmentSet) -> SegmentSet:
-    """The new definition, active, with the saved segments it refers to (paused: compiled inline
-    where referenced, not built themselves). Raises DefinitionError on an unknown ref or a cycle."""
+    """The new definition, active, with the saved segments it refers to (paused: compiled as the
+    columns it reads, `compiler.Referenced`, not built themselves). Raises DefinitionError on an
+    unknown ref or a cycle."""
     chosen = {segment.id: segment.model_copy(update={"status": Status.ACTIVE})}
     pending = list(references(segment.rule))
     while pending:

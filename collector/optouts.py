@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 import redis
+import redis.asyncio
 from clickhouse_connect.driver.client import Client
 
 OPTOUT_KEY = "crumb:{optouts}:ids"  # one slot on Redis Cluster: checked with one SMISMEMBER
@@ -35,6 +36,11 @@ class OptoutSet:
         if not ids:
             return []
         return [i for i, flag in zip(ids, self._redis.smismember(OPTOUT_KEY, list(ids))) if flag]
+
+
+async def opted_out_async(redis_client: redis.asyncio.Redis, member_id: str) -> bool:
+    """Whether the ID opted out, on the event loop (a lookup's)."""
+    return bool(await redis_client.sismember(OPTOUT_KEY, member_id))
 
 
 def record_optouts(client: Client, ids: Iterable[str]) -> None:

@@ -46,6 +46,8 @@ class _NoArgs(_Args):
 
 
 class _SimulateArgs(SimulationSpec):
+    """The simulator's own spec, as it checks it (not strict: its sites are a tuple, JSON's a list)."""
+
     truth: str | None = None  # a path for the ground truth file
 
 

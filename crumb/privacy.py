@@ -60,7 +60,10 @@ def build_lock(redis_client: redis.Redis, wait_s: float, busy: CrumbError,
     finally:
         released.set()
         renewer.join()
-        lock.release()
+        try:
+            lock.release()
+        except redis.exceptions.LockNotOwnedError:  # lost while held (`_renew` said so): the work is done
+            log.error("the build lock had expired when released")
 
 
 def _renew(lock: redis.lock.Lock, every_s: float, released: threading.Event) -> None:
@@ -239,8 +242,11 @@ EXPORTERS: list[Exporter] = [
         "SELECT * FROM crumb.segment_members WHERE id = {id:String} ORDER BY segment_id, id_type")),
     Exporter("crumb.segment_history", _rows(
         "SELECT * FROM crumb.segment_history WHERE id = {id:String} ORDER BY segment_id, entered_at")),
-    Exporter("crumb.segment_deltas", _rows(
-        "SELECT * FROM crumb.segment_deltas WHERE id = {id:String} ORDER BY build_id, segment_id")),
+    # The tables, not their views: `segment_deltas` and `segment_history` show succeeded builds'
+    # rows only, and an export is of everything held, a failed build's leftovers too.
+    Exporter("crumb.id_deltas", _rows("SELECT * FROM crumb.id_deltas WHERE id = {id:String} ORDER BY build_id")),
+    Exporter("crumb.segment_history_closed", _rows(
+        "SELECT * FROM crumb.segment_history_closed WHERE id = {id:String} ORDER BY segment_id, entered_at")),
     Exporter("crumb.segment_profiles", _rows(
         "SELECT * FROM crumb.segment_profiles WHERE id IN {typed:Array(String)} ORDER BY id")),
     Exporter("crumb.lookalike_scores", _rows(

@@ -226,6 +226,31 @@ def test_a_build_cut_short_after_its_swap_is_recovered_as_succeeded(
                            parameters={"i": leaving}).result_rows == [(1,)]
 
 
+def test_a_build_cut_short_is_left_for_later_when_whether_it_went_live_cannot_be_read(
+        warehouse: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Taken for one that never swapped, a live build's deltas were deleted.
+    at = T0 + 1050 * DAY
+    insert(warehouse, [{"ts": at - 1000, "cookie_id": cookie(), "path": "/sports/x"}])
+    swap = builder._swap
+
+    def die(_client: Client, _build_id: int) -> None:
+        raise Killed("the process stopped")
+
+    monkeypatch.setattr(builder, "_swap", die)
+    with pytest.raises(Killed):
+        build(warehouse, SPORTS, as_of_ms=at)
+    cut_short = warehouse.query("SELECT max(build_id) FROM crumb.builds").result_rows[0][0]
+    monkeypatch.setattr(builder, "_swap", swap)
+    monkeypatch.setattr(builder, "_swapped_in", lambda _client, _build_id: None)
+    build(warehouse, SPORTS, as_of_ms=at)
+    assert warehouse.query("SELECT status FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
+                           parameters={"b": cut_short}).result_rows == [("running",)]
+    monkeypatch.undo()
+    build(warehouse, SPORTS, as_of_ms=at)  # now it can be read: it never went live
+    assert warehouse.query("SELECT status FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
+                           parameters={"b": cut_short}).result_rows == [("failed",)]
+
+
 def test_a_build_that_fails_after_its_swap_succeeded(warehouse: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     # An error once its members are live (the exchange ran, its answer was lost): marked failed,
     # its deltas deleted, its moves never reached activation, and the next build's were against them.
@@ -303,7 +328,7 @@ def test_the_deltas_view_shows_succeeded_builds_only(warehouse: Client) -> None:
     assert seen == [[]]  # the build was running
     assert warehouse.query("SELECT change FROM crumb.segment_deltas WHERE id = {i:String}",
                            parameters={"i": member}).result_rows == [("enter",)]
-    # The scheduler's next build is an interval after this one ended, not at once.
+    # The scheduler's next build is an interval after this one started, not at once.
     assert 0 < build_due_in(warehouse, 3600) <= 3600
 
 
@@ -1073,7 +1098,7 @@ def test_an_export_holds_what_crumb_keeps_about_an_id_and_an_erasure_leaves_only
     assert [e["path"] for e in held["crumb.events"]] == ["/sports/1", "/news"]
     assert [(m["segment_id"], m["id_type"]) for m in held["crumb.segment_members"]] == [(1, "cookie")]
     assert [h["segment_id"] for h in held["crumb.segment_history"]] == [1]
-    assert [d["change"] for d in held["crumb.segment_deltas"]] == ["enter"]
+    assert [(d["entered"], d["exited"]) for d in held["crumb.id_deltas"]] == [([1], [])]
     assert [p["id"] for p in held["crumb.segment_profiles"]] == [f"c:{member}"]
     assert [m["segment_id"] for m in held["redis segment store"]] == [1]
     assert set(held) >= {"crumb.optouts", "crumb.erasures", "crumb.id_matches", "crumb.delivered"}
@@ -1221,7 +1246,7 @@ def test_a_long_chain_of_references_builds(warehouse: Client) -> None:
     chain += [parse_segment({"id": n, "name": f"s{n}", "rule": {"all": [
         {"segment": n - 1},
         {"any": [{"segment": n - 1}, {"where": [{"field": "host", "op": "eq", "value": f"link{n}.example"}]}]}]}})
-        for n in range(2, 31)]
+        for n in range(2, 34)]  # 32 references deep, as deep as the definitions go
     result = build(warehouse, SegmentSet(chain), as_of_ms=at, follow=False)
     assert result.status == "succeeded"
-    assert {(s, i) for s, i, _type in members(warehouse) if i in (near, far)} == {(n, near) for n in range(1, 31)}
+    assert {(s, i) for s, i, _type in members(warehouse) if i in (near, far)} == {(n, near) for n in range(1, 34)}

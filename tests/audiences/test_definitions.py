@@ -168,3 +168,29 @@ def test_aliases_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "s.yaml", "\n".join(levels) + "\n")
     with pytest.raises(DefinitionError, match=f"^{path}: not valid YAML at line 2, column 16: aliases"):
         load_segments(tmp_path)
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("? [a, b]\n: 1\n", "found unhashable key"),  # the base loader's own refusal, not a TypeError
+    ("{[1]: 2}\n", "found unhashable key"),
+])
+def test_keys_that_are_lists_are_an_error_naming_the_file(tmp_path: Path, text: str, problem: str) -> None:
+    path = write(tmp_path, "s.yaml", text)
+    with pytest.raises(DefinitionError, match=f"^{path}: not valid YAML.*{problem}"):
+        load_segments(tmp_path)
+
+
+def test_a_merge_key_gives_defaults_that_later_keys_override(tmp_path: Path) -> None:
+    write(tmp_path, "s.yaml", f"<<: {{id: 1, name: default}}\nname: one\nrule: {HOST}\n")
+    assert load_segments(tmp_path).by_id[1].name == "one"
+
+
+def test_references_deeper_than_32_are_refused_at_load(tmp_path: Path) -> None:
+    # Each level of references is a query level of the build's statement: 100 failed the build.
+    chain = [f"- {{id: 1, name: s1, rule: {HOST}}}"] + [
+        f"- {{id: {n}, name: s{n}, rule: {{segment: {n - 1}}}}}" for n in range(2, 35)]
+    write(tmp_path, "s.yaml", "\n".join(chain[:33]) + "\n")
+    assert len(load_segments(tmp_path).by_id) == 33  # 32 deep
+    path = write(tmp_path, "s.yaml", "\n".join(chain) + "\n")
+    with pytest.raises(DefinitionError, match=f"^{path}\\[33\\]: segment 34 refers to segments 33 deep; at most 32"):
+        load_segments(tmp_path)

@@ -52,3 +52,12 @@ def test_a_holder_that_dies_frees_it_within_a_lease(live_server: LiveServer) -> 
     left = runtime.redis.pttl(BUILD_LOCK_KEY)
     assert 0 < left <= BUILD_LOCK_LEASE_S * 1000
     runtime.redis.delete(BUILD_LOCK_KEY)  # the next tests' builds need not wait for it
+
+
+def test_a_lease_lost_while_held_does_not_undo_the_work(live_server: LiveServer) -> None:
+    # Redis away for over a lease (a failover, a restart without its data): releasing it raised,
+    # and a build that had succeeded reached its caller as an error.
+    redis_client = live_server.crumb.runtime.redis
+    with build_lock(redis_client, wait_s=0, busy=BUSY):
+        redis_client.delete(BUILD_LOCK_KEY)
+    assert redis_client.exists(BUILD_LOCK_KEY) == 0

@@ -43,7 +43,7 @@ def test_a_job_runs_first_when_it_is_due() -> None:
     assert [job.first_delay() for job in scheduler.jobs] == [0.0, 1800.0, 3600]
 
 
-def test_a_build_is_due_an_interval_after_the_last_one_ended() -> None:
+def test_a_build_is_due_an_interval_after_the_last_one_started() -> None:
     assert due_in(None, now_ms=10_000_000, interval_s=3600) == 3600  # none yet: a whole interval
     assert due_in(10_000_000 - 600_000, now_ms=10_000_000, interval_s=3600) == 3000
     assert due_in(10_000_000 - 7_200_000, now_ms=10_000_000, interval_s=3600) == 0.0
