@@ -826,6 +826,10 @@ def test_the_deltas_table_becomes_a_row_per_id_and_reads_as_it_did(warehouse: Cl
     ours = {(7, ms, 11, a, "cookie", "enter"), (7, ms, 12, a, "cookie", "exit"), (7, ms, 11, b, "fp", "exit")}
     warehouse.insert("crumb.segment_deltas", [list(r) for r in ours],
                      column_names=["build_id", "built_at", "segment_id", "id", "id_type", "change"])
+    # The view shows succeeded builds' rows (audiences_0018): build 7 is one.
+    warehouse.command("INSERT INTO crumb.builds (build_id, started_at, finished_at, as_of, status, version) "
+                      "VALUES (7, now64(3), now64(3), fromUnixTimestamp64Milli({at:Int64}, 'UTC'), 'succeeded', 1)",
+                      parameters={"at": at})
     statements = {m.id: [Dialect().render(s) for s in m.statements] for m in MIGRATIONS
                   if m.id in ("audiences_0013_id_deltas", "audiences_0014_deltas_view")}
     table, view = statements["audiences_0013_id_deltas"], statements["audiences_0014_deltas_view"]
@@ -856,9 +860,9 @@ def test_a_build_writes_history_for_its_exits_only_and_shows_them_once_it_succee
     seen_before_swap: list[list[tuple[str, int, int]]] = []
     swap = builder._swap
 
-    def looking_first(client: Client) -> None:
+    def looking_first(client: Client, build_id: int) -> None:
         seen_before_swap.append(history(client, 1, [a, b]))
-        swap(client)
+        swap(client, build_id)
 
     monkeypatch.setattr(builder, "_swap", looking_first)
     later = build(warehouse, SPORTS, as_of_ms=at + 4 * DAY)  # a exits, b enters
