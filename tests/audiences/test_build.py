@@ -162,19 +162,28 @@ class Killed(BaseException):
     """Stands in for kill -9: no except clause of the build runs, nor its recording of the end."""
 
 
-def test_a_build_cut_short_is_cleaned_up_once_and_marked_failed(
-        warehouse: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+def cut_short(warehouse: Client, as_of_ms: int, after_swap: bool) -> int:
+    """A build of SPORTS whose process stops right before (or right after) its exchange; its ID."""
+    swap = builder._swap
+
+    def swap_and_die(client: Client, build_id: int) -> None:
+        if after_swap:
+            swap(client, build_id)
+        raise Killed("the process stopped at the exchange")
+
+    builder._swap = swap_and_die
+    try:
+        with pytest.raises(Killed):
+            build(warehouse, SPORTS, as_of_ms=as_of_ms)
+    finally:
+        builder._swap = swap
+    return int(warehouse.query("SELECT max(build_id) FROM crumb.builds").result_rows[0][0])
+
+
+def test_a_build_cut_short_is_cleaned_up_once_and_marked_failed(warehouse: Client) -> None:
     at = T0 + 120 * DAY
     insert(warehouse, [{"ts": at - 1000, "cookie_id": cookie(), "path": "/sports"}])
-
-    def die(_client: Client, _build_id: int) -> None:
-        raise Killed("the process stopped before the exchange")
-
-    monkeypatch.setattr(builder, "_swap", die)
-    with pytest.raises(Killed):
-        build(warehouse, SPORTS, as_of_ms=at)
-    monkeypatch.undo()
-    crashed = warehouse.query("SELECT max(build_id) FROM crumb.builds").result_rows[0][0]
+    crashed = cut_short(warehouse, at, after_swap=False)
     # The row still says running, and its deltas exist (other tests' members of segment 1 exit too).
     assert warehouse.query("SELECT status FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
                            parameters={"b": crashed}).result_rows == [("running",)]
@@ -188,39 +197,28 @@ def test_a_build_cut_short_is_cleaned_up_once_and_marked_failed(
                            parameters={"b": crashed}).result_rows == [(0,)]
 
 
-def test_a_build_cut_short_after_its_swap_is_recovered_as_succeeded(
-        warehouse: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_build_cut_short_after_its_swap_is_recovered_as_succeeded(warehouse: Client) -> None:
     at = T0 + 1000 * DAY
     leaving, coming = cookie(), cookie()
     insert(warehouse, [{"ts": at - 1000, "cookie_id": leaving, "path": "/sports/x"},
                        {"ts": at + 2 * DAY - 1000, "cookie_id": coming, "path": "/sports/y"}])
     build(warehouse, SPORTS, as_of_ms=at)
-    swap = builder._swap
-
-    def swap_then_die(client: Client, build_id: int) -> None:
-        swap(client, build_id)
-        raise Killed("the process stopped right after the exchange")
-
-    monkeypatch.setattr(builder, "_swap", swap_then_die)
-    with pytest.raises(Killed):
-        build(warehouse, SPORTS, as_of_ms=at + 4 * DAY)  # `leaving` exits, `coming` enters
-    monkeypatch.undo()
-    cut_short = warehouse.query("SELECT max(build_id) FROM crumb.builds").result_rows[0][0]
+    stopped = cut_short(warehouse, at + 4 * DAY, after_swap=True)  # `leaving` exits, `coming` enters
     assert warehouse.query("SELECT status FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
-                           parameters={"b": cut_short}).result_rows == [("running",)]
+                           parameters={"b": stopped}).result_rows == [("running",)]
     assert {i for _s, i, _t in members(warehouse)} & {leaving, coming} == {coming}  # its members are live
     after = build(warehouse, SPORTS, as_of_ms=at + 4 * DAY + 3_600_000)
     # Its moves stay, for activation and history: marked failed and discarded, they were never sent,
     # and `leaving` had no interval at all.
     status, error, entered, exited = warehouse.query(
         "SELECT status, error, entered, exited FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
-        parameters={"b": cut_short}).result_rows[0]
+        parameters={"b": stopped}).result_rows[0]
     assert (status, error, entered, exited) == ("succeeded", "recovered: the process running it stopped after "
                                                 "its swap", 1, 1)
     assert warehouse.query(
         "SELECT build_id, id, change FROM crumb.segment_deltas WHERE id IN {ids:Array(String)} ORDER BY build_id, id",
         parameters={"ids": [leaving, coming]}).result_rows == sorted(
-        [(cut_short - 1, leaving, "enter"), (cut_short, leaving, "exit"), (cut_short, coming, "enter")])
+        [(stopped - 1, leaving, "enter"), (stopped, leaving, "exit"), (stopped, coming, "enter")])
     assert (after.entered, after.exited) == (0, 0)
     assert warehouse.query("SELECT count() FROM crumb.segment_history WHERE id = {i:String}",
                            parameters={"i": leaving}).result_rows == [(1,)]
@@ -231,24 +229,15 @@ def test_a_build_cut_short_is_left_for_later_when_whether_it_went_live_cannot_be
     # Taken for one that never swapped, a live build's deltas were deleted.
     at = T0 + 1050 * DAY
     insert(warehouse, [{"ts": at - 1000, "cookie_id": cookie(), "path": "/sports/x"}])
-    swap = builder._swap
-
-    def die(_client: Client, _build_id: int) -> None:
-        raise Killed("the process stopped")
-
-    monkeypatch.setattr(builder, "_swap", die)
-    with pytest.raises(Killed):
-        build(warehouse, SPORTS, as_of_ms=at)
-    cut_short = warehouse.query("SELECT max(build_id) FROM crumb.builds").result_rows[0][0]
-    monkeypatch.setattr(builder, "_swap", swap)
+    stopped = cut_short(warehouse, at, after_swap=False)
     monkeypatch.setattr(builder, "_swapped_in", lambda _client, _build_id: None)
     build(warehouse, SPORTS, as_of_ms=at)
     assert warehouse.query("SELECT status FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
-                           parameters={"b": cut_short}).result_rows == [("running",)]
+                           parameters={"b": stopped}).result_rows == [("running",)]
     monkeypatch.undo()
     build(warehouse, SPORTS, as_of_ms=at)  # now it can be read: it never went live
     assert warehouse.query("SELECT status FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
-                           parameters={"b": cut_short}).result_rows == [("failed",)]
+                           parameters={"b": stopped}).result_rows == [("failed",)]
 
 
 def test_a_build_that_fails_after_its_swap_succeeded(warehouse: Client, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -272,29 +261,18 @@ def test_a_build_that_fails_after_its_swap_succeeded(warehouse: Client, monkeypa
                            parameters={"i": member}).result_rows == [(result.build_id, "enter")]
 
 
-def test_a_build_of_no_members_cut_short_after_its_swap_is_recovered(
-        warehouse: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_build_of_no_members_cut_short_after_its_swap_is_recovered(warehouse: Client) -> None:
     # Its members table is empty: which build it holds is in the table's comment, not its rows.
     at = T0 + 1040 * DAY
     leaving = cookie()
     insert(warehouse, [{"ts": at - 1000, "cookie_id": leaving, "path": "/sports/x"}])
     build(warehouse, SPORTS, as_of_ms=at)
-    swap = builder._swap
-
-    def swap_then_die(client: Client, build_id: int) -> None:
-        swap(client, build_id)
-        raise Killed("the process stopped right after the exchange")
-
-    monkeypatch.setattr(builder, "_swap", swap_then_die)
-    with pytest.raises(Killed):
-        build(warehouse, SPORTS, as_of_ms=at + 10 * DAY)  # `leaving` exits: nobody is left
-    monkeypatch.undo()
-    cut_short = warehouse.query("SELECT max(build_id) FROM crumb.builds").result_rows[0][0]
+    stopped = cut_short(warehouse, at + 10 * DAY, after_swap=True)  # `leaving` exits: nobody is left
     build(warehouse, SPORTS, as_of_ms=at + 10 * DAY + 3_600_000)
     assert warehouse.query("SELECT status FROM crumb.builds FINAL WHERE build_id = {b:UInt64}",
-                           parameters={"b": cut_short}).result_rows == [("succeeded",)]
+                           parameters={"b": stopped}).result_rows == [("succeeded",)]
     assert warehouse.query("SELECT change FROM crumb.segment_deltas WHERE id = {i:String} AND build_id = {b:UInt64}",
-                           parameters={"i": leaving, "b": cut_short}).result_rows == [("exit",)]
+                           parameters={"i": leaving, "b": stopped}).result_rows == [("exit",)]
 
 
 def test_a_build_that_succeeded_stays_one_when_its_clean_up_fails(
