@@ -359,22 +359,16 @@ class SegmentStore:
         """`script` once per (key, args), pipelined; the replies in order. A cluster client's
         pipeline refuses scripts (EVALSHA), so there each node's own client pipelines the calls
         of the keys it serves: each call names one key."""
-        if isinstance(self._redis, redis.RedisCluster):
-            by_node: dict[str, tuple[redis.Redis, list[int]]] = {}
-            for index, (key, _args) in enumerate(calls):
-                node = self._redis.get_node_from_key(key)
-                by_node.setdefault(node.name, (node.redis_connection, []))[1].append(index)
-            targets = list(by_node.values())
-        else:
-            targets = [(self._redis, list(range(len(calls))))]
+        if not isinstance(self._redis, redis.RedisCluster):
+            return _pipelined(self._redis, script, calls)
+        by_node: dict[str, tuple[redis.Redis, list[int]]] = {}
+        for index, (key, _args) in enumerate(calls):
+            node = self._redis.get_node_from_key(key)
+            by_node.setdefault(node.name, (node.redis_connection, []))[1].append(index)
         replies: list[Any] = [None] * len(calls)
-        for client, indexes in targets:
-            with client.pipeline(transaction=False) as pipe:
-                for index in indexes:
-                    key, args = calls[index]
-                    script(keys=[key], args=args, client=pipe)
-                for index, reply in zip(indexes, pipe.execute(), strict=True):
-                    replies[index] = reply
+        for client, indexes in by_node.values():
+            for index, reply in zip(indexes, _pipelined(client, script, [calls[i] for i in indexes]), strict=True):
+                replies[index] = reply
         return replies
 
     def _ttl_s(self, segment_id: int) -> int:
@@ -451,6 +445,13 @@ def async_twin(client: redis.Redis) -> redis.asyncio.Redis:
         kwargs["connection_class"] = redis.asyncio.SSLConnection
     kwargs.pop("health_check_interval", None)
     return redis.asyncio.Redis(connection_pool=redis.asyncio.ConnectionPool(**kwargs))
+
+
+def _pipelined(client: redis.Redis, script: Script, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+    with client.pipeline(transaction=False) as pipe:
+        for key, args in calls:
+            script(keys=[key], args=args, client=pipe)
+        return pipe.execute()
 
 
 def _bucketed(client: Client, sql: str, count_sql: str, params: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
