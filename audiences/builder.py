@@ -238,21 +238,20 @@ def build(
         steps.run("swap", lambda: _swap(client, result.build_id))
         result.status = "succeeded"
     except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"[:2000]
         swapped = _swapped_in(client, result.build_id)
         if swapped:  # it failed after its members went live: they are its, and so are its deltas
-            result.status, result.error = "succeeded", f"after its swap: {type(exc).__name__}: {exc}"[:2000]
+            result.status, result.error = "succeeded", f"after its swap: {error}"
             log.warning("build %s failed after its swap; its members are live, recorded as succeeded",
                         result.build_id, exc_info=True)
-        elif swapped is None:  # whether it went live can't be read: left 'running', for the next build
-            result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"[:2000]
-            raise BuildError(f"build {result.build_id} failed, and whether its members went live can't be "
-                             f"read now; the next build settles it: {result.error}") from exc
         else:
-            result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"[:2000]
+            result.status, result.error = "failed", error
+            if swapped is None:  # whether it went live can't be read: left 'running', for the next build
+                raise BuildError(f"build {result.build_id} failed, and whether its members went live can't be "
+                                 f"read now; the next build settles it: {error}") from exc
             discard_build(client, result.build_id)
             _record(client, result, started_ms)
-            raise BuildError(f"build {result.build_id} failed, the previous build stays in place: "
-                             f"{result.error}") from exc
+            raise BuildError(f"build {result.build_id} failed, the previous build stays in place: {error}") from exc
     finally:
         if result.status == "succeeded":
             # First: `segment_history` shows the intervals a build closed once it has succeeded
